@@ -1,0 +1,332 @@
+"""Hashed feature space, the item catalog and user state: pure, synchronous code.
+
+A base feature is ``(namespace hash, value hash, x)``: the value hash is MurmurHash3
+of the value seeded with the namespace hash (VW's scheme), so hashing is stable
+across processes and vectorises over whole columns.  A model row for a
+(user context, item) pair is:
+
+* the bias,
+* the user/context side base features (user id, ``u.*``, ``c.*``, CTR columns),
+* the item side base features kept in the catalog (item id, ``i.*``),
+* declared crosses ``(a, b)`` of a user-side namespace with an item-side one
+  (like VW's ``-q``): one feature per pair of values, hash ``cross_hash(h_a, h_b)``,
+  ``x = x_a * x_b``.
+
+Training (:func:`expand`) and ranking (:func:`score_items`) build exactly these
+rows; a test checks they agree.  The global index of a feature is its hash masked
+to ``bits``; the shard that owns index ``i`` is ``i % shards``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from actors.hashing import cross_hash, hash_slices, murmur3_32, namespace_seed
+
+WeightsFn = Callable[[np.ndarray], np.ndarray]
+"""Maps global feature indices to their current weights (the weight replica)."""
+
+USER_NS = "user"
+ITEM_NS = "item"
+BIAS_NS = "bias"
+
+
+@dataclass
+class BaseFeatures:
+    """A CSR batch of base features: row r owns entries ``ptr[r]:ptr[r+1]``."""
+
+    ptr: np.ndarray  # int64[rows+1]
+    ns: np.ndarray  # uint32 namespace hashes
+    raw: np.ndarray  # uint32 value hashes
+    x: np.ndarray  # float64 values
+
+    @property
+    def rows(self) -> int:
+        return int(self.ptr.shape[0] - 1)
+
+    def row(self, r: int) -> BaseFeatures:
+        lo, hi = int(self.ptr[r]), int(self.ptr[r + 1])
+        return BaseFeatures(
+            np.array([0, hi - lo], np.int64), self.ns[lo:hi], self.raw[lo:hi], self.x[lo:hi]
+        )
+
+
+class FeatureSpace:
+    """Namespace hashing, crosses and the index space (2^bits slots)."""
+
+    def __init__(self, bits: int, seed: int = 0, crosses: Sequence[tuple[str, str]] = ()) -> None:
+        if not 1 <= bits <= 32:
+            raise ValueError(f"hash bits must be in 1..32, got {bits}")
+        self.bits = bits
+        self.seed = seed
+        self.mask = (1 << bits) - 1
+        self.size = 1 << bits
+        self._ns_cache: dict[str, int] = {}
+        self.crosses = [(self.ns_hash(a), self.ns_hash(b)) for a, b in crosses]
+        self.cross_names = list(crosses)
+        self.bias_index = murmur3_32(b"", self.ns_hash(BIAS_NS)) & self.mask
+
+    def ns_hash(self, namespace: str) -> int:
+        cached = self._ns_cache.get(namespace)
+        if cached is None:
+            cached = self._ns_cache[namespace] = namespace_seed(namespace, self.seed)
+        return cached
+
+    def value_hash(self, namespace: str, value: str) -> int:
+        return murmur3_32(value.encode("utf-8"), self.ns_hash(namespace))
+
+    def hash_values(
+        self, ns_hashes: np.ndarray, data: np.ndarray, offsets: np.ndarray
+    ) -> np.ndarray:
+        """Vectorised value hashes of a string column whose entries have their own namespaces."""
+        return hash_slices(data, offsets, ns_hashes.astype(np.uint32))
+
+    def index(self, raw: np.ndarray) -> np.ndarray:
+        return (raw & np.uint32(self.mask)).astype(np.int64)
+
+
+@dataclass
+class Catalog:
+    """Items and their hashed item-side features, as padded matrices for vectorised scoring.
+
+    Row ``r`` holds up to ``width`` features; unused slots have ``x == 0`` (they add
+    nothing to a score).  ``first_seq[r]`` is the ingest batch that introduced the
+    item, so replays can rank among the items known at that point in the stream.
+    """
+
+    width: int = 8
+    ids: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    ns: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.uint32))
+    raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.uint32))
+    x: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.float64))
+    first_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    names: list[list[str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _grow(self, rows: int, width: int) -> None:
+        capacity = self.ns.shape[0]
+        if rows <= capacity and width <= self.width:
+            return
+        new_cap = max(rows, capacity * 2, 64) if rows > capacity else capacity
+        new_width = max(width, self.width)
+        for name, dtype in (("ns", np.uint32), ("raw", np.uint32), ("x", np.float64)):
+            old = getattr(self, name)
+            grown = np.zeros((new_cap, new_width), dtype)
+            grown[: old.shape[0], : old.shape[1]] = old
+            setattr(self, name, grown)
+        seq = np.zeros(new_cap, np.int64)
+        seq[: self.first_seq.shape[0]] = self.first_seq
+        self.first_seq = seq
+        self.width = new_width
+
+    def upsert(
+        self,
+        item: str,
+        seq: int,
+        ns: np.ndarray,
+        raw: np.ndarray,
+        x: np.ndarray,
+        names: list[str],
+    ) -> int:
+        """Insert or replace an item's features (the item id feature must be among them)."""
+        row = self.rows.get(item)
+        if row is None:
+            row = len(self.ids)
+            self._grow(row + 1, len(ns))
+            self.ids.append(item)
+            self.rows[item] = row
+            self.names.append(names)
+            self.first_seq[row] = seq
+        else:
+            self._grow(row + 1, len(ns))
+            self.names[row] = names
+        self.ns[row] = 0
+        self.raw[row] = 0
+        self.x[row] = 0.0
+        k = len(ns)
+        self.ns[row, :k] = ns
+        self.raw[row, :k] = raw
+        self.x[row, :k] = x
+        return row
+
+    def known_at(self, seq: int) -> int:
+        """How many rows existed once batch ``seq`` was ingested (rows are appended in order)."""
+        return int(np.searchsorted(self.first_seq[: len(self.ids)], seq, side="right"))
+
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(self.ids)
+        return self.ns[:n], self.raw[:n], self.x[:n]
+
+
+@dataclass
+class UserState:
+    """Per-user interaction history (for exclusion) and last known user features."""
+
+    history: dict[str, set[int]] = field(default_factory=dict)
+    profiles: dict[str, BaseFeatures] = field(default_factory=dict)
+    profile_names: dict[str, list[str]] = field(default_factory=dict)
+
+    def seen(self, user: str) -> set[int]:
+        return self.history.get(user, set())
+
+    def add(self, user: str, item_row: int) -> None:
+        self.history.setdefault(user, set()).add(item_row)
+
+
+def _cross_entries(
+    space: FeatureSpace,
+    user: BaseFeatures,
+    user_rows: np.ndarray,
+    item_ns: np.ndarray,
+    item_raw: np.ndarray,
+    item_x: np.ndarray,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(row, raw, x) of every declared cross; item_* are the item matrix rows of each user entry's row."""
+    parts = []
+    for a, b in space.crosses:
+        sel = np.flatnonzero(user.ns == a)
+        if sel.size == 0:
+            continue
+        mask = (item_ns[sel] == b) & (item_x[sel] != 0)
+        raw = cross_hash(user.raw[sel][:, None], item_raw[sel])
+        x = user.x[sel][:, None] * item_x[sel]
+        rows = np.broadcast_to(user_rows[sel][:, None], mask.shape)
+        parts.append((rows[mask], raw[mask], x[mask]))
+    return parts
+
+
+def expand(
+    space: FeatureSpace, user: BaseFeatures, item_rows: np.ndarray, catalog: Catalog
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model rows (CSR indptr, global indices, values) for user row r paired with item_rows[r].
+
+    ``item_rows[r] == -1`` means no item (a pure CTR event).  Within a row the order
+    is bias, user side, item side, crosses: a deterministic order, so the FTRL
+    updates of a batch are applied in the same order however the state is sharded.
+    """
+    n = user.rows
+    user_rows = np.repeat(np.arange(n), np.diff(user.ptr))
+    has_item = item_rows >= 0
+    if len(catalog) and has_item.any():
+        safe = np.where(has_item, item_rows, 0)
+        ins, iraw, ix = catalog.ns[safe], catalog.raw[safe], catalog.x[safe]
+        ix = np.where(has_item[:, None], ix, 0.0)
+    else:
+        width = 1
+        ins = np.zeros((n, width), np.uint32)
+        iraw = np.zeros((n, width), np.uint32)
+        ix = np.zeros((n, width), np.float64)
+    item_mask = ix != 0
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
+        (np.arange(n), np.full(n, space.bias_index, np.uint32), np.ones(n)),
+        (user_rows, user.raw, user.x),
+        (
+            np.broadcast_to(np.arange(n)[:, None], ix.shape)[item_mask],
+            iraw[item_mask],
+            ix[item_mask],
+        ),
+    ]
+    if space.crosses:
+        parts += _cross_entries(
+            space, user, user_rows, ins[user_rows], iraw[user_rows], ix[user_rows]
+        )
+    rows = np.concatenate([p[0] for p in parts])
+    raws = np.concatenate([p[1] for p in parts]).astype(np.uint32)
+    xs = np.concatenate([p[2] for p in parts]).astype(np.float64)
+    order = np.argsort(rows, kind="stable")
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, space.index(raws[order]), xs[order]
+
+
+def expand_dense(
+    space: FeatureSpace, raw_columns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model rows for a CTR batch with one value per column and no items: bias + columns.
+
+    Same rows as :func:`expand` would build, without the sort (the fast replay path).
+    """
+    n, cols = raw_columns.shape
+    indices = np.empty((n, cols + 1), np.int64)
+    indices[:, 0] = space.bias_index
+    indices[:, 1:] = raw_columns & np.uint32(space.mask)
+    indptr = np.arange(0, n * (cols + 1) + 1, cols + 1, dtype=np.int64)
+    return indptr, indices.reshape(-1), np.ones(n * (cols + 1))
+
+
+def score_items(
+    space: FeatureSpace,
+    user: BaseFeatures,
+    catalog: Catalog,
+    weights: WeightsFn,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Logits of one user context (a single-row BaseFeatures) against catalog rows (all by default).
+
+    Equals :func:`expand` + dot product, computed with the user side summed once.
+    """
+    ins, iraw, ix = catalog.view()
+    if rows is not None:
+        ins, iraw, ix = ins[rows], iraw[rows], ix[rows]
+    user_idx = np.concatenate(([space.bias_index], space.index(user.raw)))
+    user_x = np.concatenate(([1.0], user.x))
+    base = float(weights(user_idx) @ user_x)
+    scores = np.full(ins.shape[0], base)
+    live = ix != 0
+    if live.any():
+        contrib = np.zeros(ix.shape)
+        contrib[live] = weights(space.index(iraw[live])) * ix[live]
+        scores += contrib.sum(axis=1)
+    for a, b in space.crosses:
+        mask = (ins == b) & live
+        if not mask.any():
+            continue
+        for k in np.flatnonzero(user.ns == a):
+            raw = cross_hash(np.uint32(user.raw[k]), iraw[mask])
+            contrib = np.zeros(ix.shape)
+            contrib[mask] = weights(space.index(raw)) * ix[mask] * user.x[k]
+            scores += contrib.sum(axis=1)
+    return scores
+
+
+def explain(
+    space: FeatureSpace,
+    user: BaseFeatures,
+    user_names: Sequence[str],
+    catalog: Catalog,
+    row: int,
+    weights: WeightsFn,
+    top: int = 5,
+) -> list[dict[str, object]]:
+    """The features that contributed most (by |w·x|) to one item's score, with readable names."""
+    names = ["bias", *user_names]
+    idx = [space.bias_index, *space.index(user.raw)]
+    xs = [1.0, *user.x]
+    ins, iraw, ix = catalog.ns[row], catalog.raw[row], catalog.x[row]
+    item_names = catalog.names[row]
+    for k in np.flatnonzero(ix != 0):
+        names.append(item_names[k] if k < len(item_names) else f"item#{k}")
+        idx.append(int(space.index(iraw[k : k + 1])[0]))
+        xs.append(float(ix[k]))
+    for (a, b), (an, bn) in zip(space.crosses, space.cross_names, strict=True):
+        for ku in np.flatnonzero(user.ns == a):
+            for ki in np.flatnonzero((ins == b) & (ix != 0)):
+                raw = cross_hash(np.uint32(user.raw[ku]), np.uint32(iraw[ki]))
+                uname = user_names[int(ku)] if ku < len(user_names) else an
+                iname = item_names[ki] if ki < len(item_names) else bn
+                names.append(f"{uname} x {iname}")
+                idx.append(int(space.index(np.atleast_1d(raw))[0]))
+                xs.append(float(user.x[ku] * ix[ki]))
+    contributions = weights(np.asarray(idx, np.int64)) * np.asarray(xs)
+    order = np.argsort(-np.abs(contributions), kind="stable")[:top]
+    return [
+        {"feature": names[i], "contribution": float(contributions[i])}
+        for i in order
+        if contributions[i] != 0
+    ]

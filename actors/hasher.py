@@ -1,0 +1,221 @@
+"""Feature hashing stage: events in, hashed user-side features and catalog rows out.
+
+The pure :class:`Featurizer` does the work; :class:`HasherActor` only wraps it.
+It is the single writer of the catalog and of user profiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from actors.batching import slice_strings
+from actors.features import ITEM_NS, USER_NS, BaseFeatures, Catalog, FeatureSpace, UserState
+from actors.hashing import encode_strings, hash_slices_one_seed
+from runtime.actor import Actor
+from runtime.messages import EventBatch, FeatureBatch
+from runtime.transport import Channel
+
+ITEM_PREFIX = "i."
+PROFILE_PREFIX = "u."
+
+
+def _feature_name(namespace: str, value: str, x: float) -> str:
+    return f"{namespace}={value}" if value else f"{namespace}={x:g}"
+
+
+class Featurizer:
+    """Hashes an :class:`EventBatch`, upserts items into the catalog, records user profiles."""
+
+    def __init__(self, space: FeatureSpace, catalog: Catalog, users: UserState) -> None:
+        self.space = space
+        self.catalog = catalog
+        self.users = users
+        self.upserts = 0
+
+    def _hash_ids(self, ids: list[str], namespace: str) -> np.ndarray:
+        data, offsets = encode_strings(ids)
+        return hash_slices_one_seed(data, offsets, self.space.ns_hash(namespace))
+
+    def featurize(self, batch: EventBatch) -> FeatureBatch:
+        n = len(batch)
+        ns_hash = np.array([self.space.ns_hash(ns) for ns in batch.namespaces], np.uint32)
+        entry_ns = ns_hash[batch.feat_ns] if batch.feat_ns.size else np.zeros(0, np.uint32)
+        raw = self.space.hash_values(entry_ns, batch.feat_data, batch.feat_off)
+        item_side_ns = np.array([ns.startswith(ITEM_PREFIX) for ns in batch.namespaces], bool)
+        item_side = item_side_ns[batch.feat_ns] if batch.feat_ns.size else np.zeros(0, bool)
+        item_rows = np.full(n, -1, np.int64)
+        if batch.items:
+            self._update_catalog(batch, entry_ns, raw, item_side, item_rows)
+        dense = self._hash_dense(batch)
+        keep = np.flatnonzero(batch.kind == 0)
+        if dense.size and not batch.users and not batch.items and not batch.feat_ns.size:
+            user = BaseFeatures(np.zeros(keep.size + 1, np.int64), *_empty_entries())
+            dense = dense[keep]
+        else:
+            user = self._user_side(batch, entry_ns, raw, ~item_side, dense)
+            user = take_rows(user, keep)
+            dense = np.zeros((0, 0), np.uint32)
+            self._update_profiles(batch, entry_ns, raw)
+        return FeatureBatch(
+            seq=batch.seq,
+            users=[batch.users[i] for i in keep] if batch.users else [],
+            item_rows=item_rows[keep],
+            ts=batch.ts[keep],
+            label=batch.label[keep],
+            weight=batch.weight[keep],
+            rank_eval=batch.rank_eval[keep],
+            user_ptr=user.ptr,
+            user_ns=user.ns,
+            user_raw=user.raw,
+            user_x=user.x,
+            dense=dense,
+        )
+
+    def _hash_dense(self, batch: EventBatch) -> np.ndarray:
+        if not batch.col_names:
+            return np.zeros((0, 0), np.uint32)
+        columns = [
+            hash_slices_one_seed(data, off, self.space.ns_hash(name))
+            for name, data, off in zip(batch.col_names, batch.col_data, batch.col_off, strict=True)
+        ]
+        return np.stack(columns, axis=1)
+
+    def _update_catalog(
+        self,
+        batch: EventBatch,
+        entry_ns: np.ndarray,
+        raw: np.ndarray,
+        item_side: np.ndarray,
+        item_rows: np.ndarray,
+    ) -> None:
+        item_raw = self._hash_ids(batch.items, ITEM_NS)
+        item_ns = np.uint32(self.space.ns_hash(ITEM_NS))
+        ptr = batch.feat_ptr
+        for r, item in enumerate(batch.items):
+            lo, hi = int(ptr[r]), int(ptr[r + 1])
+            sel = np.flatnonzero(item_side[lo:hi]) + lo
+            row = self.catalog.rows.get(item)
+            if row is not None and sel.size == 0 and batch.kind[r] == 0:
+                item_rows[r] = row
+                continue
+            values = [
+                slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0] for e in sel
+            ]
+            names = [f"{ITEM_NS}={item}"] + [
+                _feature_name(batch.namespaces[batch.feat_ns[e]], v, float(batch.feat_x[e]))
+                for e, v in zip(sel, values, strict=True)
+            ]
+            item_rows[r] = self.catalog.upsert(
+                item,
+                batch.seq,
+                np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
+                np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
+                np.concatenate(([1.0], batch.feat_x[sel])),
+                names,
+            )
+            self.upserts += int(batch.kind[r] == 1)
+
+    def _user_side(
+        self,
+        batch: EventBatch,
+        entry_ns: np.ndarray,
+        raw: np.ndarray,
+        user_side: np.ndarray,
+        dense: np.ndarray,
+    ) -> BaseFeatures:
+        """User id + user/context entries (+ dense columns) per event, CSR in event order."""
+        n = len(batch)
+        entry_rows = np.repeat(np.arange(n), np.diff(batch.feat_ptr))
+        parts_rows = [entry_rows[user_side]]
+        parts_ns = [entry_ns[user_side]]
+        parts_raw = [raw[user_side]]
+        parts_x = [batch.feat_x[user_side]]
+        if batch.users:
+            has_user = np.array([bool(u) for u in batch.users])
+            ids = self._hash_ids(batch.users, USER_NS)
+            rows = np.flatnonzero(has_user)
+            parts_rows.insert(0, rows)
+            parts_ns.insert(0, np.full(rows.size, self.space.ns_hash(USER_NS), np.uint32))
+            parts_raw.insert(0, ids[rows])
+            parts_x.insert(0, np.ones(rows.size))
+        if dense.size:
+            col_ns = np.array([self.space.ns_hash(c) for c in batch.col_names], np.uint32)
+            parts_rows.append(np.repeat(np.arange(n), dense.shape[1]))
+            parts_ns.append(np.tile(col_ns, n))
+            parts_raw.append(dense.reshape(-1))
+            parts_x.append(np.ones(dense.size))
+        rows_all = np.concatenate(parts_rows)
+        order = np.argsort(rows_all, kind="stable")
+        ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.bincount(rows_all, minlength=n), out=ptr[1:])
+        return BaseFeatures(
+            ptr,
+            np.concatenate(parts_ns).astype(np.uint32)[order],
+            np.concatenate(parts_raw).astype(np.uint32)[order],
+            np.concatenate(parts_x).astype(np.float64)[order],
+        )
+
+    def _update_profiles(self, batch: EventBatch, entry_ns: np.ndarray, raw: np.ndarray) -> None:
+        """Remember each user's latest ``u.*`` features so recommendations can use them."""
+        profile_ns = [ns.startswith(PROFILE_PREFIX) for ns in batch.namespaces]
+        if not any(profile_ns) or not batch.users:
+            return
+        is_profile = np.array(profile_ns, bool)[batch.feat_ns]
+        ptr = batch.feat_ptr
+        for r, user in enumerate(batch.users):
+            if not user or batch.kind[r] != 0:
+                continue
+            lo, hi = int(ptr[r]), int(ptr[r + 1])
+            sel = np.flatnonzero(is_profile[lo:hi]) + lo
+            if sel.size == 0:
+                continue
+            names = [
+                _feature_name(
+                    batch.namespaces[batch.feat_ns[e]],
+                    slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0],
+                    float(batch.feat_x[e]),
+                )
+                for e in sel
+            ]
+            self.users.profiles[user] = BaseFeatures(
+                np.array([0, sel.size], np.int64), entry_ns[sel], raw[sel], batch.feat_x[sel]
+            )
+            self.users.profile_names[user] = names
+
+
+def _empty_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.float64)
+
+
+def take_rows(base: BaseFeatures, rows: np.ndarray) -> BaseFeatures:
+    """The CSR rows ``rows`` (in that order, repeats allowed) as a new BaseFeatures."""
+    counts = np.diff(base.ptr)[rows]
+    ptr = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    starts = base.ptr[rows]
+    entry = np.repeat(starts - ptr[:-1], counts) + np.arange(int(ptr[-1]))
+    return BaseFeatures(ptr, base.ns[entry], base.raw[entry], base.x[entry])
+
+
+class HasherActor(Actor):
+    """Reads :class:`EventBatch` messages, sends :class:`FeatureBatch` messages."""
+
+    def __init__(self, featurizer: Featurizer, inbox: Channel, out: Channel) -> None:
+        super().__init__("hasher", inbox)
+        self.featurizer = featurizer
+        self.out = out
+        self.events = 0
+
+    async def handle(self, message: EventBatch) -> None:
+        self.events += len(message)
+        await self.out.send(self.featurizer.featurize(message))
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **super().statistics(),
+            "events": self.events,
+            "upserts": self.featurizer.upserts,
+            "catalog_items": len(self.featurizer.catalog),
+        }

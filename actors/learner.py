@@ -1,0 +1,93 @@
+"""Learner shards: each the single writer of its slice of the FTRL state (a parameter server).
+
+Global feature index ``i`` belongs to shard ``i % shards`` at local slot
+``i // shards``.  In one process the shards' arrays are strided views of one
+:class:`ParameterStore`, which is then also the trainers' and rankers' weight
+replica: zero copies and zero staleness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from actors.ftrl import FTRLParams, apply_gradients, predict_logits, weights_at
+from runtime.actor import Actor
+from runtime.messages import Applied, GradBatch
+from runtime.transport import Channel
+
+
+class ParameterStore:
+    """The FTRL sums ``z`` and ``n`` of the whole index space, and reads of the weights."""
+
+    def __init__(self, size: int, params: FTRLParams) -> None:
+        self.params = params
+        self.z = np.zeros(size, np.float64)
+        self.n = np.zeros(size, np.float64)
+
+    def shard_view(self, shard: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.z[shard::shards], self.n[shard::shards]
+
+    def weights(self, idx: np.ndarray) -> np.ndarray:
+        return weights_at(self.z, self.n, idx, self.params)
+
+    def logits(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return predict_logits(self.z, self.n, indptr, indices, values, self.params)
+
+    def nonzero_weights(self) -> int:
+        return int(np.count_nonzero(np.abs(self.z) > self.params.l1))
+
+
+def split_by_shard(
+    indices: np.ndarray, grads: np.ndarray, shards: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per shard, its (local index, gradient) pairs in stream order."""
+    if shards == 1:
+        return [(indices, grads)]
+    owner = indices % shards
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(shards + 1))
+    local = indices[order] // shards
+    g = grads[order]
+    return [(local[bounds[k] : bounds[k + 1]], g[bounds[k] : bounds[k + 1]]) for k in range(shards)]
+
+
+class LearnerActor(Actor):
+    """Applies :class:`GradBatch` messages for one shard, then acknowledges them."""
+
+    def __init__(
+        self,
+        shard: int,
+        z: np.ndarray,
+        n: np.ndarray,
+        params: FTRLParams,
+        inbox: Channel,
+        applied: Channel,
+    ) -> None:
+        super().__init__(f"learner-{shard}", inbox)
+        self.shard = shard
+        self.z = z
+        self.n = n
+        self.params = params
+        self.applied = applied
+        self.updates = 0
+        self.batches = 0
+
+    async def handle(self, message: GradBatch) -> None:
+        apply_gradients(self.z, self.n, message.index, message.grad, self.params)
+        self.updates += int(message.index.size)
+        self.batches += 1
+        await self.applied.send(
+            Applied(seq=message.seq, shard=self.shard, updates=int(message.index.size))
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **super().statistics(),
+            "shard": self.shard,
+            "batches": self.batches,
+            "updates": self.updates,
+            "slots": int(self.z.shape[0]),
+            "nonzero_weights": int(np.count_nonzero(np.abs(self.z) > self.params.l1)),
+        }

@@ -1,0 +1,270 @@
+"""Log readers for replay: JSONL events, MovieLens ``u.data``, Criteo / generic CTR TSV.
+
+Pure and synchronous: each yields :class:`Chunk`s, a columnar batch plus the
+rejected records (with reasons) met while reading it; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.batching import batch_from_events
+from actors.events import Event, EventLimits, InvalidEvent, validate_event
+from runtime.messages import EventBatch
+
+CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
+CRITEO_CATS = [f"C{i}" for i in range(1, 27)]
+ML_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+
+
+@dataclass
+class Chunk:
+    """A batch to learn (or None) and the records rejected while reading it."""
+
+    batch: EventBatch | None
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    interactions: int = 0
+
+
+def protocol_flags(total: int, warmup: float = 0.2, every: int = 20) -> np.ndarray:
+    """The recommendation replay protocol: after the first ``warmup`` share of the
+    interactions, every ``every``-th one is ranked before it is learned."""
+    flags = np.zeros(total, bool)
+    start = int(total * warmup)
+    if every > 0:
+        flags[start::every] = True
+    return flags
+
+
+def _age_bucket(age: int) -> str:
+    for limit, name in ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54")):
+        if age < limit:
+            return name
+    return "55+"
+
+
+def read_movielens(
+    path: str | Path, batch_size: int = 256, warmup: float = 0.2, every: int = 20
+) -> Iterator[Chunk]:
+    """MovieLens 100K: items from ``u.item`` first (genres), then ``u.data`` ratings sorted
+    by timestamp (stable) as implicit positives with the user's age, gender and occupation."""
+    base = Path(path)
+    folder = base if base.is_dir() else base.parent
+    data_file = base / "u.data" if base.is_dir() else base
+    upserts: list[Event] = []
+    item_file = folder / "u.item"
+    if item_file.exists():
+        for line in item_file.read_text(encoding="latin-1").splitlines():
+            parts = line.split("|")
+            genres = [g for g, flag in zip(ML_GENRES, parts[5:], strict=False) if flag == "1"]
+            year = parts[2][-4:] if len(parts[2]) >= 4 else "unknown"
+            upserts.append(
+                Event(
+                    None,
+                    parts[0],
+                    features=[("i.genre", g, 1.0) for g in genres] + [("i.year", year, 1.0)],
+                )
+            )
+    profiles: dict[str, list[tuple[str, str, float]]] = {}
+    user_file = folder / "u.user"
+    if user_file.exists():
+        for line in user_file.read_text(encoding="latin-1").splitlines():
+            uid, age, gender, occupation, _zip = line.split("|")
+            profiles[uid] = [
+                ("u.age", _age_bucket(int(age)), 1.0),
+                ("u.gender", gender, 1.0),
+                ("u.occupation", occupation, 1.0),
+            ]
+    rows = np.loadtxt(data_file, dtype=np.int64, delimiter="\t", ndmin=2)
+    rows = rows[np.argsort(rows[:, 3], kind="stable")]
+    flags = protocol_flags(len(rows), warmup, every)
+    for lo in range(0, len(upserts), batch_size):
+        yield Chunk(batch_from_events(upserts[lo : lo + batch_size]))
+    for lo in range(0, len(rows), batch_size):
+        events = [
+            Event(str(u), str(i), ts=float(t), features=profiles.get(str(u), []))
+            for u, i, _rating, t in rows[lo : lo + batch_size]
+        ]
+        yield Chunk(
+            batch_from_events(events, flags[lo : lo + batch_size]), interactions=len(events)
+        )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def read_jsonl(
+    path: str | Path,
+    batch_size: int = 256,
+    limits: EventLimits | None = None,
+    warmup: float = 0.2,
+    every: int = 20,
+) -> Iterator[Chunk]:
+    """One JSON event per line; bad lines are rejected with their line number and reason."""
+    path = Path(path)
+    limits = limits or EventLimits()
+    flags = protocol_flags(_count_lines(path), warmup, every)
+    events: list[Event] = []
+    event_flags: list[bool] = []
+    rejected: list[tuple[str, str]] = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                event = validate_event(json.loads(line), limits)
+            except (ValueError, InvalidEvent) as error:
+                rejected.append((f"line {number}: {error}", line[:8192].decode("utf-8", "replace")))
+                continue
+            events.append(event)
+            event_flags.append(bool(flags[number - 1]) and not event.is_upsert)
+            if len(events) >= batch_size:
+                yield Chunk(batch_from_events(events, np.array(event_flags)), rejected, len(events))
+                events, event_flags, rejected = [], [], []
+    if events or rejected:
+        batch = batch_from_events(events, np.array(event_flags, bool)) if events else None
+        yield Chunk(batch, rejected, len(events))
+
+
+def _string_column(array: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow string array as (UTF-8 buffer, offsets) without a per-value Python loop."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pc.fill_null(array, "")
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type == pa.large_string():
+        offsets = np.frombuffer(array.buffers()[1], np.int64)
+    else:
+        offsets = np.frombuffer(array.buffers()[1], np.int32)
+    offsets = offsets[array.offset : array.offset + len(array) + 1]
+    data_buffer = array.buffers()[2]
+    data = (
+        np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    )
+    return data, offsets
+
+
+def _log_bins(column: Any) -> Any:
+    """Criteo counts as categories: v > 2 becomes floor(ln(v)^2) (Kaggle winners' binning).
+
+    A value that is not an integer stays as its own category instead of failing the batch.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    is_int = pc.match_substring_regex(column, r"^-?[0-9]{1,18}$")
+    values = pc.cast(pc.if_else(is_int, column, pa.scalar("0")), pa.int64())
+    logs = pc.ln(pc.cast(pc.max_element_wise(values, 1), pa.float64()))
+    binned = pc.cast(pc.floor(pc.power(logs, 2)), pa.int64())
+    numeric = pc.if_else(pc.greater(values, 2), pc.add(binned, 1000), values)
+    return pc.if_else(is_int, pc.cast(numeric, pa.string()), column)
+
+
+def read_ctr_tsv(
+    path: str | Path, criteo: bool, batch_size: int = 8192, block_size: int = 1 << 22
+) -> Iterator[Chunk]:
+    """Label-first tab-separated CTR logs, read in columnar blocks by pyarrow.
+
+    ``criteo``: no header, ``label I1..I13 C1..C26`` (Kaggle DAC format, integer
+    features log-binned).  Otherwise the first line is a header naming the columns;
+    ``label`` is required, ``user``/``item`` columns become ids, the rest features.
+    Rows with the wrong number of fields or a label other than 0/1 are rejected.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    bad_rows: list[tuple[str, str]] = []
+
+    def invalid(row: Any) -> str:
+        bad_rows.append(
+            (
+                f"line {row.number}: expected {row.expected_columns} fields, got {row.actual_columns}",
+                row.text or "",
+            )
+        )
+        return "skip"
+
+    names = ["label", *CRITEO_INTS, *CRITEO_CATS] if criteo else None
+    read_opts = csv.ReadOptions(block_size=block_size, column_names=names, use_threads=True)
+    parse_opts = csv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=invalid)
+    if names is None:
+        header = Path(path).open(encoding="utf-8").readline().rstrip("\n").split("\t")
+        if "label" not in header:
+            raise ValueError(f"{path}: the header must name a 'label' column, got {header[:10]}")
+        names = header
+    convert = csv.ConvertOptions(
+        column_types={n: pa.string() for n in names},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    reader = csv.open_csv(
+        path, read_options=read_opts, parse_options=parse_opts, convert_options=convert
+    )
+    ints = set(CRITEO_INTS) if criteo else set()
+    for record_batch in reader:
+        table = pa.Table.from_batches([record_batch])
+        labels = table.column("label")
+        good = pc.or_(pc.equal(labels, "0"), pc.equal(labels, "1"))
+        rejected, bad_rows[:] = list(bad_rows), []
+        if not pc.all(good).as_py():
+            for i in np.flatnonzero(~np.asarray(good)):
+                row = {n: table.column(n)[int(i)].as_py() for n in names}
+                rejected.append((f"label must be 0 or 1, got {row['label']!r}", json.dumps(row)))
+            table = table.filter(good)
+        for lo in range(0, table.num_rows, batch_size):
+            yield _ctr_chunk(table.slice(lo, batch_size), names, ints, rejected if lo == 0 else [])
+        if table.num_rows == 0 and rejected:
+            yield Chunk(None, rejected)
+
+
+def _ctr_chunk(
+    table: Any, names: list[str], ints: set[str], rejected: list[tuple[str, str]]
+) -> Chunk:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    users = table.column("user").to_pylist() if "user" in names else []
+    items = table.column("item").to_pylist() if "item" in names else []
+    col_names, col_data, col_off = [], [], []
+    for name in names:
+        if name in ("label", "user", "item"):
+            continue
+        column = table.column(name)
+        if name in ints:
+            column = _log_bins(column)
+        data, offsets = _string_column(column)
+        col_names.append(name)
+        col_data.append(data)
+        col_off.append(offsets)
+    label = np.asarray(pc.cast(table.column("label"), pa.int8()))
+    batch = EventBatch(
+        seq=-1,
+        users=users,
+        items=items,
+        kind=np.zeros(n, np.uint8),
+        ts=np.full(n, math.nan),
+        label=label.astype(np.int8),
+        weight=np.ones(n),
+        rank_eval=np.zeros(n, bool),
+        col_names=col_names,
+        col_data=col_data,
+        col_off=col_off,
+    )
+    return Chunk(batch, rejected, n)

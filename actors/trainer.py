@@ -1,0 +1,279 @@
+"""Trainer: test-then-train.  Scores each batch with the weight replica, keeps the
+progressive metrics, and sends each learner shard its slice of the gradients.
+
+In synchronous mode it waits until every shard has applied batch ``s`` before it
+scores batch ``s + 1``, so results do not depend on the number of shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from typing import Any
+
+import numpy as np
+
+from actors.features import (
+    BaseFeatures,
+    Catalog,
+    FeatureSpace,
+    UserState,
+    expand,
+    expand_dense,
+    score_items,
+)
+from actors.ftrl import GradientAggregator, row_gradients, sigmoid
+from actors.hasher import take_rows
+from actors.learner import ParameterStore, split_by_shard
+from actors.metrics import (
+    ROCAUC,
+    Logloss,
+    PopularityBaseline,
+    RankingMetrics,
+    RunningMeanCTR,
+    rank_of,
+)
+from runtime.actor import Actor
+from runtime.messages import Applied, FeatureBatch, GradBatch
+from runtime.transport import Channel
+
+
+class ProgressiveMetrics:
+    """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
+
+    def __init__(self, k: int = 10, popularity: bool = True) -> None:
+        self.logloss = Logloss()
+        self.auc = ROCAUC()
+        self.mean_ctr = RunningMeanCTR()
+        self.ranking = RankingMetrics(k)
+        self.popularity = PopularityBaseline(k) if popularity else None
+        self.popularity_ranking = RankingMetrics(k)
+        self.k = k
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.logloss.count:
+            out.update(
+                logloss=self.logloss.result(),
+                auc=self.auc.result(),
+                labelled=self.logloss.count,
+                baseline_mean_ctr_logloss=self.mean_ctr.result(),
+            )
+        if self.ranking.count:
+            out.update(
+                {
+                    f"hr@{self.k}": self.ranking.hit_rate(),
+                    f"ndcg@{self.k}": self.ranking.ndcg(),
+                    "rank_evaluated": self.ranking.count,
+                }
+            )
+            if self.popularity is not None:
+                out[f"baseline_popularity_hr@{self.k}"] = self.popularity_ranking.hit_rate()
+                out[f"baseline_popularity_ndcg@{self.k}"] = self.popularity_ranking.ndcg()
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        state = {
+            "logloss": self.logloss.to_state(),
+            "auc": self.auc.to_state(),
+            "mean_ctr": self.mean_ctr.to_state(),
+            "ranking": self.ranking.to_state(),
+            "popularity_ranking": self.popularity_ranking.to_state(),
+        }
+        if self.popularity is not None:
+            state["popularity"] = self.popularity.to_state()
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.logloss = Logloss.from_state(state["logloss"])
+        self.auc = ROCAUC.from_state(state["auc"])
+        self.mean_ctr = RunningMeanCTR.from_state(state["mean_ctr"])
+        self.ranking = RankingMetrics.from_state(state["ranking"])
+        self.popularity_ranking = RankingMetrics.from_state(state["popularity_ranking"])
+        if "popularity" in state:
+            self.popularity = PopularityBaseline.from_state(state["popularity"])
+
+
+class Watermark:
+    """The highest batch sequence number learned by every shard; awaitable."""
+
+    def __init__(self, value: int = -1) -> None:
+        self.value = value
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._counter = 0
+
+    def advance(self, seq: int) -> None:
+        self.value = max(self.value, seq)
+        while self._waiters and self._waiters[0][0] <= self.value:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+
+    async def wait_for(self, seq: int) -> None:
+        if seq <= self.value:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._counter += 1
+        heapq.heappush(self._waiters, (seq, self._counter, future))
+        await future
+
+
+class TrainerActor(Actor):
+    """Wraps prediction, metrics, negative sampling and gradient routing for one stream."""
+
+    def __init__(
+        self,
+        space: FeatureSpace,
+        store: ParameterStore,
+        catalog: Catalog,
+        users: UserState,
+        *,
+        negatives: int,
+        sync: bool,
+        exclude_seen: bool,
+        seed: int,
+        metrics: ProgressiveMetrics,
+        inbox: Channel,
+        grads: list[Channel],
+        applied: Channel,
+    ) -> None:
+        super().__init__("trainer", inbox)
+        self.space = space
+        self.store = store
+        self.catalog = catalog
+        self.users = users
+        self.negatives = negatives
+        self.sync = sync
+        self.exclude_seen = exclude_seen
+        self.seed = seed
+        self.metrics = metrics
+        self.grads = grads
+        self.applied = applied
+        self.learned = Watermark()
+        self.aggregate = GradientAggregator(space.size)
+        self._pending: dict[int, int] = {}
+        self.events = 0
+        self.rows = 0
+        self.batches = 0
+        self.busy_seconds = 0.0
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await super().start()
+        self.spawn(self._ack_loop(), "acks")
+
+    async def handle(self, message: FeatureBatch) -> None:
+        started = time.perf_counter()
+        indices, grads = self.train_batch(message)
+        self._pending[message.seq] = len(self.grads)
+        for shard, (idx, g) in enumerate(split_by_shard(indices, grads, len(self.grads))):
+            await self.grads[shard].send(GradBatch(seq=message.seq, shard=shard, index=idx, grad=g))
+        self.busy_seconds += time.perf_counter() - started
+        if self.sync:
+            await self.learned.wait_for(message.seq)
+
+    def train_batch(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Score, evaluate and differentiate one batch; returns (global indices, gradients)."""
+        n = len(batch)
+        self.events += n
+        self.batches += 1
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if batch.dense.size:
+            indptr, indices, values = expand_dense(self.space, batch.dense)
+            labels = batch.label.astype(np.float64)
+            weights = batch.weight
+            explicit = np.ones(n, bool)
+            origin = np.arange(n)
+        else:
+            user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
+            if batch.item_rows.size and (batch.item_rows >= 0).any():
+                self._rank_and_remember(batch, user)
+            origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
+            weights = batch.weight[origin]
+            indptr, indices, values = expand(
+                self.space, take_rows(user, origin), item_rows, self.catalog
+            )
+        probs = sigmoid(self.store.logits(indptr, indices, values))
+        if explicit.any():
+            self.metrics.logloss.update(probs[explicit], labels[explicit], weights[explicit])
+            self.metrics.auc.update(probs[explicit], labels[explicit])
+            self.metrics.mean_ctr.update(labels[explicit], weights[explicit])
+        self.rows += int(labels.size)
+        return self.aggregate(indices, row_gradients(probs, labels, weights, indptr, values))
+
+    def _rows_with_negatives(
+        self, batch: FeatureBatch
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each implicit positive is followed by ``negatives`` items drawn from the catalog."""
+        implicit = batch.label < 0
+        known = self.catalog.known_at(batch.seq)
+        per_row = np.where(implicit & (batch.item_rows >= 0) & (known > 1), 1 + self.negatives, 1)
+        origin = np.repeat(np.arange(len(batch)), per_row)
+        item_rows = batch.item_rows[origin].copy()
+        labels = np.where(implicit, 1.0, batch.label.astype(np.float64))[origin]
+        explicit = ~implicit[origin]
+        first = np.zeros(len(batch) + 1, np.int64)
+        np.cumsum(per_row, out=first[1:])
+        is_negative = np.ones(origin.size, bool)
+        is_negative[first[:-1]] = False
+        count = int(is_negative.sum())
+        if count:
+            rng = np.random.default_rng([self.seed, batch.seq])
+            drawn = rng.integers(0, max(known, 1), count)
+            positive = item_rows[is_negative]
+            drawn = np.where(drawn == positive, (drawn + 1) % max(known, 1), drawn)
+            item_rows[is_negative] = drawn
+            labels[is_negative] = 0.0
+        return origin, item_rows, labels, explicit
+
+    def _rank_and_remember(self, batch: FeatureBatch, user: BaseFeatures) -> None:
+        """Rank flagged events against the catalog before learning them, then record history."""
+        known = self.catalog.known_at(batch.seq)
+        candidates = np.arange(known) if known < len(self.catalog) else None
+        popularity = self.metrics.popularity
+        for r in range(len(batch)):
+            item = int(batch.item_rows[r])
+            if item < 0:
+                continue
+            name = batch.users[r] if batch.users else ""
+            if batch.rank_eval[r]:
+                seen = self.users.seen(name) if self.exclude_seen else set()
+                exclude = np.fromiter(seen, np.int64, len(seen))
+                scores = score_items(
+                    self.space, user.row(r), self.catalog, self.store.weights, candidates
+                )
+                self.metrics.ranking.update(rank_of(scores, item, exclude))
+                if popularity is not None:
+                    self.metrics.popularity_ranking.update(
+                        popularity.evaluate(exclude, item, known)
+                    )
+            if name:
+                self.users.add(name, item)
+            if popularity is not None:
+                popularity.learn(item)
+
+    async def _ack_loop(self) -> None:
+        while True:
+            ack: Applied = await self.applied.recv()
+            left = self._pending.get(ack.seq, 0) - 1
+            if left > 0:
+                self._pending[ack.seq] = left
+                continue
+            self._pending.pop(ack.seq, None)
+            if not self._pending or ack.seq < min(self._pending):
+                self.learned.advance(ack.seq)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **super().statistics(),
+            "events": self.events,
+            "rows": self.rows,
+            "batches": self.batches,
+            "learned_seq": self.learned.value,
+            "in_flight": len(self._pending),
+            "busy_seconds": round(self.busy_seconds, 3),
+            "metrics": self.metrics.summary(),
+        }

@@ -1,0 +1,230 @@
+"""TOML configuration: typed sections with defaults and clear errors for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    bits: int = 22
+    seed: int = 0
+    crosses: list[list[str]] = field(
+        default_factory=lambda: [
+            ["user", "i.genre"],
+            ["u.age", "item"],
+            ["u.gender", "item"],
+            ["u.occupation", "item"],
+        ]
+    )
+
+    def check(self) -> None:
+        _require(1 <= self.bits <= 30, "model.bits", "must be in 1..30", self.bits)
+        for pair in self.crosses:
+            _require(
+                len(pair) == 2 and all(isinstance(p, str) and p for p in pair),
+                "model.crosses",
+                "must be a list of [user_side_namespace, item_side_namespace] pairs",
+                pair,
+            )
+
+
+@dataclass
+class FTRLConfig:
+    alpha: float = 0.1
+    beta: float = 1.0
+    l1: float = 0.0
+    l2: float = 0.0
+
+    def check(self) -> None:
+        _require(self.alpha > 0, "ftrl.alpha", "must be > 0", self.alpha)
+        for key in ("beta", "l1", "l2"):
+            _require(getattr(self, key) >= 0, f"ftrl.{key}", "must be >= 0", getattr(self, key))
+
+
+@dataclass
+class TrainingConfig:
+    shards: int = 1
+    batch_size: int = 256
+    negatives: int = 4
+    sync: bool = True
+    rank_eval_every: int = 20
+    rank_k: int = 10
+    exclude_seen: bool = True
+    popularity_baseline: bool = True
+
+    def check(self) -> None:
+        _require(1 <= self.shards <= 1024, "training.shards", "must be in 1..1024", self.shards)
+        _require(self.batch_size >= 1, "training.batch_size", "must be >= 1", self.batch_size)
+        _require(
+            0 <= self.negatives <= 100, "training.negatives", "must be in 0..100", self.negatives
+        )
+        _require(
+            self.rank_eval_every >= 0,
+            "training.rank_eval_every",
+            "must be >= 0",
+            self.rank_eval_every,
+        )
+        _require(self.rank_k >= 1, "training.rank_k", "must be >= 1", self.rank_k)
+
+
+@dataclass
+class QueueConfig:
+    maxsize: int = 64
+    codec_roundtrip: bool = False
+
+    def check(self) -> None:
+        _require(self.maxsize >= 1, "queues.maxsize", "must be >= 1", self.maxsize)
+
+
+@dataclass
+class IngestConfig:
+    dead_letter_path: str = "state/dead_letters.jsonl"
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_events_per_request: int = 100_000
+    max_features_per_event: int = 1000
+    max_string_len: int = 1024
+
+    def check(self) -> None:
+        for key in (
+            "max_body_bytes",
+            "max_events_per_request",
+            "max_features_per_event",
+            "max_string_len",
+        ):
+            _require(getattr(self, key) >= 1, f"ingest.{key}", "must be >= 1", getattr(self, key))
+
+
+@dataclass
+class HTTPConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def check(self) -> None:
+        _require(0 <= self.port <= 65535, "http.port", "must be in 0..65535", self.port)
+
+
+@dataclass
+class StateConfig:
+    snapshot_path: str = "state/snapshot.msgpack"
+    restore: bool = True
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class SimulatorSection:
+    enabled: bool = False
+    rate: float = 200.0
+    batch: int = 50
+    seed: int = 0
+    n_users: int = 1000
+    n_items: int = 500
+
+    def check(self) -> None:
+        _require(self.rate > 0, "simulator.rate", "must be > 0 events/s", self.rate)
+        _require(self.batch >= 1, "simulator.batch", "must be >= 1", self.batch)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ftrl: FTRLConfig = field(default_factory=FTRLConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    queues: QueueConfig = field(default_factory=QueueConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    simulator: SimulatorSection = field(default_factory=SimulatorSection)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
+        """Build and check a config; unknown sections or keys are errors (typos must not pass)."""
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, values in data.items():
+            if name not in sections:
+                raise ConfigError(
+                    f"{origin}: unknown section [{name}] (known: {', '.join(sections)})"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: [{name}] must be a table")
+            section_type = _section_type(cls, name)
+            kwargs[name] = _build_section(section_type, name, values, origin)
+        config = cls(**kwargs)
+        for f in dataclasses.fields(config):
+            getattr(config, f.name).check()
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        return cls.from_dict(data, origin=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_config_path() -> Path:
+    """The embedded default deploy config: one process, in-memory queues, HTTP on loopback."""
+    return Path(__file__).with_name("local.toml")
+
+
+def _section_type(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    section_type: type = hints[name]
+    return section_type
+
+
+def _build_section(section_type: type, section: str, values: dict[str, Any], origin: str) -> Any:
+    hints = typing.get_type_hints(section_type)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {', '.join(hints)})")
+        kwargs[key] = _coerce(hints[key], value, f"{origin}: {section}.{key}")
+    return section_type(**kwargs)
+
+
+def _coerce(expected: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(expected)
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            (inner,) = typing.get_args(expected)
+            return [_coerce(inner, v, where) for v in value]
+    name = getattr(expected, "__name__", str(expected))
+    raise ConfigError(f"{where} must be {name}, got {value!r}")
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {value!r}")

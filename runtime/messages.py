@@ -1,0 +1,127 @@
+"""Typed, versioned messages between actors.
+
+Every message is a batch (columnar numpy arrays), never one event: per-message
+overhead in Python is microseconds, so throughput comes from amortising it.
+Each class is registered with the codec, so it can cross a process boundary
+(Kafka) or be forced through msgpack in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from runtime.codec import register_message
+
+
+def _i64(values: object = ()) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+@register_message
+@dataclass
+class EventBatch:
+    """Validated events (and item upserts) in ingest order.
+
+    Strings travel as one UTF-8 buffer plus offsets so hashing runs over whole
+    columns.  ``kind`` is 0 for an interaction and 1 for an item upsert.  Sparse
+    features are CSR (``feat_ptr`` per event) with a namespace index per entry;
+    dense columns (one value per event, from TSV logs) are separate.
+    """
+
+    KIND: ClassVar[str] = "event_batch"
+    VERSION: ClassVar[int] = 1
+
+    seq: int
+    users: list[str]
+    items: list[str]
+    kind: np.ndarray  # uint8
+    ts: np.ndarray  # float64, nan = unknown
+    label: np.ndarray  # int8, -1 = implicit positive
+    weight: np.ndarray  # float64
+    rank_eval: np.ndarray  # bool: rank this event against the catalog before learning it
+    namespaces: list[str] = field(default_factory=list)
+    feat_ptr: np.ndarray = field(default_factory=lambda: _i64([0]))
+    feat_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    feat_data: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    feat_off: np.ndarray = field(default_factory=lambda: _i64([0]))
+    feat_x: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    col_names: list[str] = field(default_factory=list)
+    col_data: list[np.ndarray] = field(default_factory=list)
+    col_off: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+
+@register_message
+@dataclass
+class FeatureBatch:
+    """Interactions with their user/context-side base features hashed.
+
+    Item-side features are looked up in the catalog by ``item_rows`` (-1: no item).
+    ``dense`` holds the value hashes of dense columns when the batch came from a
+    columnar log with no items (the fast CTR path); then ``user_*`` is empty.
+    """
+
+    KIND: ClassVar[str] = "feature_batch"
+    VERSION: ClassVar[int] = 1
+
+    seq: int
+    users: list[str]
+    item_rows: np.ndarray  # int64
+    ts: np.ndarray
+    label: np.ndarray  # int8
+    weight: np.ndarray
+    rank_eval: np.ndarray
+    user_ptr: np.ndarray
+    user_ns: np.ndarray  # uint32
+    user_raw: np.ndarray  # uint32
+    user_x: np.ndarray  # float64
+    dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint32))
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+
+@register_message
+@dataclass
+class GradBatch:
+    """The gradients of one batch for one shard, in stream order, on shard-local indices."""
+
+    KIND: ClassVar[str] = "grad_batch"
+    VERSION: ClassVar[int] = 1
+
+    seq: int
+    shard: int
+    index: np.ndarray  # int64, shard-local
+    grad: np.ndarray  # float64
+
+
+@register_message
+@dataclass
+class Applied:
+    """A shard has applied the gradients of batch ``seq``."""
+
+    KIND: ClassVar[str] = "applied"
+    VERSION: ClassVar[int] = 1
+
+    seq: int
+    shard: int
+    updates: int
+
+
+@register_message
+@dataclass
+class DeadLetters:
+    """Rejected input with the reason each was rejected."""
+
+    KIND: ClassVar[str] = "dead_letters"
+    VERSION: ClassVar[int] = 1
+
+    source: str
+    reasons: list[str]
+    payloads: list[str]
+    ts: float

@@ -1,0 +1,465 @@
+"""The System: builds the actor graph from a config and runs it.
+
+Embedding freshrank in another asyncio application::
+
+    async with System.from_config() as s:
+        await s.ingest([{"user": "u1", "item": "i1"}])
+        print(await s.recommend("u1", k=10))
+
+Data flow (see DESIGN.md): ingest validates (bad input goes to the dead-letter
+sink with its reason) → hasher → trainer → learner shards; the ranker reads the
+weights the learners write.  Every arrow is a bounded channel of the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.batching import batch_from_events
+from actors.deadletters import DeadLetterSink
+from actors.events import EventLimits, InvalidEvent, validate_event
+from actors.features import BaseFeatures, Catalog, FeatureSpace, UserState
+from actors.ftrl import FTRLParams
+from actors.hasher import Featurizer, HasherActor
+from actors.learner import LearnerActor, ParameterStore
+from actors.ranker import Ranker
+from actors.simulator import SimulatorConfig
+from actors.sources import SimulatorSource
+from actors.trainer import ProgressiveMetrics, TrainerActor
+from runtime.actor import Actor
+from runtime.codec import Limits, decode, encode
+from runtime.config import Config
+from runtime.messages import DeadLetters, EventBatch
+from runtime.transport import MemoryTransport, Transport
+
+SNAPSHOT_VERSION = 1
+SNAPSHOT_LIMITS = Limits(
+    max_bytes=1 << 40,
+    max_str_len=1 << 30,
+    max_bin_len=1 << 40,
+    max_array_len=1 << 31,
+    max_map_len=1 << 31,
+    max_ext_len=1 << 40,
+    max_array_elements=1 << 34,
+)
+
+
+class SystemFailed(RuntimeError):
+    """An actor crashed; the system stops accepting work and reports the cause."""
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that cannot be restored into this configuration."""
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    learned: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "learned": self.learned,
+        }
+
+
+def _payload_text(obj: Any) -> str:
+    try:
+        return json.dumps(obj, ensure_ascii=False, default=repr)[:8192]
+    except (TypeError, ValueError):
+        return repr(obj)[:8192]
+
+
+class System:
+    """One process: in-memory (or any) transport, N learner shards, one trainer, a ranker."""
+
+    def __init__(self, config: Config | None = None, transport: Transport | None = None) -> None:
+        self.config = config or Config()
+        self.transport = transport or MemoryTransport(roundtrip=self.config.queues.codec_roundtrip)
+        c = self.config
+        self.space = FeatureSpace(c.model.bits, c.model.seed, [(a, b) for a, b in c.model.crosses])
+        self.params = FTRLParams(c.ftrl.alpha, c.ftrl.beta, c.ftrl.l1, c.ftrl.l2)
+        self.store = ParameterStore(self.space.size, self.params)
+        self.catalog = Catalog()
+        self.users = UserState()
+        self.limits = EventLimits(
+            max_string_len=c.ingest.max_string_len, max_features=c.ingest.max_features_per_event
+        )
+        self.metrics = ProgressiveMetrics(c.training.rank_k, c.training.popularity_baseline)
+        self.ranker = Ranker(
+            self.space, self.store.weights, self.catalog, self.users, c.training.exclude_seen
+        )
+        self._seq = -1
+        self._interactions = 0
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
+        self._started = False
+        self._submit_lock = asyncio.Lock()
+        self.started_at = time.time()
+        self.actors: list[Actor] = []
+        self.simulator: SimulatorSource | None = None
+        self._build()
+
+    @classmethod
+    def from_config(
+        cls, config: Config | str | Path | dict[str, Any] | None = None, **kwargs: Any
+    ) -> System:
+        """A System from a Config, a TOML path, a dict of sections, or the embedded default."""
+        if config is None:
+            config = Config()
+        elif isinstance(config, str | Path):
+            config = Config.load(config)
+        elif isinstance(config, dict):
+            config = Config.from_dict(config)
+        return cls(config, **kwargs)
+
+    def _build(self) -> None:
+        c = self.config
+        t = self.transport
+        size = c.queues.maxsize
+        shards = c.training.shards
+        events = t.channel("events", size)
+        features = t.channel("features", size)
+        grads = [t.channel(f"grads.{k}", size) for k in range(shards)]
+        applied = t.channel("applied", 0)
+        self.dead_letter_channel = t.channel("dead_letters", size)
+        self.events_channel = events
+        self.hasher = HasherActor(
+            Featurizer(self.space, self.catalog, self.users), events, features
+        )
+        self.trainer = TrainerActor(
+            self.space,
+            self.store,
+            self.catalog,
+            self.users,
+            negatives=c.training.negatives,
+            sync=c.training.sync,
+            exclude_seen=c.training.exclude_seen,
+            seed=c.model.seed,
+            metrics=self.metrics,
+            inbox=features,
+            grads=grads,
+            applied=applied,
+        )
+        self.learners = []
+        for k in range(shards):
+            z, n = self.store.shard_view(k, shards)
+            self.learners.append(LearnerActor(k, z, n, self.params, grads[k], applied))
+        self.dead_letters = DeadLetterSink(
+            c.ingest.dead_letter_path or None, self.dead_letter_channel
+        )
+        self.actors = [self.dead_letters, *self.learners, self.trainer, self.hasher]
+        if c.simulator.enabled:
+            sim = SimulatorConfig(
+                seed=c.simulator.seed, n_users=c.simulator.n_users, n_items=c.simulator.n_items
+            )
+            self.simulator = SimulatorSource(
+                sim, self._simulated, c.simulator.rate, c.simulator.batch
+            )
+
+    async def _simulated(self, events: list[Any]) -> None:
+        await self.ingest(events, source="simulator", wait=False)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore the snapshot (if configured and present) and start every actor (idempotent)."""
+        if self._started:
+            return
+        self._started = True
+        if self.config.state.restore and self.config.state.snapshot_path:
+            self.restore_if_present(Path(self.config.state.snapshot_path))
+        await self.transport.start()
+        for actor in self.actors:
+            actor.on_crash = self._on_crash
+            await actor.start()
+        if self.simulator is not None:
+            self.simulator.on_crash = self._on_crash
+            await self.simulator.start()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Drain the queues (everything accepted gets learned), then stop every actor."""
+        if not self._started:
+            return
+        if self.simulator is not None:
+            await self.simulator.stop()
+        if drain and self._failure is None:
+            await self.drain()
+        for actor in reversed(self.actors):
+            await actor.stop()
+        await self.transport.stop()
+        self._started = False
+
+    async def __aenter__(self) -> System:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(drain=exc[0] is None)
+
+    def _on_crash(self, actor: Actor, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._failed.set()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise SystemFailed(f"an actor crashed: {self._failure!r}") from self._failure
+        if not self._started:
+            raise SystemFailed(
+                "the system is not running (use 'async with System(...)' or start())"
+            )
+
+    async def _until(self, awaitable: Any) -> None:
+        """Await something, but fail fast if an actor crashes meanwhile."""
+        task = asyncio.ensure_future(awaitable)
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._check()
+        await task
+
+    async def wait_failed(self) -> BaseException:
+        """Return the first actor crash (for a daemon's supervisor loop)."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    # -- ingest ------------------------------------------------------------
+
+    async def ingest(
+        self, events: Iterable[Any], *, wait: bool = True, source: str = "api"
+    ) -> IngestResult:
+        """Validate and queue events; with ``wait`` return once they are learned.
+
+        Bad events never raise: each is reported with its reason in the result and
+        written to the dead-letter sink, and the good events of the same call are learned.
+        """
+        self._check()
+        result = IngestResult()
+        good = []
+        rejected: list[tuple[str, str]] = []
+        for index, obj in enumerate(events):
+            try:
+                good.append(validate_event(obj, self.limits))
+            except InvalidEvent as error:
+                reason = str(error)
+                result.errors.append({"index": index, "reason": reason})
+                rejected.append((reason, _payload_text(obj)))
+        result.accepted, result.rejected = len(good), len(rejected)
+        if rejected:
+            await self.reject(rejected, source)
+        last = None
+        size = self.config.training.batch_size
+        for lo in range(0, len(good), size):
+            chunk = good[lo : lo + size]
+            last = await self.submit(batch_from_events(chunk, self._rank_flags(chunk)))
+        if wait and last is not None:
+            await self.wait_learned(last)
+            result.learned = True
+        return result
+
+    def _rank_flags(self, events: Sequence[Any]) -> np.ndarray:
+        every = self.config.training.rank_eval_every
+        flags = np.zeros(len(events), bool)
+        if not every:
+            return flags
+        for i, event in enumerate(events):
+            if event.user is not None:
+                self._interactions += 1
+                flags[i] = self._interactions % every == 0
+        return flags
+
+    async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
+        """Send (reason, payload) pairs to the dead-letter sink."""
+        await self.dead_letter_channel.send(
+            DeadLetters(
+                source=source,
+                reasons=[r for r, _ in rejected],
+                payloads=[p for _, p in rejected],
+                ts=time.time(),
+            )
+        )
+
+    async def submit(self, batch: EventBatch) -> int:
+        """Queue an already-built batch (file replay fast path); returns its sequence number."""
+        self._check()
+        async with self._submit_lock:
+            self._seq += 1
+            batch.seq = self._seq
+            await self._until(self.events_channel.send(batch))
+        return batch.seq
+
+    async def wait_learned(self, seq: int) -> None:
+        await self._until(self.trainer.learned.wait_for(seq))
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is learned and every dead letter is written."""
+        await self.wait_learned(self._seq)
+        while not self.dead_letters.idle:
+            await self._until(asyncio.sleep(0))
+
+    # -- serving -----------------------------------------------------------
+
+    async def recommend(
+        self,
+        user: str,
+        k: int = 10,
+        candidates: Sequence[str] | None = None,
+        context: dict[str, Any] | None = None,
+        explain: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Top-k items for ``user`` with the weights as they are now (every learned event counts)."""
+        self._check()
+        features = []
+        if context:
+            event = validate_event({"item": "-", "user": user, "context": context}, self.limits)
+            features = event.features
+        return self.ranker.recommend(user, k, candidates, features, explain)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "seq": self._seq,
+            "shards": len(self.learners),
+            "sync": self.config.training.sync,
+            "catalog_items": len(self.catalog),
+            "users": len(self.users.history),
+            "metrics": self.metrics.summary(),
+            "hasher": self.hasher.statistics(),
+            "trainer": self.trainer.statistics(),
+            "learners": [learner.statistics() for learner in self.learners],
+            "dead_letters": self.dead_letters.statistics(),
+            "ranker": self.ranker.statistics(),
+            "queues": self.transport.statistics(),
+            "simulator": self.simulator.statistics() if self.simulator else None,
+            "failed": repr(self._failure) if self._failure else None,
+        }
+
+    # -- snapshots ---------------------------------------------------------
+
+    def snapshot_state(self) -> dict[str, Any]:
+        touched = np.flatnonzero(self.store.n)
+        n_items = len(self.catalog)
+        return {
+            "version": SNAPSHOT_VERSION,
+            "model": {
+                "bits": self.space.bits,
+                "seed": self.space.seed,
+                "crosses": self.config.model.crosses,
+            },
+            "seq": self._seq,
+            "interactions": self._interactions,
+            "weights": {"index": touched, "z": self.store.z[touched], "n": self.store.n[touched]},
+            "catalog": {
+                "ids": self.catalog.ids,
+                "ns": self.catalog.ns[:n_items],
+                "raw": self.catalog.raw[:n_items],
+                "x": self.catalog.x[:n_items],
+                "first_seq": self.catalog.first_seq[:n_items],
+                "names": self.catalog.names,
+            },
+            "users": {
+                "history": {u: sorted(rows) for u, rows in self.users.history.items()},
+                "profiles": {
+                    u: [p.ns, p.raw, p.x, self.users.profile_names.get(u, [])]
+                    for u, p in self.users.profiles.items()
+                },
+            },
+            "metrics": self.metrics.to_state(),
+            "trainer": {"events": self.trainer.events, "rows": self.trainer.rows},
+        }
+
+    def write_snapshot(self, path: str | Path | None = None) -> Path:
+        """Write the learned state atomically (temp file, fsync, rename): never half-written."""
+        target = Path(path or self.config.state.snapshot_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = encode(self.snapshot_state())
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return target
+
+    def restore_if_present(self, path: Path) -> bool:
+        """Restore from ``path`` when a snapshot is there (a first start has none)."""
+        if not path.exists():
+            return False
+        self.restore(path)
+        return True
+
+    def restore(self, path: str | Path) -> None:
+        """Load a snapshot written by :meth:`write_snapshot` (same model settings required)."""
+        state = decode(Path(path).read_bytes(), SNAPSHOT_LIMITS)
+        if not isinstance(state, dict) or state.get("version") != SNAPSHOT_VERSION:
+            raise SnapshotError(f"{path}: not a freshrank snapshot of version {SNAPSHOT_VERSION}")
+        model = state["model"]
+        mine = {
+            "bits": self.space.bits,
+            "seed": self.space.seed,
+            "crosses": self.config.model.crosses,
+        }
+        if model != mine:
+            raise SnapshotError(
+                f"{path}: snapshot model settings {model} differ from config {mine}"
+            )
+        w = state["weights"]
+        self.store.z[w["index"]] = w["z"]
+        self.store.n[w["index"]] = w["n"]
+        cat = state["catalog"]
+        for row, item in enumerate(cat["ids"]):
+            self.catalog.upsert(
+                item,
+                int(cat["first_seq"][row]),
+                np.array(cat["ns"][row]),
+                np.array(cat["raw"][row]),
+                np.array(cat["x"][row]),
+                list(cat["names"][row]),
+            )
+        for user, rows in state["users"]["history"].items():
+            self.users.history[user] = set(rows)
+        for user, (ns, raw, x, names) in state["users"]["profiles"].items():
+            self.users.profiles[user] = BaseFeatures(
+                np.array([0, len(ns)], np.int64), np.array(ns), np.array(raw), np.array(x)
+            )
+            self.users.profile_names[user] = list(names)
+        self.metrics.load_state(state["metrics"])
+        self._seq = int(state["seq"])
+        self._interactions = int(state["interactions"])
+        self.trainer.learned.advance(self._seq)
+        self.trainer.events = int(state["trainer"]["events"])
+        self.trainer.rows = int(state["trainer"]["rows"])
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: report a metric that is not defined yet as null."""
+    return value if math.isfinite(value) else None
