@@ -35,6 +35,14 @@ class InvalidEvent(ValueError):
 
 
 @dataclass(frozen=True)
+class Unparsable:
+    """A record that failed to parse (broken JSON line, bad UTF-8): rejected with ``reason``."""
+
+    reason: str
+    payload: str
+
+
+@dataclass(frozen=True)
 class EventLimits:
     """Caps on untrusted input, so one hostile event cannot exhaust memory or time."""
 
@@ -152,6 +160,8 @@ def _group_features(
 
 def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     """Check one decoded JSON/msgpack value against the schema and normalise it."""
+    if isinstance(obj, Unparsable):
+        raise InvalidEvent(obj.reason)
     if not isinstance(obj, dict):
         raise InvalidEvent(f"an event must be an object, got {type(obj).__name__}")
     unknown = [str(k) for k in obj if k not in KNOWN_KEYS]

@@ -28,7 +28,7 @@ import numpy as np
 
 from actors.batching import batch_from_events
 from actors.deadletters import DeadLetterSink
-from actors.events import EventLimits, InvalidEvent, validate_event
+from actors.events import EventLimits, InvalidEvent, Unparsable, validate_event
 from actors.features import BaseFeatures, Catalog, FeatureSpace, UserState
 from actors.ftrl import FTRLParams
 from actors.hasher import Featurizer, HasherActor
@@ -80,6 +80,8 @@ class IngestResult:
 
 
 def _payload_text(obj: Any) -> str:
+    if isinstance(obj, Unparsable):
+        return obj.payload
     try:
         return json.dumps(obj, ensure_ascii=False, default=repr)[:8192]
     except (TypeError, ValueError):

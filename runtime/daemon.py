@@ -1,0 +1,80 @@
+"""The daemon: the System plus the HTTP API, until SIGTERM/SIGINT.
+
+On a signal it stops taking requests, drains every queue (nothing accepted is
+lost), writes a state snapshot atomically and exits 0; the next start restores
+the snapshot, so a restarted daemon keeps what it learned.  An actor crash
+exits 1 with the cause logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from runtime.config import Config
+from runtime.http import make_app
+from runtime.system import System
+
+log = logging.getLogger("freshrank")
+
+
+async def serve(config: Config) -> int:
+    """Run until a signal (exit code 0) or an actor crash (exit code 1)."""
+    system = System(config)
+    await system.start()
+    runner = web.AppRunner(make_app(system), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, config.http.port)
+    if config.http.enabled:
+        await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    address = ""
+    if config.http.enabled and runner.addresses:
+        host, port = runner.addresses[0][:2]
+        address = f" http://{host}:{port}"
+    print(f"freshrank ready{address} shards={config.training.shards}", flush=True)
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(system.wait_failed())
+    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopping, failing):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await runner.cleanup()
+    if (
+        failing.done()
+        and not failing.cancelled()
+        and failing.exception() is None
+        and not stop.is_set()
+    ):
+        log.error("an actor crashed, exiting: %r", failing.result())
+        await system.stop(drain=False)
+        return 1
+    await system.stop(drain=True)
+    if config.state.snapshot_path:
+        path = system.write_snapshot()
+        log.info("snapshot written to %s", path)
+    print("freshrank stopped cleanly", flush=True)
+    return 0
+
+
+def run_daemon(config: Config) -> int:
+    """Run :func:`serve` on uvloop (when available)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(serve(config))
+    return uvloop.run(serve(config))
