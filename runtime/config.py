@@ -182,11 +182,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def default_config_path() -> Path:
-    """The embedded default deploy config: one process, in-memory queues, HTTP on loopback."""
-    return Path(__file__).with_name("local.toml")
-
-
 def _section_type(cls: type, name: str) -> type:
     hints = typing.get_type_hints(cls)
     section_type: type = hints[name]

@@ -184,9 +184,9 @@ class System:
         """Restore the snapshot (if configured and present) and start every actor (idempotent)."""
         if self._started:
             return
-        self._started = True
         if self.config.state.restore and self.config.state.snapshot_path:
             self.restore_if_present(Path(self.config.state.snapshot_path))
+        self._started = True
         await self.transport.start()
         for actor in self.actors:
             actor.on_crash = self._on_crash
