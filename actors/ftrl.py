@@ -80,6 +80,29 @@ def _weights_at(
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_dot(
+    z: np.ndarray, n: np.ndarray, indices: np.ndarray, values: np.ndarray, lo: int, hi: int,
+    alpha: float, beta: float, l1: float, l2: float,
+) -> float:  # fmt: skip
+    s = 0.0
+    for k in range(lo, hi):
+        i = indices[k]
+        s += _weight(z[i], n[i], alpha, beta, l1, l2) * values[k]
+    return s
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _update(
+    z: np.ndarray, n: np.ndarray, i: int, g: float, alpha: float, beta: float, l1: float, l2: float
+) -> None:
+    ni = n[i]
+    w = _weight(z[i], ni, alpha, beta, l1, l2)
+    sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha
+    z[i] += g - sigma * w
+    n[i] = ni + g * g
+
+
 @njit(cache=True, nogil=True)
 def _predict_logits(
     z: np.ndarray,
@@ -95,11 +118,7 @@ def _predict_logits(
     rows = indptr.shape[0] - 1
     out = np.empty(rows, dtype=np.float64)
     for r in range(rows):
-        s = 0.0
-        for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            s += _weight(z[i], n[i], alpha, beta, l1, l2) * values[k]
-        out[r] = s
+        out[r] = _row_dot(z, n, indices, values, indptr[r], indptr[r + 1], alpha, beta, l1, l2)
     return out
 
 
@@ -115,13 +134,7 @@ def _apply_gradients(
     l2: float,
 ) -> None:
     for k in range(idx.shape[0]):
-        i = idx[k]
-        g = grads[k]
-        ni = n[i]
-        w = _weight(z[i], ni, alpha, beta, l1, l2)
-        sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha
-        z[i] += g - sigma * w
-        n[i] = ni + g * g
+        _update(z, n, idx[k], grads[k], alpha, beta, l1, l2)
 
 
 @njit(cache=True, nogil=True)
@@ -141,22 +154,14 @@ def _fit_sequential(
     rows = indptr.shape[0] - 1
     probs = np.empty(rows, dtype=np.float64)
     for r in range(rows):
-        s = 0.0
-        for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            s += _weight(z[i], n[i], alpha, beta, l1, l2) * values[k]
+        lo, hi = indptr[r], indptr[r + 1]
+        s = _row_dot(z, n, indices, values, lo, hi, alpha, beta, l1, l2)
         s = min(max(s, -MAX_LOGIT), MAX_LOGIT)
         p = 1.0 / (1.0 + math.exp(-s))
         probs[r] = p
         err = (p - labels[r]) * sample_weights[r]
-        for k in range(indptr[r], indptr[r + 1]):
-            i = indices[k]
-            g = err * values[k]
-            ni = n[i]
-            w = _weight(z[i], ni, alpha, beta, l1, l2)
-            sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha
-            z[i] += g - sigma * w
-            n[i] = ni + g * g
+        for k in range(lo, hi):
+            _update(z, n, indices[k], err * values[k], alpha, beta, l1, l2)
     return probs
 
 
