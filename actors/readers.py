@@ -132,11 +132,15 @@ def read_jsonl(
             events.append(event)
             event_flags.append(bool(flags[number - 1]) and not event.is_upsert)
             if len(events) >= batch_size:
-                yield Chunk(batch_from_events(events, np.array(event_flags)), rejected, len(events))
+                yield _event_chunk(events, event_flags, rejected)
                 events, event_flags, rejected = [], [], []
     if events or rejected:
-        batch = batch_from_events(events, np.array(event_flags, bool)) if events else None
-        yield Chunk(batch, rejected, len(events))
+        yield _event_chunk(events, event_flags, rejected)
+
+
+def _event_chunk(events: list[Event], flags: list[bool], rejected: list[tuple[str, str]]) -> Chunk:
+    batch = batch_from_events(events, np.array(flags, bool)) if events else None
+    return Chunk(batch, rejected, sum(1 for e in events if not e.is_upsert))
 
 
 def _string_column(array: Any) -> tuple[np.ndarray, np.ndarray]:
