@@ -50,7 +50,8 @@ class DeadLetterSink(Actor):
                 "payload": payload[:MAX_PAYLOAD_CHARS],
                 "truncated": len(payload) > MAX_PAYLOAD_CHARS,
             }
-            lines.append(json.dumps(record, ensure_ascii=False))
+            # ASCII escapes: a payload may hold lone surrogates that no UTF-8 file can store
+            lines.append(json.dumps(record))
         self.records += len(lines)
         if self.path is not None and lines:
             self._append(lines)

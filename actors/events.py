@@ -69,6 +69,26 @@ class Event:
         return self.user is None
 
 
+def _check_unicode(text: str, where: str) -> str:
+    """Reject lone surrogates (JSON allows the escape ``\\ud800``) before they reach UTF-8 encoders."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(f"{where} is not valid UTF-8 text (lone surrogate)") from None
+    return text
+
+
+def _to_float(value: int | float, where: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidEvent(f"{where} is out of the floating-point range") from None
+    if not math.isfinite(number):
+        raise InvalidEvent(f"{where} must be finite, got {value!r}")
+    return number
+
+
 def _check_id(obj: dict[str, Any], key: str, limits: EventLimits) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -82,7 +102,7 @@ def _check_id(obj: dict[str, Any], key: str, limits: EventLimits) -> str | None:
         raise InvalidEvent(
             f"'{key}' is {len(text)} characters long, the limit is {limits.max_id_len}"
         )
-    return text
+    return _check_unicode(text, f"'{key}'")
 
 
 def _finite_number(obj: dict[str, Any], key: str) -> float | None:
@@ -91,10 +111,7 @@ def _finite_number(obj: dict[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"'{key}' must be a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise InvalidEvent(f"'{key}' must be finite, got {value!r}")
-    return number
+    return _to_float(value, f"'{key}'")
 
 
 def _label(obj: dict[str, Any]) -> int:
@@ -115,7 +132,7 @@ def _check_string(value: str, where: str, limits: EventLimits) -> str:
         raise InvalidEvent(
             f"{where} is {len(value)} characters long, the limit is {limits.max_string_len}"
         )
-    return value
+    return _check_unicode(value, where)
 
 
 def _group_features(
@@ -128,6 +145,7 @@ def _group_features(
     for name, value in raw.items():
         if not isinstance(name, str) or not name or len(name) > limits.max_name_len:
             raise InvalidEvent(f"'{group}' has an invalid feature name {str(name)[:80]!r}")
+        _check_unicode(name, f"a feature name in '{group}'")
         namespace = prefix + name
         where = f"{group}.{name}"
         if isinstance(value, bool):
@@ -135,10 +153,7 @@ def _group_features(
         elif isinstance(value, str):
             out.append((namespace, _check_string(value, where, limits), 1.0))
         elif isinstance(value, int | float):
-            number = float(value)
-            if not math.isfinite(number):
-                raise InvalidEvent(f"{where} must be finite, got {value!r}")
-            out.append((namespace, "", number))
+            out.append((namespace, "", _to_float(value, where)))
         elif isinstance(value, list):
             if len(value) > limits.max_list_len:
                 raise InvalidEvent(

@@ -100,11 +100,13 @@ class Catalog:
     width: int = 8
     ids: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
-    ns: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.uint32))
-    raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.uint32))
-    x: np.ndarray = field(default_factory=lambda: np.zeros((0, 8), np.float64))
     first_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     names: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.ns = np.zeros((0, self.width), np.uint32)
+        self.raw = np.zeros((0, self.width), np.uint32)
+        self.x = np.zeros((0, self.width), np.float64)
 
     def __len__(self) -> int:
         return len(self.ids)

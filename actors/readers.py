@@ -267,6 +267,7 @@ def _ctr_chunk(
         label=label.astype(np.int8),
         weight=np.ones(n),
         rank_eval=np.zeros(n, bool),
+        feat_ptr=np.zeros(n + 1, np.int64),
         col_names=col_names,
         col_data=col_data,
         col_off=col_off,

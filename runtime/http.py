@@ -64,10 +64,11 @@ def _parse_ndjson(body: bytes) -> list[Any]:
                     f"line {number}: not valid UTF-8", line[:8192].decode("utf-8", "replace")
                 )
             )
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # JSONDecodeError, or e.g. an integer over 4300 digits
+            reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)[:200]
             out.append(
                 Unparsable(
-                    f"line {number}: not valid JSON: {error.msg}",
+                    f"line {number}: not valid JSON: {reason}",
                     line[:8192].decode("utf-8", "replace"),
                 )
             )

@@ -91,3 +91,19 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_tsv_with_user_and_item_columns(tmp_path: Path) -> None:
+    log = tmp_path / "clicks.tsv"
+    rows = ["label\tuser\titem\tdevice"]
+    rows += [f"{k % 3 == 0:d}\tu{k % 7}\ti{k % 11}\t{['tv', 'mobile'][k % 2]}" for k in range(300)]
+    rows.insert(40, "1\tu1\ti1")  # a row with a missing field
+    rows.insert(90, "2\tu1\ti1\ttv")  # a label that is not 0/1
+    log.write_text("\n".join(rows) + "\n")
+    result = replay(tmp_path, str(log), "--format", "tsv", "--no-progress")
+    assert result["events"] == 300 and result["labelled"] == 300
+    assert result["rejected"] == 2
+    reasons = [
+        json.loads(line)["reason"] for line in (tmp_path / "dlq.jsonl").read_text().splitlines()
+    ]
+    assert any("expected 4 fields" in r for r in reasons) and any("label" in r for r in reasons)
