@@ -112,3 +112,21 @@ async def test_snapshot_with_other_model_settings_is_refused(tmp_path: Any) -> N
     other = quiet_config(state={"snapshot_path": str(path), "restore": True}, model={"bits": 18})
     with pytest.raises(SnapshotError, match="differ"):
         await System(other).start()
+
+
+async def test_asynchronous_mode_learns_everything_and_drains() -> None:
+    sim = Simulator(SimulatorConfig(seed=2, n_users=40, n_items=50))
+    config = quiet_config(training={"sync": False, "shards": 3, "batch_size": 16})
+    async with System(config) as system:
+        await system.ingest(sim.items())
+        sent = 0
+        for _ in range(20):
+            batch = sim.next_batch(50)
+            sent += sum(1 for e in batch if "user" in e)
+            await system.ingest(batch, wait=False)
+        await system.drain()
+        stats = system.statistics()
+        assert stats["trainer"]["events"] == sent
+        assert stats["trainer"]["learned_seq"] == stats["seq"]
+        assert stats["trainer"]["in_flight"] == 0
+        assert sum(s["batches"] for s in stats["learners"]) == 3 * (stats["seq"] + 1)
