@@ -138,6 +138,77 @@ def _apply_gradients(
 
 
 @njit(cache=True, nogil=True)
+def _apply_gradients_replica(
+    z: np.ndarray,
+    n: np.ndarray,
+    w: np.ndarray,
+    idx: np.ndarray,
+    grads: np.ndarray,
+    alpha: float,
+    beta: float,
+    l1: float,
+    l2: float,
+) -> None:
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        _update(z, n, i, grads[k], alpha, beta, l1, l2)
+        w[i] = _weight(z[i], n[i], alpha, beta, l1, l2)
+
+
+@njit(cache=True, nogil=True)
+def _dot_rows(
+    w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    rows = indptr.shape[0] - 1
+    out = np.empty(rows, dtype=np.float64)
+    for r in range(rows):
+        s = 0.0
+        for k in range(indptr[r], indptr[r + 1]):
+            s += w[indices[k]] * values[k]
+        out[r] = s
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _logistic_step(
+    w: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    sample_weights: np.ndarray,
+    slot: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = indptr.shape[0] - 1
+    probs = np.empty(rows, np.float64)
+    out_idx = np.empty(indices.shape[0], np.int64)
+    out_g = np.empty(indices.shape[0], np.float64)
+    m = 0
+    for r in range(rows):
+        lo, hi = indptr[r], indptr[r + 1]
+        s = 0.0
+        for k in range(lo, hi):
+            s += w[indices[k]] * values[k]
+        s = min(max(s, -MAX_LOGIT), MAX_LOGIT)
+        p = 1.0 / (1.0 + math.exp(-s))
+        probs[r] = p
+        err = (p - labels[r]) * sample_weights[r]
+        for k in range(lo, hi):
+            i = indices[k]
+            j = slot[i]
+            if j < 0:
+                slot[i] = m
+                out_idx[m] = i
+                out_g[m] = err * values[k]
+                m += 1
+            else:
+                out_g[j] += err * values[k]
+    for k in range(m):
+        slot[out_idx[k]] = -1
+    return probs, out_idx[:m], out_g[:m]
+
+
+@njit(cache=True, nogil=True)
 def _fit_sequential(
     z: np.ndarray,
     n: np.ndarray,
@@ -201,6 +272,28 @@ class GradientAggregator:
             np.ascontiguousarray(idx, np.int64), np.ascontiguousarray(grads, np.float64), self._slot
         )
 
+    def logistic_step(
+        self,
+        w: np.ndarray,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray,
+        labels: np.ndarray,
+        sample_weights: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass over a CSR batch: probabilities with the weights ``w`` and the logistic-loss
+        gradients summed per coordinate; equals ``sigmoid(dot_rows)``, ``row_gradients`` and
+        ``__call__`` in sequence, without their temporaries."""
+        return _logistic_step(
+            w,
+            indptr,
+            np.ascontiguousarray(indices, np.int64),
+            np.ascontiguousarray(values, np.float64),
+            np.ascontiguousarray(labels, np.float64),
+            np.ascontiguousarray(sample_weights, np.float64),
+            self._slot,
+        )
+
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Logistic function with the logits clipped so exp() never overflows."""
@@ -225,13 +318,30 @@ def predict_logits(
 
 
 def apply_gradients(
-    z: np.ndarray, n: np.ndarray, idx: np.ndarray, grads: np.ndarray, p: FTRLParams
+    z: np.ndarray,
+    n: np.ndarray,
+    idx: np.ndarray,
+    grads: np.ndarray,
+    p: FTRLParams,
+    w: np.ndarray | None = None,
 ) -> None:
     """Apply (coordinate, gradient) pairs in order, in place (Algorithm 1's update).
 
-    ``z`` and ``n`` may be strided views (a shard's slice of a shared array).
+    ``z`` and ``n`` may be strided views (a shard's slice of a shared array).  With
+    ``w``, the weight replica of every updated coordinate is kept equal to its closed
+    form, so readers gather weights instead of recomputing them from z and n.
     """
-    _apply_gradients(z, n, idx, grads, p.alpha, p.beta, p.l1, p.l2)
+    if w is None:
+        _apply_gradients(z, n, idx, grads, p.alpha, p.beta, p.l1, p.l2)
+    else:
+        _apply_gradients_replica(z, n, w, idx, grads, p.alpha, p.beta, p.l1, p.l2)
+
+
+def dot_rows(
+    w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    """Logits w·x for each row of a CSR batch, from a weight replica."""
+    return _dot_rows(w, indptr, indices, values)
 
 
 def fit_sequential(

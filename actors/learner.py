@@ -12,28 +12,40 @@ from typing import Any
 
 import numpy as np
 
-from actors.ftrl import FTRLParams, apply_gradients, predict_logits, weights_at
+from actors.ftrl import FTRLParams, apply_gradients, dot_rows, weights_at
 from runtime.actor import Actor
 from runtime.messages import Applied, GradBatch
 from runtime.transport import Channel
 
 
 class ParameterStore:
-    """The FTRL sums ``z`` and ``n`` of the whole index space, and reads of the weights."""
+    """The FTRL sums ``z`` and ``n`` of the whole index space and the weight replica ``w``.
+
+    The learners keep ``w[i]`` equal to the closed-form weight of ``(z[i], n[i])`` as they
+    update, so scoring is one gather per feature instead of a square root and a division.
+    """
 
     def __init__(self, size: int, params: FTRLParams) -> None:
         self.params = params
         self.z = np.zeros(size, np.float64)
         self.n = np.zeros(size, np.float64)
+        self.w = np.zeros(size, np.float64)
 
-    def shard_view(self, shard: int, shards: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.z[shard::shards], self.n[shard::shards]
+    def shard_view(self, shard: int, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.z[shard::shards], self.n[shard::shards], self.w[shard::shards]
+
+    def refresh(self, idx: np.ndarray | None = None) -> None:
+        """Recompute the replica from z and n (after a restore, or writing z/n directly)."""
+        if idx is None:
+            idx = np.flatnonzero(self.n)
+            self.w[:] = 0.0
+        self.w[idx] = weights_at(self.z, self.n, idx, self.params)
 
     def weights(self, idx: np.ndarray) -> np.ndarray:
-        return weights_at(self.z, self.n, idx, self.params)
+        return self.w[idx]
 
     def logits(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-        return predict_logits(self.z, self.n, indptr, indices, values, self.params)
+        return dot_rows(self.w, indptr, indices, values)
 
     def nonzero_weights(self) -> int:
         return int(np.count_nonzero(np.abs(self.z) > self.params.l1))
@@ -61,6 +73,7 @@ class LearnerActor(Actor):
         shard: int,
         z: np.ndarray,
         n: np.ndarray,
+        w: np.ndarray,
         params: FTRLParams,
         inbox: Channel,
         applied: Channel,
@@ -69,13 +82,14 @@ class LearnerActor(Actor):
         self.shard = shard
         self.z = z
         self.n = n
+        self.w = w
         self.params = params
         self.applied = applied
         self.updates = 0
         self.batches = 0
 
     async def handle(self, message: GradBatch) -> None:
-        apply_gradients(self.z, self.n, message.index, message.grad, self.params)
+        apply_gradients(self.z, self.n, message.index, message.grad, self.params, self.w)
         self.updates += int(message.index.size)
         self.batches += 1
         await self.applied.send(

@@ -23,7 +23,7 @@ from actors.features import (
     expand_dense,
     score_items,
 )
-from actors.ftrl import GradientAggregator, row_gradients, sigmoid
+from actors.ftrl import GradientAggregator
 from actors.hasher import take_rows
 from actors.learner import ParameterStore, split_by_shard
 from actors.metrics import (
@@ -196,13 +196,15 @@ class TrainerActor(Actor):
             indptr, indices, values = expand(
                 self.space, take_rows(user, origin), item_rows, self.catalog
             )
-        probs = sigmoid(self.store.logits(indptr, indices, values))
+        probs, touched, grads = self.aggregate.logistic_step(
+            self.store.w, indptr, indices, values, labels, weights
+        )
         if explicit.any():
             self.metrics.logloss.update(probs[explicit], labels[explicit], weights[explicit])
             self.metrics.auc.update(probs[explicit], labels[explicit])
             self.metrics.mean_ctr.update(labels[explicit], weights[explicit])
         self.rows += int(labels.size)
-        return self.aggregate(indices, row_gradients(probs, labels, weights, indptr, values))
+        return touched, grads
 
     def _rows_with_negatives(
         self, batch: FeatureBatch

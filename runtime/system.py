@@ -161,8 +161,8 @@ class System:
         )
         self.learners = []
         for k in range(shards):
-            z, n = self.store.shard_view(k, shards)
-            self.learners.append(LearnerActor(k, z, n, self.params, grads[k], applied))
+            z, n, w = self.store.shard_view(k, shards)
+            self.learners.append(LearnerActor(k, z, n, w, self.params, grads[k], applied))
         self.dead_letters = DeadLetterSink(
             c.ingest.dead_letter_path or None, self.dead_letter_channel
         )
@@ -437,6 +437,7 @@ class System:
         w = state["weights"]
         self.store.z[w["index"]] = w["z"]
         self.store.n[w["index"]] = w["n"]
+        self.store.refresh(np.asarray(w["index"], np.int64))
         cat = state["catalog"]
         for row, item in enumerate(cat["ids"]):
             self.catalog.upsert(

@@ -72,6 +72,7 @@ def world() -> tuple[FeatureSpace, Catalog, UserState, Featurizer, ParameterStor
     rng = np.random.default_rng(42)
     store.z[:] = rng.normal(0.0, 2.0, space.size)
     store.n[:] = rng.uniform(0.0, 5.0, space.size)
+    store.refresh()
     return space, catalog, users, featurizer, store
 
 

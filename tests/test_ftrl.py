@@ -17,6 +17,7 @@ from actors.ftrl import (
     FTRLParams,
     GradientAggregator,
     apply_gradients,
+    dot_rows,
     fit_sequential,
     predict_logits,
     row_gradients,
@@ -216,6 +217,7 @@ def test_l1_gives_exact_zeros_and_weights_at_matches_closed_form() -> None:
         p = FTRLParams(alpha=0.2, beta=1.0, l1=l1, l2=0.5)
         store = ParameterStore(SPACE, p)
         fit_sequential(store.z, store.n, indptr, indices, values, labels, np.ones(len(labels)), p)
+        store.refresh()
         w = weights_at(store.z, store.n, everything, p)
         expected = [closed_form_weight(store.z[i], store.n[i], p) for i in range(SPACE)]
         assert_close(w, np.array(expected))
@@ -258,7 +260,7 @@ def test_sharded_application_is_bit_identical(shards: int) -> None:
         size = int(rng.integers(1, 3000))
         indices = rng.integers(0, SPACE, size)  # repeats within a batch on purpose
         grads = rng.normal(0.0, 1.0, size)
-        apply_gradients(whole.z, whole.n, indices, grads, p)
+        apply_gradients(whole.z, whole.n, indices, grads, p, whole.w)
 
         parts = split_by_shard(indices, grads, shards)
         assert len(parts) == shards
@@ -268,12 +270,32 @@ def test_sharded_application_is_bit_identical(shards: int) -> None:
             mine = indices % shards == k
             assert np.array_equal(local * shards + k, indices[mine])
             assert np.array_equal(g, grads[mine])
-            z, n = sharded.shard_view(k, shards)
-            apply_gradients(z, n, local, g, p)
+            z, n, w = sharded.shard_view(k, shards)
+            apply_gradients(z, n, local, g, p, w)
 
     assert np.array_equal(sharded.z, whole.z)
     assert np.array_equal(sharded.n, whole.n)
+    assert np.array_equal(sharded.w, whole.w)
+    # the replica the learners maintain equals the closed form everywhere
+    assert np.array_equal(whole.w, weights_at(whole.z, whole.n, np.arange(SPACE), p))
     assert np.count_nonzero(whole.z) > SPACE // 2
+
+
+def test_logistic_step_equals_the_unfused_path() -> None:
+    examples = make_examples(400, seed=11, duplicates=True)
+    indptr, indices, values, labels = to_csr(examples)
+    rng = np.random.default_rng(3)
+    w = rng.normal(0.0, 0.5, SPACE)
+    weights = rng.uniform(0.0, 2.0, len(labels))
+    aggregate = GradientAggregator(SPACE)
+    probs, idx, g = aggregate.logistic_step(w, indptr, indices, values, labels, weights)
+    expected_probs = sigmoid(dot_rows(w, indptr, indices, values))
+    expected_idx, expected_g = aggregate(
+        indices, row_gradients(expected_probs, labels, weights, indptr, values)
+    )
+    assert_close(probs, expected_probs)
+    assert np.array_equal(idx, expected_idx)
+    assert_close(g, expected_g)
 
 
 def test_repeated_coordinate_updates_are_order_sensitive() -> None:
@@ -291,12 +313,14 @@ def test_repeated_coordinate_updates_are_order_sensitive() -> None:
 
 def test_shard_view_is_a_live_strided_view() -> None:
     store = ParameterStore(10, FTRLParams())
-    z, n = store.shard_view(1, 3)
+    z, n, w = store.shard_view(1, 3)
     assert z.shape == (3,)  # indices 1, 4, 7
     z[2] = 5.0
     n[0] = 2.0
+    w[1] = 3.0
     assert store.z[7] == 5.0
     assert store.n[1] == 2.0
+    assert store.w[4] == 3.0
 
 
 # --------------------------------------------------------------------------- aggregator
