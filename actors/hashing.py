@@ -21,11 +21,13 @@ from numba import njit
 from numpy.typing import NDArray
 
 __all__ = [
+    "FNV_PRIME",
     "MASK32",
     "HashLike",
     "cross_hash",
     "encode_strings",
     "fmix32",
+    "fmix32_scalar",
     "hash_arrow_strings",
     "hash_slices",
     "hash_slices_one_seed",
@@ -244,6 +246,12 @@ def fmix32(h: HashLike) -> NDArray[np.uint32]:
     x = (x * np.uint64(0xC2B2AE35)) & np.uint64(MASK32)
     x = x ^ (x >> np.uint64(16))
     return np.asarray(x, dtype=np.uint32)
+
+
+FNV_PRIME = _FNV_PRIME
+fmix32_scalar = _fmix32_nb
+"""fmix32 of one uint64 holding a 32-bit value, callable from other numba kernels:
+``cross_hash(a, b) == fmix32_scalar(((a * FNV_PRIME) & MASK32) ^ b)``."""
 
 
 def cross_hash(a: HashLike, b: HashLike) -> NDArray[np.uint32]:

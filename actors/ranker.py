@@ -46,7 +46,7 @@ class Ranker:
     def __init__(
         self,
         space: FeatureSpace,
-        weights: Any,
+        weights: np.ndarray,
         catalog: Catalog,
         users: UserState,
         exclude_seen: bool = True,

@@ -245,7 +245,7 @@ class TrainerActor(Actor):
                 seen = self.users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
                 scores = score_items(
-                    self.space, user.row(r), self.catalog, self.store.weights, candidates
+                    self.space, user.row(r), self.catalog, self.store.w, candidates
                 )
                 self.metrics.ranking.update(rank_of(scores, item, exclude))
                 if popularity is not None:

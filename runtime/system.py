@@ -105,7 +105,7 @@ class System:
         )
         self.metrics = ProgressiveMetrics(c.training.rank_k, c.training.popularity_baseline)
         self.ranker = Ranker(
-            self.space, self.store.weights, self.catalog, self.users, c.training.exclude_seen
+            self.space, self.store.w, self.catalog, self.users, c.training.exclude_seen
         )
         self._seq = -1
         self._interactions = 0

@@ -159,7 +159,7 @@ def test_expand_and_score_items_agree(world: Any) -> None:
     indptr, indices, values = expand(space, user, fb.item_rows, catalog)
     logits = store.logits(indptr, indices, values)
     for r in range(len(fb)):
-        one = score_items(space, user.row(r), catalog, store.weights, fb.item_rows[r : r + 1])
+        one = score_items(space, user.row(r), catalog, store.w, fb.item_rows[r : r + 1])
         assert one.shape == (1,)
         assert one[0] == pytest.approx(logits[r], rel=TOL, abs=TOL)
     # each event against the whole catalog
@@ -169,11 +169,11 @@ def test_expand_and_score_items_agree(world: Any) -> None:
         rows = np.full(n_items, r)
         ip, ix, vx = expand(space, take_rows(user, rows), everything, catalog)
         expected = store.logits(ip, ix, vx)
-        scores = score_items(space, user.row(r), catalog, store.weights)
+        scores = score_items(space, user.row(r), catalog, store.w)
         np.testing.assert_allclose(scores, expected, rtol=TOL, atol=TOL)
         subset = np.array([12, 0, 5, 5])
         np.testing.assert_allclose(
-            score_items(space, user.row(r), catalog, store.weights, subset),
+            score_items(space, user.row(r), catalog, store.w, subset),
             expected[subset],
             rtol=TOL,
             atol=TOL,
@@ -183,12 +183,12 @@ def test_expand_and_score_items_agree(world: Any) -> None:
     assert (spread > 1e-3).all()  # items really score differently
     # the ranker's view of a user (id + stored profile) scores like training did
     # (odd users sent no context, so their training rows are id + profile only)
-    ranker = Ranker(space, store.weights, catalog, users, exclude_seen=False)
+    ranker = Ranker(space, store.w, catalog, users, exclude_seen=False)
     for r in (1, 3, 5, 7, 9):
         features, names = ranker.user_features(f"u{r}")
         assert names[0] == f"user=u{r}" and len(names) == 3
         np.testing.assert_allclose(
-            score_items(space, features, catalog, store.weights), all_logits[r], rtol=TOL, atol=TOL
+            score_items(space, features, catalog, store.w), all_logits[r], rtol=TOL, atol=TOL
         )
         top = ranker.recommend(f"u{r}", k=3)
         best = np.argsort(-all_logits[r], kind="stable")[:3]
@@ -208,7 +208,7 @@ def test_expand_rows_without_item_are_bias_and_user_side(world: Any) -> None:
         assert values[lo:hi].tolist() == [1.0, *user.x[ulo:uhi]]
     logits = store.logits(indptr, indices, values)
     for r in (1, 3):
-        score = score_items(space, user.row(r), catalog, store.weights, item_rows[r : r + 1])
+        score = score_items(space, user.row(r), catalog, store.w, item_rows[r : r + 1])
         assert score[0] == pytest.approx(logits[r], rel=TOL, abs=TOL)
 
 
@@ -366,6 +366,6 @@ def test_featurizer_upsert_replaces_item_features_used_by_expand(world: Any) -> 
     assert not np.array_equal(before[1], after[1])
     user = user_features(fb)
     logit = store.logits(*after)[0]
-    assert score_items(space, user.row(0), catalog, store.weights, np.array([row]))[
-        0
-    ] == pytest.approx(logit, rel=TOL, abs=TOL)
+    assert score_items(space, user.row(0), catalog, store.w, np.array([row]))[0] == pytest.approx(
+        logit, rel=TOL, abs=TOL
+    )

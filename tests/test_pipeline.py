@@ -98,7 +98,7 @@ async def replay_movielens(folder: Path, cfg: Config) -> Outcome:
         for user in probe_users:
             features, _ = system.ranker.user_features(user)
             assert features.rows == 1 and features.ns.size == 4
-            scores.append(score_items(system.space, features, system.catalog, system.store.weights))
+            scores.append(score_items(system.space, features, system.catalog, system.store.w))
         recommendations = [
             [entry["item"] for entry in await system.recommend(user, k=10)] for user in probe_users
         ]
