@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,30 @@ def clean(value: Any) -> Any:
     return value
 
 
+async def prefetched(chunks: Iterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Read the next chunk in a worker thread while the pipeline learns this one.
+
+    The readers' heavy parts (pyarrow parsing, numpy) release the GIL, so parsing
+    overlaps hashing and learning on a second core.  One ``next()`` at a time: the
+    generator is never entered from two threads at once.
+    """
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, next, chunks, None)
+    while True:
+        chunk = await pending
+        if chunk is None:
+            return
+        pending = loop.run_in_executor(None, next, chunks, None)
+        yield chunk
+
+
 async def replay(
     system: System, chunks: Iterator[Chunk], progress: Any | None = None
 ) -> dict[str, Any]:
     """Submit every chunk, drain, and report throughput and the progressive metrics."""
     started = time.perf_counter()
     events = rejected = 0
-    for chunk in chunks:
+    async for chunk in prefetched(iter(chunks)):
         if chunk.rejected:
             rejected += len(chunk.rejected)
             await system.reject(chunk.rejected, source="replay")
