@@ -171,6 +171,9 @@ class ROCAUC:
     runs); ``result()`` does one sort and computes the Mann–Whitney U statistic from
     mid-ranks (tied scores get the average of their ranks) in exact integer arithmetic.
     The value is cached until the next ``update``.
+
+    With ``window`` set, only the most recent ``window`` pairs are kept and scored (a
+    sliding-window AUC), so a long-running daemon's memory stays bounded.
     """
 
     count: int
@@ -179,8 +182,21 @@ class ROCAUC:
     _labels: npt.NDArray[np.uint8]
     _cache: float | None
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.window = window
         self.reset()
+
+    def _trim(self) -> None:
+        """Keep the newest ``window`` pairs once twice as many are buffered (amortised O(1))."""
+        if self.window is None or self.count <= 2 * self.window:
+            return
+        drop = self.count - self.window
+        self.n_pos -= int(np.count_nonzero(self._labels[:drop]))
+        self._scores[: self.window] = self._scores[drop : self.count]
+        self._labels[: self.window] = self._labels[drop : self.count]
+        self.count = self.window
 
     def update(self, scores: npt.ArrayLike, y: npt.ArrayLike) -> None:
         """Append a batch of scores (any monotone scale: probabilities or logits) and 0/1 labels."""
@@ -196,6 +212,7 @@ class ROCAUC:
         self._labels[self.count : end] = ya
         self.count = end
         self.n_pos += int(np.count_nonzero(ya))
+        self._trim()
         self._cache = None
 
     @property
@@ -207,13 +224,17 @@ class ROCAUC:
         """AUC = P(score(pos) > score(neg)) + P(tie)/2; nan unless both classes were seen."""
         if self._cache is not None:
             return self._cache
-        n, n_pos, n_neg = self.count, self.n_pos, self.n_neg
+        first = 0 if self.window is None else max(0, self.count - self.window)
+        s = self._scores[first : self.count]
+        labels = self._labels[first : self.count]
+        n = s.shape[0]
+        n_pos = self.n_pos if first == 0 else int(np.count_nonzero(labels))
+        n_neg = n - n_pos
         if n_pos == 0 or n_neg == 0:
             return math.nan
-        s = self._scores[:n]
         order = np.argsort(s)
         s_sorted = s[order]
-        lab_sorted = self._labels[:n][order]
+        lab_sorted = labels[order]
         # tie groups of equal scores: [starts[g], starts[g + 1])
         starts = np.flatnonzero(np.concatenate(([True], s_sorted[1:] != s_sorted[:-1])))
         sizes = np.diff(np.append(starts, n)).astype(np.int64)
@@ -238,12 +259,13 @@ class ROCAUC:
         return {
             "scores": _pack(self._scores[: self.count], _F8),
             "labels": _pack(self._labels[: self.count], _U1),
+            "window": self.window,
         }
 
     @classmethod
     def from_state(cls, state: State) -> ROCAUC:
         """Rebuild from :meth:`to_state` output."""
-        m = cls()
+        m = cls(state.get("window"))
         s = _unpack(state["scores"], _F8)
         lab = _unpack(state["labels"], _U1)
         if s.shape != lab.shape:

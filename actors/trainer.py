@@ -42,9 +42,9 @@ from runtime.transport import Channel
 class ProgressiveMetrics:
     """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
 
-    def __init__(self, k: int = 10, popularity: bool = True) -> None:
+    def __init__(self, k: int = 10, popularity: bool = True, auc_window: int | None = None) -> None:
         self.logloss = Logloss()
-        self.auc = ROCAUC()
+        self.auc = ROCAUC(auc_window)
         self.mean_ctr = RunningMeanCTR()
         self.ranking = RankingMetrics(k)
         self.popularity = PopularityBaseline(k) if popularity else None

@@ -61,6 +61,7 @@ class TrainingConfig:
     rank_k: int = 10
     exclude_seen: bool = True
     popularity_baseline: bool = True
+    auc_window: int = 1_000_000
 
     def check(self) -> None:
         _require(1 <= self.shards <= 1024, "training.shards", "must be in 1..1024", self.shards)
@@ -75,6 +76,12 @@ class TrainingConfig:
             self.rank_eval_every,
         )
         _require(self.rank_k >= 1, "training.rank_k", "must be >= 1", self.rank_k)
+        _require(
+            self.auc_window >= 0,
+            "training.auc_window",
+            "must be >= 0 (0: unbounded)",
+            self.auc_window,
+        )
 
 
 @dataclass

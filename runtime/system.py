@@ -103,7 +103,9 @@ class System:
         self.limits = EventLimits(
             max_string_len=c.ingest.max_string_len, max_features=c.ingest.max_features_per_event
         )
-        self.metrics = ProgressiveMetrics(c.training.rank_k, c.training.popularity_baseline)
+        self.metrics = ProgressiveMetrics(
+            c.training.rank_k, c.training.popularity_baseline, c.training.auc_window or None
+        )
         self.ranker = Ranker(
             self.space, self.store.w, self.catalog, self.users, c.training.exclude_seen
         )

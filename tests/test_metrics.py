@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections import Counter
 from typing import Any
 
@@ -209,7 +208,7 @@ def test_rocauc_rejects_non_binary_labels_and_nan() -> None:
     assert m.count == 0
 
 
-def test_rocauc_million_events_is_fast() -> None:
+def test_rocauc_on_a_million_tied_events_matches_the_binned_formula() -> None:
     rng = np.random.default_rng(0)
     n = 1_000_000
     y = (rng.random(n) < 0.1).astype(np.float64)
@@ -217,10 +216,7 @@ def test_rocauc_million_events_is_fast() -> None:
     m = ROCAUC()
     for a in range(0, n, 4096):
         m.update(s[a : a + 4096], y[a : a + 4096])
-    t0 = time.perf_counter()
-    auc = m.result()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0
+    auc = m.result()  # its speed is measured in bench/, not asserted here
     # cross-check against the binned computation on the same rounded (hence discrete) scores
     vals, inv = np.unique(s, return_inverse=True)
     pos = np.bincount(inv, weights=y, minlength=len(vals))
@@ -558,3 +554,19 @@ def test_empty_states_roundtrip() -> None:
     ):
         back = type(obj).from_state(msgpack_roundtrip(obj.to_state()))
         assert back.to_state() == obj.to_state()
+
+
+def test_windowed_auc_is_the_exact_auc_of_the_newest_pairs() -> None:
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(size=5000), 1)  # ties on purpose
+    labels = (rng.random(5000) < 1 / (1 + np.exp(-scores))).astype(int)
+    windowed = ROCAUC(window=700)
+    for lo in range(0, 5000, 333):
+        windowed.update(scores[lo : lo + 333], labels[lo : lo + 333])
+        hi = min(lo + 333, 5000)
+        exact = ROCAUC()
+        exact.update(scores[max(0, hi - 700) : hi], labels[max(0, hi - 700) : hi])
+        assert windowed.result() == pytest.approx(exact.result(), abs=1e-12)
+        assert windowed.count <= 2 * 700  # memory stays bounded
+    restored = ROCAUC.from_state(windowed.to_state())
+    assert restored.window == 700 and restored.result() == windowed.result()
