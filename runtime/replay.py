@@ -40,21 +40,38 @@ def clean(value: Any) -> Any:
     return value
 
 
+PREFETCH_EVENTS = 32_768
+
+
+def _next_group(chunks: Iterator[Chunk]) -> list[Chunk]:
+    """The next chunks holding at least PREFETCH_EVENTS rows (fewer at the end of the log)."""
+    group: list[Chunk] = []
+    rows = 0
+    for chunk in chunks:
+        group.append(chunk)
+        rows += len(chunk.batch) if chunk.batch is not None else 0
+        if rows >= PREFETCH_EVENTS:
+            break
+    return group
+
+
 async def prefetched(chunks: Iterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Read the next chunk in a worker thread while the pipeline learns this one.
+    """Read ahead in a worker thread while the pipeline learns what was read.
 
     The readers' heavy parts (pyarrow parsing, numpy) release the GIL, so parsing
-    overlaps hashing and learning on a second core.  One ``next()`` at a time: the
-    generator is never entered from two threads at once.
+    overlaps hashing and learning on a second core.  Chunks cross threads in groups
+    of PREFETCH_EVENTS rows so small batches do not pay a hand-off each, and one
+    ``next()`` runs at a time: the generator is never entered from two threads.
     """
     loop = asyncio.get_running_loop()
-    pending = loop.run_in_executor(None, next, chunks, None)
+    pending = loop.run_in_executor(None, _next_group, chunks)
     while True:
-        chunk = await pending
-        if chunk is None:
+        group = await pending
+        if not group:
             return
-        pending = loop.run_in_executor(None, next, chunks, None)
-        yield chunk
+        pending = loop.run_in_executor(None, _next_group, chunks)
+        for chunk in group:
+            yield chunk
 
 
 async def replay(
