@@ -70,6 +70,7 @@ class Featurizer:
             user_ns=user.ns,
             user_raw=user.raw,
             user_x=user.x,
+            created_at=batch.created_at,
             dense=dense,
         )
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from actors.ftrl import FTRLParams, apply_gradients, dot_rows, weights_at
 from runtime.actor import Actor
-from runtime.messages import Applied, GradBatch
+from runtime.messages import GradBatch, WeightDelta
 from runtime.transport import Channel
 
 
@@ -71,20 +71,22 @@ class LearnerActor(Actor):
     def __init__(
         self,
         shard: int,
+        shards: int,
         z: np.ndarray,
         n: np.ndarray,
         w: np.ndarray,
         params: FTRLParams,
         inbox: Channel,
-        applied: Channel,
+        weights: Channel,
     ) -> None:
         super().__init__(f"learner-{shard}", inbox)
         self.shard = shard
+        self.shards = shards
         self.z = z
         self.n = n
         self.w = w
         self.params = params
-        self.applied = applied
+        self.weights = weights
         self.updates = 0
         self.batches = 0
 
@@ -92,9 +94,15 @@ class LearnerActor(Actor):
         apply_gradients(self.z, self.n, message.index, message.grad, self.params, self.w)
         self.updates += int(message.index.size)
         self.batches += 1
-        await self.applied.send(
-            Applied(seq=message.seq, shard=self.shard, updates=int(message.index.size))
+        delta = WeightDelta(
+            seq=message.seq,
+            shard=self.shard,
+            trainer=message.trainer,
+            index=message.index * self.shards + self.shard,
+            w=self.w[message.index],
+            created_at=message.created_at,
         )
+        await self.weights.send(delta, key=self.shard)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -693,3 +693,29 @@ class TimeDecayedPopularity(_PopularityBase):
         m._n_rows = int(m._log2.shape[0])
         m.metrics = RankingMetrics.from_state(state["metrics"])
         return m
+
+
+# ----------------------------------------------------------------------------- latencies
+
+
+class LatencyWindow:
+    """The most recent ``size`` latency samples (seconds), for p50/p99 in statistics.
+
+    A fixed ring buffer: constant memory however long the daemon runs.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._buf = np.zeros(size, np.float64)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._buf[self.count % self._buf.shape[0]] = seconds
+        self.count += 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        """count, p50 and p99 in milliseconds (None before any sample)."""
+        kept = self._buf[: min(self.count, self._buf.shape[0])]
+        if kept.size == 0:
+            return {"count": 0, "p50_ms": None, "p99_ms": None}
+        p50, p99 = np.percentile(kept, [50, 99]) * 1000.0
+        return {"count": self.count, "p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}

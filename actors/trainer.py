@@ -28,6 +28,7 @@ from actors.hasher import take_rows
 from actors.learner import ParameterStore, split_by_shard
 from actors.metrics import (
     ROCAUC,
+    LatencyWindow,
     Logloss,
     PopularityBaseline,
     RankingMetrics,
@@ -35,7 +36,7 @@ from actors.metrics import (
     rank_of,
 )
 from runtime.actor import Actor
-from runtime.messages import Applied, FeatureBatch, GradBatch
+from runtime.messages import FeatureBatch, GradBatch, WeightDelta
 from runtime.transport import Channel
 
 
@@ -136,9 +137,11 @@ class TrainerActor(Actor):
         metrics: ProgressiveMetrics,
         inbox: Channel,
         grads: list[Channel],
-        applied: Channel,
+        weights: Channel,
+        name: str = "trainer-0",
+        shared_replica: bool = True,
     ) -> None:
-        super().__init__("trainer", inbox)
+        super().__init__(name, inbox)
         self.space = space
         self.store = store
         self.catalog = catalog
@@ -149,10 +152,14 @@ class TrainerActor(Actor):
         self.seed = seed
         self.metrics = metrics
         self.grads = grads
-        self.applied = applied
+        self.weights = weights
+        self.shared_replica = shared_replica
+        self.freshness = LatencyWindow()
+        self.staleness_sum = 0
+        self.staleness_max = 0
         self.learned = Watermark()
         self.aggregate = GradientAggregator(space.size)
-        self._pending: dict[int, int] = {}
+        self._pending: dict[int, tuple[int, float]] = {}
         self.events = 0
         self.rows = 0
         self.batches = 0
@@ -162,14 +169,26 @@ class TrainerActor(Actor):
         if self._started:
             return
         await super().start()
-        self.spawn(self._ack_loop(), "acks")
+        self.spawn(self._replica_loop(), "replica")
 
     async def handle(self, message: FeatureBatch) -> None:
         started = time.perf_counter()
+        # batches whose updates this one's predictions cannot see yet (0 in synchronous mode)
+        staleness = len(self._pending)
+        self.staleness_sum += staleness
+        self.staleness_max = max(self.staleness_max, staleness)
         indices, grads = self.train_batch(message)
-        self._pending[message.seq] = len(self.grads)
+        self._pending[message.seq] = (len(self.grads), message.created_at)
         for shard, (idx, g) in enumerate(split_by_shard(indices, grads, len(self.grads))):
-            await self.grads[shard].send(GradBatch(seq=message.seq, shard=shard, index=idx, grad=g))
+            grad = GradBatch(
+                seq=message.seq,
+                shard=shard,
+                index=idx,
+                grad=g,
+                trainer=self.name,
+                created_at=message.created_at,
+            )
+            await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
         if self.sync:
             await self.learned.wait_for(message.seq)
@@ -257,16 +276,25 @@ class TrainerActor(Actor):
             if popularity is not None:
                 popularity.learn(item)
 
-    async def _ack_loop(self) -> None:
+    async def _replica_loop(self) -> None:
+        """Apply weight deltas to the replica; a delta of our own batch is also its ack."""
         while True:
-            ack: Applied = await self.applied.recv()
-            left = self._pending.get(ack.seq, 0) - 1
-            if left > 0:
-                self._pending[ack.seq] = left
-                continue
-            self._pending.pop(ack.seq, None)
-            if not self._pending or ack.seq < min(self._pending):
-                self.learned.advance(ack.seq)
+            delta: WeightDelta = await self.weights.recv()
+            if not self.shared_replica:
+                self.store.w[delta.index] = delta.w
+            if delta.trainer == self.name:
+                self._acknowledge(delta.seq)
+
+    def _acknowledge(self, seq: int) -> None:
+        left, created_at = self._pending.get(seq, (0, 0.0))
+        if left > 1:
+            self._pending[seq] = (left - 1, created_at)
+            return
+        self._pending.pop(seq, None)
+        if created_at:
+            self.freshness.add(time.time() - created_at)
+        if not self._pending or seq < min(self._pending):
+            self.learned.advance(seq)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -276,6 +304,11 @@ class TrainerActor(Actor):
             "batches": self.batches,
             "learned_seq": self.learned.value,
             "in_flight": len(self._pending),
+            "freshness": self.freshness.summary(),
+            "staleness": {
+                "mean_batches": round(self.staleness_sum / max(self.batches, 1), 3),
+                "max_batches": self.staleness_max,
+            },
             "busy_seconds": round(self.busy_seconds, 3),
             "metrics": self.metrics.summary(),
         }

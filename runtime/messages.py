@@ -42,6 +42,7 @@ class EventBatch:
     label: np.ndarray  # int8, -1 = implicit positive
     weight: np.ndarray  # float64
     rank_eval: np.ndarray  # bool: rank this event against the catalog before learning it
+    created_at: float = 0.0  # wall-clock time the batch was ingested (freshness)
     namespaces: list[str] = field(default_factory=list)
     feat_ptr: np.ndarray = field(default_factory=lambda: _i64([0]))
     feat_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
@@ -80,6 +81,7 @@ class FeatureBatch:
     user_ns: np.ndarray  # uint32
     user_raw: np.ndarray  # uint32
     user_x: np.ndarray  # float64
+    created_at: float = 0.0
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint32))
 
     def __len__(self) -> int:
@@ -98,19 +100,29 @@ class GradBatch:
     shard: int
     index: np.ndarray  # int64, shard-local
     grad: np.ndarray  # float64
+    trainer: str = "trainer-0"
+    created_at: float = 0.0
 
 
 @register_message
 @dataclass
-class Applied:
-    """A shard has applied the gradients of batch ``seq``."""
+class WeightDelta:
+    """A shard applied the gradients of ``trainer``'s batch ``seq``: the new weights of the
+    coordinates it touched (global indices, absolute values, so re-applying is harmless).
 
-    KIND: ClassVar[str] = "applied"
+    Every weight replica (trainers, rankers) applies these; a trainer also takes the
+    delta of its own batch as the acknowledgement that the shard has learned it.
+    """
+
+    KIND: ClassVar[str] = "weight_delta"
     VERSION: ClassVar[int] = 1
 
     seq: int
     shard: int
-    updates: int
+    trainer: str
+    index: np.ndarray  # int64, global feature indices
+    w: np.ndarray  # float64
+    created_at: float  # when the events of the batch were ingested (for freshness)
 
 
 @register_message

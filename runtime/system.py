@@ -141,7 +141,7 @@ class System:
         events = t.channel("events", size)
         features = t.channel("features", size)
         grads = [t.channel(f"grads.{k}", size) for k in range(shards)]
-        applied = t.channel("applied", 0)
+        weights = t.channel("weights", 0)
         self.dead_letter_channel = t.channel("dead_letters", size)
         self.events_channel = events
         self.hasher = HasherActor(
@@ -159,12 +159,12 @@ class System:
             metrics=self.metrics,
             inbox=features,
             grads=grads,
-            applied=applied,
+            weights=weights,
         )
         self.learners = []
         for k in range(shards):
             z, n, w = self.store.shard_view(k, shards)
-            self.learners.append(LearnerActor(k, z, n, w, self.params, grads[k], applied))
+            self.learners.append(LearnerActor(k, shards, z, n, w, self.params, grads[k], weights))
         self.dead_letters = DeadLetterSink(
             c.ingest.dead_letter_path or None, self.dead_letter_channel
         )
@@ -313,6 +313,7 @@ class System:
         async with self._submit_lock:
             self._seq += 1
             batch.seq = self._seq
+            batch.created_at = batch.created_at or time.time()
             await self._until(self.events_channel.send(batch))
         return batch.seq
 

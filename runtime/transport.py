@@ -21,7 +21,8 @@ class Channel(ABC):
     name: str
 
     @abstractmethod
-    async def send(self, message: Any) -> None: ...
+    async def send(self, message: Any, key: int | None = None) -> None:
+        """Queue ``message``; ``key`` picks the partition of a partitioned topic (Kafka)."""
 
     @abstractmethod
     async def recv(self) -> Any: ...
@@ -56,7 +57,7 @@ class MemoryChannel(Channel):
         self.sent = 0
         self.bytes = 0
 
-    async def send(self, message: Any) -> None:
+    async def send(self, message: Any, key: int | None = None) -> None:
         if self._roundtrip:
             data = encode_message(message)
             self.bytes += len(data)

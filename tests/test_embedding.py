@@ -130,3 +130,16 @@ async def test_asynchronous_mode_learns_everything_and_drains() -> None:
         assert stats["trainer"]["learned_seq"] == stats["seq"]
         assert stats["trainer"]["in_flight"] == 0
         assert sum(s["batches"] for s in stats["learners"]) == 3 * (stats["seq"] + 1)
+        freshness = stats["trainer"]["freshness"]
+        assert freshness["count"] == stats["seq"] + 1
+        assert 0 <= freshness["p50_ms"] <= freshness["p99_ms"]
+
+
+async def test_synchronous_mode_has_zero_staleness() -> None:
+    sim = Simulator(SimulatorConfig(seed=4, n_users=20, n_items=30))
+    config = quiet_config(training={"sync": True, "shards": 2, "batch_size": 8})
+    async with System(config) as system:
+        await system.ingest(sim.items() + sim.next_batch(200), wait=False)
+        await system.drain()
+        staleness = system.statistics()["trainer"]["staleness"]
+        assert staleness == {"mean_batches": 0.0, "max_batches": 0}

@@ -26,7 +26,7 @@ from actors.features import score_items
 from actors.readers import read_ctr_tsv, read_movielens
 from runtime.codec import CodecError, decode_message, encode_message, message_types
 from runtime.config import Config
-from runtime.messages import Applied, DeadLetters, EventBatch, FeatureBatch, GradBatch
+from runtime.messages import DeadLetters, EventBatch, FeatureBatch, GradBatch, WeightDelta
 from runtime.replay import replay
 from runtime.system import System
 
@@ -218,6 +218,7 @@ def event_batches(draw: Any) -> EventBatch:
         label=draw(arrays(np.int8)),
         weight=draw(arrays(np.float64)),
         rank_eval=draw(arrays(np.bool_)),
+        created_at=draw(st.floats(allow_nan=False)),
         namespaces=draw(texts),
         feat_ptr=draw(arrays(np.int64)),
         feat_ns=draw(arrays(np.uint32)),
@@ -244,6 +245,7 @@ def feature_batches(draw: Any) -> FeatureBatch:
         user_ns=draw(arrays(np.uint32)),
         user_raw=draw(arrays(np.uint32)),
         user_x=draw(arrays(np.float64)),
+        created_at=draw(st.floats(allow_nan=False)),
         dense=draw(arrays(np.uint32, dims=2, max_side=5)),
     )
 
@@ -257,8 +259,18 @@ MESSAGES = {
         shard=st.integers(0, 1023),
         index=arrays(np.int64),
         grad=arrays(np.float64),
+        trainer=st.text(max_size=20),
+        created_at=st.floats(allow_nan=False),
     ),
-    Applied: st.builds(Applied, seq=int64s, shard=st.integers(0, 1023), updates=int64s),
+    WeightDelta: st.builds(
+        WeightDelta,
+        seq=int64s,
+        shard=st.integers(0, 1023),
+        trainer=st.text(max_size=20),
+        index=arrays(np.int64),
+        w=arrays(np.float64),
+        created_at=st.floats(allow_nan=False),
+    ),
     DeadLetters: st.builds(
         DeadLetters,
         source=st.text(max_size=20),
