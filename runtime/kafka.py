@@ -1,0 +1,337 @@
+"""Kafka transport: the same :class:`Channel` interface as the in-memory queues.
+
+A channel name maps to a topic, or to one partition of it:
+
+* ``"events"``  — the whole topic; received through a consumer group (trainers
+  share the partitions, Kafka rebalances them when one dies);
+* ``"grads.3"`` — partition 3 of the grads topic, manually assigned (shard 3 is
+  its only reader and its checkpoint says where to resume);
+* ``"weights"``, ``"items"`` — every partition, from the beginning (every replica
+  reads everything); sending with ``key=k`` writes partition ``k % partitions``.
+
+Topics are created with the right partition counts when missing and checked when
+present: a mismatch is a :class:`TopicLayoutError`, never a silent misroute.  An
+unreachable broker is retried with exponential backoff and then reported as
+:class:`BrokerUnavailable`.  A record that does not decode is counted and skipped
+(handed to ``on_corrupt``), so bad bytes never crash an actor.
+
+The design does not rely on idempotent producers or transactions (the test
+broker lacks them): duplicates are made harmless by the receivers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from runtime.codec import CodecError, decode_message, encode_message
+from runtime.config import Config
+from runtime.transport import Channel, Transport
+
+log = logging.getLogger("freshrank.kafka")
+T = TypeVar("T")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka could not be reached within ``kafka.connect_timeout``."""
+
+
+class TopicLayoutError(RuntimeError):
+    """An existing topic does not have the partitions the deploy config needs."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    partitions: int
+    compacted: bool = False
+
+
+def topic_layout(config: Config) -> dict[str, TopicSpec]:
+    """DESIGN.md's topics: short name → partitions (grads and weights: one per shard)."""
+    shards = config.training.shards
+    return {
+        "events": TopicSpec(config.kafka.events_partitions),
+        "grads": TopicSpec(shards),
+        "weights": TopicSpec(shards),
+        "items": TopicSpec(config.kafka.items_partitions, compacted=True),
+        "dlq": TopicSpec(1),
+    }
+
+
+def client_options(config: Config) -> dict[str, Any]:
+    """Passthrough client settings (TLS/SASL); ``"env:NAME"`` values come from the environment
+    so secrets stay out of config files and logs."""
+    options: dict[str, Any] = {}
+    for key, value in config.kafka.client.items():
+        if value.startswith("env:"):
+            name = value[4:]
+            if name not in os.environ:
+                raise ValueError(f"kafka.client.{key} names ${name}, which is not set")
+            value = os.environ[name]
+        options[key] = value
+    return options
+
+
+async def with_backoff(
+    attempt: Callable[[], Awaitable[T]], what: str, config: Config, first_delay: float = 0.2
+) -> T:
+    """Retry ``attempt`` on connection errors with exponential backoff, one log line each."""
+    deadline = time.monotonic() + config.kafka.connect_timeout
+    delay = first_delay
+    while True:
+        try:
+            return await attempt()
+        except (KafkaConnectionError, OSError, KafkaError) as error:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerUnavailable(
+                    f"{what}: Kafka at {config.kafka.bootstrap_servers} not reachable "
+                    f"after {config.kafka.connect_timeout:g} s ({error})"
+                ) from None
+            log.warning(
+                "%s: Kafka at %s not reachable (%s); retrying in %.1f s",
+                what,
+                config.kafka.bootstrap_servers,
+                type(error).__name__,
+                min(delay, left),
+            )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
+async def ensure_topics(config: Config) -> dict[str, str]:
+    """Create missing topics, check existing ones; returns short name → full topic name."""
+    prefix = config.kafka.topic_prefix
+    layout = {f"{prefix}.{name}": spec for name, spec in topic_layout(config).items()}
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=config.kafka.bootstrap_servers, **client_options(config)
+    )
+    await with_backoff(admin.start, "topic check", config)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name,
+                spec.partitions,
+                1,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else None,
+            )
+            for name, spec in layout.items()
+            if name not in existing
+        ]
+        if missing:
+            await admin.create_topics(missing)
+        present = [name for name in layout if name in existing]
+        for described in await admin.describe_topics(present) if present else []:
+            name = described["topic"]
+            actual = len(described["partitions"])
+            expected = layout[name].partitions
+            if actual != expected:
+                raise TopicLayoutError(
+                    f"topic {name} has {actual} partitions but this deploy config needs "
+                    f"{expected} (grads and weights need exactly one per shard, "
+                    f"training.shards = {config.training.shards}); delete the topic or fix the config"
+                )
+    finally:
+        await admin.close()
+    return {name: f"{prefix}.{name}" for name in topic_layout(config)}
+
+
+class KafkaChannel(Channel):
+    """One topic (or one partition of it) as a channel; see the module docstring."""
+
+    def __init__(
+        self, transport: KafkaTransport, topic: str, partitions: int, partition: int | None
+    ) -> None:
+        self.transport = transport
+        self.name = topic if partition is None else f"{topic}.{partition}"
+        self.topic = topic
+        self.partitions = partitions
+        self.partition = partition
+        self.start_offset: int | None = None
+        self.position: tuple[int, int] | None = None  # (partition, offset) last received
+        self.sent = 0
+        self.received = 0
+        self.corrupt = 0
+        self.bytes = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def seek(self, offset: int) -> None:
+        """Start receiving this partition at ``offset`` (before the first recv)."""
+        self.start_offset = offset
+
+    async def send(self, message: Any, key: int | None = None) -> None:
+        data = encode_message(message)
+        partition = self.partition
+        if partition is None and key is not None:
+            partition = key % self.partitions
+        await self.transport.producer().send_and_wait(self.topic, data, partition=partition)
+        self.sent += 1
+        self.bytes += len(data)
+
+    async def recv(self) -> Any:
+        consumer = await self._consumer_started()
+        while True:
+            record = await consumer.getone()
+            self.position = (record.partition, record.offset)
+            try:
+                message = decode_message(record.value or b"")
+            except CodecError as error:
+                self.corrupt += 1
+                await self.transport.corrupt(self, record.partition, record.offset, error)
+                continue
+            self.received += 1
+            return message
+
+    async def commit(self) -> None:
+        """Commit the group offset past the last received record (group channels only)."""
+        if self._consumer is None or self.position is None or self.transport.group_id is None:
+            return
+        partition, offset = self.position
+        await self._consumer.commit({TopicPartition(self.topic, partition): offset + 1})
+
+    async def end_offsets(self) -> dict[int, int]:
+        consumer = await self._consumer_started()
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+
+    def qsize(self) -> int:
+        return 0
+
+    async def _consumer_started(self) -> AIOKafkaConsumer:
+        if self._consumer is not None:
+            return self._consumer
+        t = self.transport
+        group = t.group_id if (self.partition is None and self.topic in t.group_topics) else None
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=t.config.kafka.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=MAX_MESSAGE_BYTES,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            **client_options(t.config),
+        )
+        await with_backoff(consumer.start, f"consumer of {self.name}", t.config)
+        if group is not None:
+            consumer.subscribe([self.topic])
+        else:
+            wanted = range(self.partitions) if self.partition is None else [self.partition]
+            tps = [TopicPartition(self.topic, p) for p in wanted]
+            consumer.assign(tps)
+            for tp in tps:
+                if self.start_offset is not None:
+                    consumer.seek(tp, self.start_offset)
+                else:
+                    await consumer.seek_to_beginning(tp)
+        self._consumer = consumer
+        return consumer
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+CorruptHandler = Callable[[KafkaChannel, int, int, CodecError], Awaitable[None]]
+
+
+class KafkaTransport(Transport):
+    """Channels over Kafka topics ``<prefix>.<name>``; one shared producer (acks=all)."""
+
+    def __init__(
+        self,
+        config: Config,
+        group_id: str | None = None,
+        group_topics: tuple[str, ...] = ("events",),
+        on_corrupt: CorruptHandler | None = None,
+    ) -> None:
+        self.config = config
+        self.group_id = group_id
+        self._group_short = group_topics
+        self.group_topics: set[str] = set()
+        self.topics: dict[str, str] = {}
+        self._layout = topic_layout(config)
+        self._channels: dict[str, KafkaChannel] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._on_corrupt = on_corrupt
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        self.topics = await ensure_topics(self.config)
+        self.group_topics = {self.topics[t] for t in self._group_short}
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.kafka.bootstrap_servers,
+            acks="all",
+            enable_idempotence=False,
+            max_request_size=MAX_MESSAGE_BYTES,
+            linger_ms=0,
+            **client_options(self.config),
+        )
+        await with_backoff(producer.start, "producer", self.config)
+        self._producer = producer
+
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the Kafka transport is not started")
+        return self._producer
+
+    def channel(self, name: str, maxsize: int = 0) -> KafkaChannel:
+        channel = self._channels.get(name)
+        if channel is not None:
+            return channel
+        short, _, part = name.partition(".")
+        if short not in self._layout:
+            raise ValueError(
+                f"no Kafka topic for channel {name!r} (known: {', '.join(self._layout)})"
+            )
+        partitions = self._layout[short].partitions
+        partition = int(part) if part else None
+        if partition is not None and not 0 <= partition < partitions:
+            raise ValueError(f"channel {name!r}: topic {short} has {partitions} partitions")
+        topic = self.topics.get(short, f"{self.config.kafka.topic_prefix}.{short}")
+        channel = self._channels[name] = KafkaChannel(self, topic, partitions, partition)
+        return channel
+
+    async def corrupt(
+        self, channel: KafkaChannel, partition: int, offset: int, error: CodecError
+    ) -> None:
+        log.error(
+            "%s: skipped undecodable record at partition %d offset %d: %s",
+            channel.name,
+            partition,
+            offset,
+            error,
+        )
+        if self._on_corrupt is not None:
+            await self._on_corrupt(channel, partition, offset, error)
+
+    async def stop(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            name: {
+                "sent": ch.sent,
+                "received": ch.received,
+                "corrupt": ch.corrupt,
+                "bytes": ch.bytes,
+            }
+            for name, ch in self._channels.items()
+        }

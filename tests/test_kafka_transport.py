@@ -1,0 +1,123 @@
+"""The Kafka transport against a real Kafka-protocol broker (Tansu)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.codec import CodecError
+from runtime.kafka import BrokerUnavailable, KafkaChannel, KafkaTransport, TopicLayoutError
+from runtime.messages import GradBatch, WeightDelta
+from tests.conftest import Broker, free_port
+
+
+def grad(seq: int, shard: int) -> GradBatch:
+    return GradBatch(seq=seq, shard=shard, index=np.arange(seq + 1), grad=np.full(seq + 1, 0.5))
+
+
+async def test_partition_channels_route_and_resume_from_an_offset(
+    broker: Broker, topic_prefix: str
+) -> None:
+    config = broker.config(topic_prefix, training={"shards": 3})
+    transport = KafkaTransport(config)
+    await transport.start()
+    try:
+        for seq in range(5):
+            for shard in range(3):
+                await transport.channel(f"grads.{shard}").send(grad(seq, shard))
+        reader = KafkaTransport(config)
+        await reader.start()
+        try:
+            got = [await reader.channel("grads.1").recv() for _ in range(5)]
+            assert [g.seq for g in got] == [0, 1, 2, 3, 4] and {g.shard for g in got} == {1}
+            assert np.array_equal(got[3].index, np.arange(4))
+            resumed = KafkaTransport(config)
+            await resumed.start()
+            channel = resumed.channel("grads.2")
+            channel.seek(3)
+            first = await channel.recv()
+            assert (first.seq, first.shard) == (3, 2) and channel.position == (2, 3)
+            await resumed.stop()
+        finally:
+            await reader.stop()
+    finally:
+        await transport.stop()
+
+
+async def test_keyed_sends_and_replicas_read_every_partition(
+    broker: Broker, topic_prefix: str
+) -> None:
+    config = broker.config(topic_prefix, training={"shards": 4})
+    transport = KafkaTransport(config)
+    await transport.start()
+    try:
+        for shard in range(4):
+            delta = WeightDelta(
+                seq=0,
+                shard=shard,
+                trainer="t",
+                index=np.array([shard]),
+                w=np.array([0.1]),
+                created_at=1.0,
+            )
+            await transport.channel("weights").send(delta, key=shard)
+        replica = KafkaTransport(config)
+        await replica.start()
+        try:
+            channel = replica.channel("weights")
+            seen = [await channel.recv() for _ in range(4)]
+            assert sorted(d.shard for d in seen) == [0, 1, 2, 3]
+            ends = await channel.end_offsets()
+            assert ends == {0: 1, 1: 1, 2: 1, 3: 1}  # key k went to partition k
+        finally:
+            await replica.stop()
+    finally:
+        await transport.stop()
+
+
+async def test_wrong_partition_count_is_a_clear_error(broker: Broker, topic_prefix: str) -> None:
+    first = KafkaTransport(broker.config(topic_prefix, training={"shards": 4}))
+    await first.start()
+    await first.stop()
+    second = KafkaTransport(broker.config(topic_prefix, training={"shards": 2}))
+    with pytest.raises(
+        TopicLayoutError, match=r"grads has 4 partitions but this deploy config needs 2"
+    ):
+        await second.start()
+
+
+async def test_unreachable_broker_retries_then_fails_clearly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from runtime.config import Config
+
+    config = Config.from_dict(
+        {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "connect_timeout": 1.5}}
+    )
+    transport = KafkaTransport(config)
+    with pytest.raises(BrokerUnavailable, match=r"not reachable after 1\.5 s"):
+        await transport.start()
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert 2 <= len(retries) <= 10  # backoff, not a storm
+
+
+async def test_corrupt_records_are_skipped_and_reported(broker: Broker, topic_prefix: str) -> None:
+    config = broker.config(topic_prefix, training={"shards": 1})
+    seen: list[tuple[int, str]] = []
+
+    async def corrupt(
+        channel: KafkaChannel, partition: int, offset: int, error: CodecError
+    ) -> None:
+        seen.append((offset, str(error)))
+
+    transport = KafkaTransport(config, on_corrupt=corrupt)
+    await transport.start()
+    try:
+        producer = transport.producer()
+        await producer.send_and_wait(transport.topics["grads"], b"\xc1 not msgpack", partition=0)
+        await transport.channel("grads.0").send(grad(7, 0))
+        got = await transport.channel("grads.0").recv()
+        assert got.seq == 7
+        assert transport.channel("grads.0").corrupt == 1 and seen[0][0] == 0
+    finally:
+        await transport.stop()
