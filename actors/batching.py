@@ -52,3 +52,48 @@ def batch_from_events(
 def slice_strings(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> list[str]:
     """Decode entries lo..hi of a (UTF-8 buffer, offsets) string column."""
     return [bytes(data[offsets[i] : offsets[i + 1]]).decode("utf-8") for i in range(lo, hi)]
+
+
+def _take_strings(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[rows]
+    new_offsets = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    if rows.size == 0 or new_offsets[-1] == 0:
+        return np.zeros(0, np.uint8), new_offsets
+    starts = offsets[rows].astype(np.int64)
+    gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]))
+    return np.asarray(data)[gather], new_offsets
+
+
+def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
+    """The events ``rows`` of a batch (in that order) as a new batch with the same metadata."""
+    rows = np.asarray(rows, np.int64)
+    counts = np.diff(batch.feat_ptr)[rows]
+    ptr = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    entries = np.repeat(batch.feat_ptr[rows] - ptr[:-1], counts) + np.arange(int(ptr[-1]))
+    feat_data, feat_off = _take_strings(batch.feat_data, batch.feat_off, entries)
+    columns = [_take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)]
+    return EventBatch(
+        seq=batch.seq,
+        users=[batch.users[i] for i in rows] if batch.users else [],
+        items=[batch.items[i] for i in rows] if batch.items else [],
+        kind=batch.kind[rows],
+        ts=batch.ts[rows],
+        label=batch.label[rows],
+        weight=batch.weight[rows],
+        rank_eval=batch.rank_eval[rows],
+        created_at=batch.created_at,
+        source_partition=batch.source_partition,
+        source_offset=batch.source_offset,
+        items_upto=list(batch.items_upto),
+        namespaces=list(batch.namespaces),
+        feat_ptr=ptr,
+        feat_ns=batch.feat_ns[entries],
+        feat_data=feat_data,
+        feat_off=feat_off,
+        feat_x=batch.feat_x[entries],
+        col_names=list(batch.col_names),
+        col_data=[d for d, _ in columns],
+        col_off=[o for _, o in columns],
+    )

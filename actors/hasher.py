@@ -71,6 +71,8 @@ class Featurizer:
             user_raw=user.raw,
             user_x=user.x,
             created_at=batch.created_at,
+            source_partition=batch.source_partition,
+            source_offset=batch.source_offset,
             dense=dense,
         )
 

@@ -89,11 +89,30 @@ class LearnerActor(Actor):
         self.weights = weights
         self.updates = 0
         self.batches = 0
+        self.duplicates = 0
+        # events partition -> last events offset applied (exactly-once in effect)
+        self.applied_upto: dict[int, int] = {}
 
     async def handle(self, message: GradBatch) -> None:
+        if self._already_applied(message):
+            self.duplicates += 1
+            await self.weights.send(
+                WeightDelta(
+                    seq=message.seq,
+                    shard=self.shard,
+                    trainer=message.trainer,
+                    index=np.zeros(0, np.int64),
+                    w=np.zeros(0),
+                    created_at=message.created_at,
+                ),
+                key=self.shard,
+            )
+            return
         apply_gradients(self.z, self.n, message.index, message.grad, self.params, self.w)
         self.updates += int(message.index.size)
         self.batches += 1
+        if message.source_offset >= 0:
+            self.applied_upto[message.source_partition] = message.source_offset
         delta = WeightDelta(
             seq=message.seq,
             shard=self.shard,
@@ -104,9 +123,16 @@ class LearnerActor(Actor):
         )
         await self.weights.send(delta, key=self.shard)
 
+    def _already_applied(self, message: GradBatch) -> bool:
+        """A re-sent batch (its trainer died before committing) is applied at most once."""
+        if message.source_offset < 0:
+            return False
+        return self.applied_upto.get(message.source_partition, -1) >= message.source_offset
+
     def statistics(self) -> dict[str, Any]:
         return {
             **super().statistics(),
+            "duplicates_skipped": self.duplicates,
             "shard": self.shard,
             "batches": self.batches,
             "updates": self.updates,

@@ -135,7 +135,7 @@ class TrainerActor(Actor):
         exclude_seen: bool,
         seed: int,
         metrics: ProgressiveMetrics,
-        inbox: Channel,
+        inbox: Channel | None,
         grads: list[Channel],
         weights: Channel,
         name: str = "trainer-0",
@@ -187,6 +187,8 @@ class TrainerActor(Actor):
                 grad=g,
                 trainer=self.name,
                 created_at=message.created_at,
+                source_partition=message.source_partition,
+                source_offset=message.source_offset,
             )
             await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
@@ -286,7 +288,9 @@ class TrainerActor(Actor):
                 self._acknowledge(delta.seq)
 
     def _acknowledge(self, seq: int) -> None:
-        left, created_at = self._pending.get(seq, (0, 0.0))
+        if seq not in self._pending:
+            return  # a delta published for an earlier incarnation of this trainer
+        left, created_at = self._pending[seq]
         if left > 1:
             self._pending[seq] = (left - 1, created_at)
             return

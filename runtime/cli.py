@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from runtime.config import Config, ConfigError
 from runtime.replay import FORMATS, open_log, replay
@@ -54,17 +57,67 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not Path(args.path).exists():
         print(f"freshrank replay: {args.path} does not exist", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        result = uvloop.run(_replay(args, config))
-    except ImportError:  # pragma: no cover
-        result = asyncio.run(_replay(args, config))
+    result = _run(_replay_cluster(args, config) if args.cluster else _replay(args, config))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    from runtime import cluster
+
+    config = _load(args.config)
+    _logging()
+    if args.command == "shard":
+        return int(_run(cluster.run_shard(config, args.id)))
+    if args.command == "trainer":
+        return int(_run(cluster.run_trainer(config, args.id)))
+    if args.port is not None:
+        config.http.port = args.port
+    elif config.http.port:
+        config.http.port += args.id  # several rankers on one host: consecutive ports
+    return int(_run(cluster.run_ranker(config, args.id)))
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from runtime.launch import ClusterPlan, run_launch
+
+    config = Config.load(args.config)
+    plan = ClusterPlan(config.training.shards, config.cluster.trainers, config.cluster.rankers)
+    # the stdlib loop: uvloop's subprocess_exec has no process_group (own group per child)
+    return int(asyncio.run(run_launch(args.config, plan)))
+
+
+async def _replay_cluster(args: argparse.Namespace, config: Config) -> dict[str, object]:
+    from runtime.cluster import publish_log
+    from runtime.kafka import wait_until_consumed
+
+    chunks = open_log(args.path, args.format, config.training.batch_size)
+    started = time.perf_counter()
+    result: dict[str, object] = await publish_log(config, chunks)
+    if args.wait:
+        group = f"{config.kafka.topic_prefix}-trainers"
+        await wait_until_consumed(config, group, "events", config.kafka.events_partitions)
+        result["learned_seconds"] = round(time.perf_counter() - started, 4)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,16 +149,41 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--shards", type=int, help="learner shards (overrides the config)")
     rp.add_argument("--batch-size", type=int, help="events per batch (overrides the config)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.add_argument(
+        "--cluster", action="store_true", help="publish to the config's Kafka topics instead"
+    )
+    rp.add_argument(
+        "--wait", action="store_true", help="with --cluster: wait until the trainers learned it"
+    )
     rp.set_defaults(func=cmd_replay)
+    for role, text in (
+        ("shard", "a learner shard (cluster mode): owns index %% shards == ID"),
+        ("trainer", "a trainer in the events consumer group (cluster mode)"),
+        ("ranker", "a ranker serving the HTTP API from replicas (cluster mode)"),
+    ):
+        p = sub.add_parser(role, help=text)
+        p.add_argument("--id", type=int, default=0, required=role == "shard")
+        p.add_argument("--config", help="deploy config (TOML)")
+        if role == "ranker":
+            p.add_argument("--port", type=int, help="HTTP port (default: http.port + id)")
+        p.set_defaults(func=cmd_role)
+    launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
+    launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
+    launch.set_defaults(func=cmd_launch)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from runtime.kafka import BrokerUnavailable, TopicLayoutError
+
     try:
         code: int = args.func(args)
     except ConfigError as error:
         print(f"freshrank: config error: {error}", file=sys.stderr)
+        return 2
+    except (BrokerUnavailable, TopicLayoutError) as error:
+        print(f"freshrank: {error}", file=sys.stderr)
         return 2
     return code
 

@@ -79,6 +79,17 @@ def client_options(config: Config) -> dict[str, Any]:
                 raise ValueError(f"kafka.client.{key} names ${name}, which is not set")
             value = os.environ[name]
         options[key] = value
+    ssl_files = {
+        k: options.pop(k) for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if k in options
+    }
+    if ssl_files:
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(
+            cafile=ssl_files.get("ssl_cafile"),
+            certfile=ssl_files.get("ssl_certfile"),
+            keyfile=ssl_files.get("ssl_keyfile"),
+        )
     return options
 
 
@@ -147,6 +158,27 @@ async def ensure_topics(config: Config) -> dict[str, str]:
     return {name: f"{prefix}.{name}" for name in topic_layout(config)}
 
 
+async def group_lag(config: Config, group: str, topic: str, partitions: int) -> int:
+    """Records of ``topic`` not yet committed by consumer group ``group`` (without joining it)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        **client_options(config),
+    )
+    await with_backoff(consumer.start, "lag check", config)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            lag += ends[tp] - (committed or 0)
+        return lag
+    finally:
+        await consumer.stop()
+
+
 class KafkaChannel(Channel):
     """One topic (or one partition of it) as a channel; see the module docstring."""
 
@@ -160,6 +192,9 @@ class KafkaChannel(Channel):
         self.partition = partition
         self.start_offset: int | None = None
         self.position: tuple[int, int] | None = None  # (partition, offset) last received
+        self.positions: dict[int, int] = {}  # partition -> last offset received
+        self.last_sent: tuple[int, int] | None = None  # (partition, offset) last acknowledged send
+        self._received = asyncio.Event()
         self.sent = 0
         self.received = 0
         self.corrupt = 0
@@ -175,7 +210,8 @@ class KafkaChannel(Channel):
         partition = self.partition
         if partition is None and key is not None:
             partition = key % self.partitions
-        await self.transport.producer().send_and_wait(self.topic, data, partition=partition)
+        meta = await self.transport.producer().send_and_wait(self.topic, data, partition=partition)
+        self.last_sent = (meta.partition, meta.offset)
         self.sent += 1
         self.bytes += len(data)
 
@@ -184,6 +220,8 @@ class KafkaChannel(Channel):
         while True:
             record = await consumer.getone()
             self.position = (record.partition, record.offset)
+            self.positions[record.partition] = record.offset
+            self._received.set()
             try:
                 message = decode_message(record.value or b"")
             except CodecError as error:
@@ -192,6 +230,14 @@ class KafkaChannel(Channel):
                 continue
             self.received += 1
             return message
+
+    async def caught_up(self) -> None:
+        """Wait until this channel has received every record present when called
+        (a replica reading its topic's history before it starts serving)."""
+        ends = await self.end_offsets()
+        while any(self.positions.get(p, -1) < end - 1 for p, end in ends.items() if end > 0):
+            self._received.clear()
+            await self._received.wait()
 
     async def commit(self) -> None:
         """Commit the group offset past the last received record (group channels only)."""
@@ -335,3 +381,15 @@ class KafkaTransport(Transport):
             }
             for name, ch in self._channels.items()
         }
+
+
+async def wait_until_consumed(
+    config: Config, group: str, short_topic: str, partitions: int
+) -> None:
+    """Until consumer group ``group`` has committed every record of ``short_topic``.
+
+    Another process's progress is only visible through Kafka, so this polls it.
+    """
+    topic = f"{config.kafka.topic_prefix}.{short_topic}"
+    while await group_lag(config, group, topic, partitions) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)

@@ -43,6 +43,12 @@ class EventBatch:
     weight: np.ndarray  # float64
     rank_eval: np.ndarray  # bool: rank this event against the catalog before learning it
     created_at: float = 0.0  # wall-clock time the batch was ingested (freshness)
+    # where the batch came from in the events topic (-1: not from Kafka); shards use it
+    # to apply each events record at most once
+    source_partition: int = -1
+    source_offset: int = -1
+    # per items-topic partition, the last offset this batch may depend on (causal catalog)
+    items_upto: list[int] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     feat_ptr: np.ndarray = field(default_factory=lambda: _i64([0]))
     feat_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
@@ -82,6 +88,8 @@ class FeatureBatch:
     user_raw: np.ndarray  # uint32
     user_x: np.ndarray  # float64
     created_at: float = 0.0
+    source_partition: int = -1
+    source_offset: int = -1
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint32))
 
     def __len__(self) -> int:
@@ -102,6 +110,8 @@ class GradBatch:
     grad: np.ndarray  # float64
     trainer: str = "trainer-0"
     created_at: float = 0.0
+    source_partition: int = -1
+    source_offset: int = -1
 
 
 @register_message

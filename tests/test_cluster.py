@@ -1,0 +1,235 @@
+"""Cluster mode end to end: separate OS processes over a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from actors.readers import read_movielens
+from runtime.cluster import publish_log
+from runtime.codec import decode
+from runtime.config import Config
+from runtime.kafka import wait_until_consumed
+from runtime.replay import replay
+from runtime.system import SNAPSHOT_LIMITS, System
+from tests.conftest import Broker
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT = 120.0
+LEARN_TIMEOUT = 600.0
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cluster_config(tmp: Path, broker: Broker, prefix: str, **overrides: dict[str, Any]) -> Path:
+    sections: dict[str, dict[str, Any]] = {
+        "model": {"bits": 20},
+        "training": {"shards": 4, "sync": True, "batch_size": 256},
+        "kafka": {"bootstrap_servers": broker.bootstrap, "topic_prefix": prefix, "events_partitions": 1,
+                  "connect_timeout": 30.0},
+        "cluster": {"checkpoint_dir": str(tmp / "state"), "checkpoint_every": 10},
+        "state": {"restore": False},
+        "ingest": {"dead_letter_path": ""},
+    }  # fmt: skip
+    for name, values in overrides.items():
+        sections.setdefault(name, {}).update(values)
+    return write_config(tmp / "cluster.toml", sections)
+
+
+@pytest.fixture
+def ml_subset(tmp_path: Path, ml100k: Path) -> Path:
+    """The first 12,000 ML-100K ratings in time order, next to the real u.item / u.user."""
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    rows = np.loadtxt(ml100k / "u.data", dtype=np.int64, delimiter="\t")
+    rows = rows[np.argsort(rows[:, 3], kind="stable")][:12_000]
+    np.savetxt(folder / "u.data", rows, fmt="%d", delimiter="\t")
+    for name in ("u.item", "u.user"):
+        (folder / name).symlink_to(ml100k / name)
+    return folder
+
+
+class Proc:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
+        self.name, self.process, self.log = name, process, log
+        self.pid = process.pid
+
+    async def wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(self.process.stdout.readline(), READY_TIMEOUT)).decode()
+            if not line:
+                raise AssertionError(
+                    f"{self.name} exited before ready:\n{self.log.read_text()[-3000:]}"
+                )
+            if " ready" in line:
+                return
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), READY_TIMEOUT)
+
+
+@asynccontextmanager
+async def processes(config: Path, *roles: tuple[str, int]) -> AsyncIterator[dict[str, Proc]]:
+    procs: dict[str, Proc] = {}
+    try:
+        for role, index in roles:
+            name = f"{role}-{index}"
+            log = config.parent / f"{name}.log"
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime", role, "--id", str(index), "--config", str(config),
+                cwd=config.parent, stdout=asyncio.subprocess.PIPE, stderr=log.open("w"),
+            )  # fmt: skip
+            procs[name] = Proc(name, process, log)
+        for proc in procs.values():
+            await proc.wait_ready()
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.process.returncode is None:
+                proc.process.kill()
+                await proc.process.wait()
+
+
+def model_from_checkpoints(config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    shards = config.training.shards
+    z = np.zeros(1 << config.model.bits)
+    n = np.zeros(1 << config.model.bits)
+    counts = {"updates": 0, "batches": 0}
+    for k in range(shards):
+        path = Path(config.cluster.checkpoint_dir) / f"shard-{k}.msgpack"
+        state: Any = decode(path.read_bytes(), SNAPSHOT_LIMITS)
+        index = np.asarray(state["index"], np.int64) * shards + k
+        z[index] = state["z"]
+        n[index] = state["n"]
+        counts["updates"] += state["updates"]
+        counts["batches"] += state["batches"]
+    return z, n, counts
+
+
+async def embedded_reference(config: Config, data: Path) -> System:
+    system = System(config)
+    async with system:
+        await replay(system, read_movielens(data, config.training.batch_size))
+    return system
+
+
+async def test_cluster_in_sync_mode_equals_the_embedded_single_shard_run(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    path = cluster_config(tmp_path, broker, topic_prefix)
+    config = Config.load(path)
+    roles = [("shard", k) for k in range(4)] + [("trainer", 0)]
+    async with processes(path, *roles) as procs:
+        published = await publish_log(config, read_movielens(ml_subset, config.training.batch_size))
+        assert published["published"] == 12_000
+        await asyncio.wait_for(
+            wait_until_consumed(config, f"{topic_prefix}-trainers", "events", 1), LEARN_TIMEOUT
+        )
+        codes = [await proc.stop() for proc in procs.values()]
+    assert codes == [0] * 5, [p.log.read_text()[-2000:] for p in procs.values()]
+
+    z, n, counts = model_from_checkpoints(config)
+    one_shard = Config.load(path)
+    one_shard.training.shards = 1
+    reference = await embedded_reference(one_shard, ml_subset)
+    assert np.count_nonzero(n) > 10_000
+    np.testing.assert_allclose(z, reference.store.z, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(n, reference.store.n, rtol=0, atol=1e-6)
+    assert counts["updates"] == reference.learners[0].updates
+
+    trainer = json.loads((tmp_path / "state" / "trainer-0.json").read_text())
+    ours = trainer["trainer"]["metrics"]
+    theirs = reference.metrics.summary()
+    assert ours["rank_evaluated"] == theirs["rank_evaluated"] > 0
+    assert ours["hr@10"] == pytest.approx(theirs["hr@10"], abs=1e-12)
+    assert trainer["trainer"]["events"] == 12_000
+    assert trainer["trainer"]["freshness"]["count"] > 0
+
+
+async def test_kill_9_of_a_shard_mid_replay_loses_and_doubles_nothing(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    path = cluster_config(tmp_path, broker, topic_prefix, cluster={"trainers": 1, "rankers": 0})
+    config = Config.load(path)
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runtime", "launch", str(path),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=(tmp_path / "launch.log").open("w"),
+    )  # fmt: skip
+    try:
+        pids = await _ready_pids(launcher, expected=5)
+        publishing = asyncio.ensure_future(
+            publish_log(config, read_movielens(ml_subset, config.training.batch_size))
+        )
+        # kill shard 2 once it has checkpointed at least once, i.e. mid-replay
+        checkpoint = tmp_path / "state" / "shard-2.msgpack"
+        await asyncio.wait_for(_until(checkpoint.exists), LEARN_TIMEOUT)
+        os.kill(pids["shard-2"], signal.SIGKILL)
+        restarted = await _ready_pids(launcher, expected=1)
+        assert restarted["shard-2"] != pids["shard-2"]
+        await publishing
+        await asyncio.wait_for(
+            wait_until_consumed(config, f"{topic_prefix}-trainers", "events", 1), LEARN_TIMEOUT
+        )
+        launcher.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(launcher.wait(), READY_TIMEOUT) == 0
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+            await launcher.wait()
+    log = (tmp_path / "launch.log").read_text()
+    assert "shard 2: restored" in log and "signal SIGKILL" in log, log[-3000:]
+    z, n, counts = model_from_checkpoints(config)
+    one_shard = Config.load(path)
+    one_shard.training.shards = 1
+    reference = await embedded_reference(one_shard, ml_subset)
+    np.testing.assert_allclose(z, reference.store.z, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(n, reference.store.n, rtol=0, atol=1e-9)
+    assert counts["updates"] == reference.learners[0].updates
+
+
+async def _ready_pids(process: asyncio.subprocess.Process, expected: int) -> dict[str, int]:
+    """Read the launcher's relayed output until ``expected`` children said they are ready."""
+    assert process.stdout is not None
+    pids: dict[str, int] = {}
+    while len(pids) < expected:
+        line = (await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)).decode()
+        assert line, "the launcher exited"
+        if " ready pid=" in line:
+            name = line.split(" | ", 1)[0].strip()
+            pids[name] = int(line.rsplit("pid=", 1)[1])
+    return pids
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():  # noqa: ASYNC110 - a file written by another process
+        await asyncio.sleep(0.05)
