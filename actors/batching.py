@@ -54,7 +54,9 @@ def slice_strings(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> li
     return [bytes(data[offsets[i] : offsets[i + 1]]).decode("utf-8") for i in range(lo, hi)]
 
 
-def _take_strings(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _take_strings(
+    data: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets)[rows]
     new_offsets = np.zeros(rows.size + 1, np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
@@ -73,7 +75,9 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
     np.cumsum(counts, out=ptr[1:])
     entries = np.repeat(batch.feat_ptr[rows] - ptr[:-1], counts) + np.arange(int(ptr[-1]))
     feat_data, feat_off = _take_strings(batch.feat_data, batch.feat_off, entries)
-    columns = [_take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)]
+    columns = [
+        _take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)
+    ]
     return EventBatch(
         seq=batch.seq,
         users=[batch.users[i] for i in rows] if batch.users else [],

@@ -132,6 +132,7 @@ class TrainerActor(Actor):
         *,
         negatives: int,
         sync: bool,
+        max_staleness: int = 1,
         exclude_seen: bool,
         seed: int,
         metrics: ProgressiveMetrics,
@@ -148,6 +149,8 @@ class TrainerActor(Actor):
         self.users = users
         self.negatives = negatives
         self.sync = sync
+        self.max_staleness = 0 if sync else max_staleness
+        self._acked = asyncio.Event()
         self.exclude_seen = exclude_seen
         self.seed = seed
         self.metrics = metrics
@@ -172,6 +175,9 @@ class TrainerActor(Actor):
         self.spawn(self._replica_loop(), "replica")
 
     async def handle(self, message: FeatureBatch) -> None:
+        while len(self._pending) > self.max_staleness:  # bounded staleness
+            self._acked.clear()
+            await self._acked.wait()
         started = time.perf_counter()
         # batches whose updates this one's predictions cannot see yet (0 in synchronous mode)
         staleness = len(self._pending)
@@ -295,6 +301,7 @@ class TrainerActor(Actor):
             self._pending[seq] = (left - 1, created_at)
             return
         self._pending.pop(seq, None)
+        self._acked.set()
         if created_at:
             self.freshness.add(time.time() - created_at)
         if not self._pending or seq < min(self._pending):

@@ -132,6 +132,7 @@ class ShardLearner(LearnerActor):
             "applied_upto": {str(p): o for p, o in self.applied_upto.items()},
             "updates": self.updates,
             "batches": self.batches,
+            "duplicates": self.duplicates,
             "index": touched,
             "z": self.z[touched],
             "n": self.n[touched],
@@ -163,6 +164,7 @@ class ShardLearner(LearnerActor):
         self.applied_upto = {int(p): int(o) for p, o in state["applied_upto"].items()}
         self.updates = int(state["updates"])
         self.batches = int(state["batches"])
+        self.duplicates = int(state["duplicates"])
         self.grads.seek(self.next_offset)
         return True
 
@@ -267,7 +269,7 @@ async def run_trainer(config: Config, index: int) -> int:
     metrics = ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None)
     trainer = TrainerActor(
         space, store, catalog, users,
-        negatives=t.negatives, sync=t.sync, exclude_seen=t.exclude_seen, seed=config.model.seed,
+        negatives=t.negatives, sync=t.sync, max_staleness=t.max_staleness, exclude_seen=t.exclude_seen, seed=config.model.seed,
         metrics=metrics, inbox=None,
         grads=[transport.channel(f"grads.{k}") for k in range(t.shards)],
         weights=transport.channel("weights"), name=name, shared_replica=False,
@@ -311,6 +313,7 @@ class Publisher:
         self.seq = seq_start if seq_start is not None else time.time_ns() // 1000
         self.items_upto = [-1] * config.kafka.items_partitions
         self.published = 0
+        self.records = 0
 
     async def publish(self, batch: EventBatch) -> None:
         batch.seq = self.seq
@@ -329,6 +332,7 @@ class Publisher:
             part.items_upto = list(self.items_upto)
             await self.transport.channel("events").send(part, key=batch.seq)
             self.published += int(interactions.size)
+            self.records += 1
 
 
 class ClusterFront:
@@ -495,6 +499,7 @@ async def publish_log(config: Config, chunks: Iterator[Chunk]) -> dict[str, Any]
                 await publisher.publish(chunk.batch)
         return {
             "published": publisher.published,
+            "records": publisher.records,
             "rejected": rejected,
             "seconds": time.perf_counter() - started,
         }

@@ -57,6 +57,7 @@ class TrainingConfig:
     batch_size: int = 256
     negatives: int = 4
     sync: bool = True
+    max_staleness: int = 1  # asynchronous mode: batches in flight before scoring waits
     rank_eval_every: int = 20
     rank_k: int = 10
     exclude_seen: bool = True
@@ -76,6 +77,9 @@ class TrainingConfig:
             self.rank_eval_every,
         )
         _require(self.rank_k >= 1, "training.rank_k", "must be >= 1", self.rank_k)
+        _require(
+            self.max_staleness >= 0, "training.max_staleness", "must be >= 0", self.max_staleness
+        )
         _require(
             self.auc_window >= 0,
             "training.auc_window",

@@ -200,6 +200,7 @@ class KafkaChannel(Channel):
         self.corrupt = 0
         self.bytes = 0
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting = asyncio.Lock()
 
     def seek(self, offset: int) -> None:
         """Start receiving this partition at ``offset`` (before the first recv)."""
@@ -258,8 +259,15 @@ class KafkaChannel(Channel):
     async def _consumer_started(self) -> AIOKafkaConsumer:
         if self._consumer is not None:
             return self._consumer
+        async with self._starting:  # recv() and end_offsets() may race to create it
+            if self._consumer is None:
+                self._consumer = await self._start_consumer()
+        return self._consumer
+
+    async def _start_consumer(self) -> AIOKafkaConsumer:
         t = self.transport
-        group = t.group_id if (self.partition is None and self.topic in t.group_topics) else None
+        joins = self.partition is None and self.topic in t.group_topics
+        group = t.group_id if joins else None
         consumer = AIOKafkaConsumer(
             bootstrap_servers=t.config.kafka.bootstrap_servers,
             group_id=group,
@@ -281,7 +289,6 @@ class KafkaChannel(Channel):
                     consumer.seek(tp, self.start_offset)
                 else:
                     await consumer.seek_to_beginning(tp)
-        self._consumer = consumer
         return consumer
 
     async def close(self) -> None:
@@ -391,5 +398,32 @@ async def wait_until_consumed(
     Another process's progress is only visible through Kafka, so this polls it.
     """
     topic = f"{config.kafka.topic_prefix}.{short_topic}"
-    while await group_lag(config, group, topic, partitions) > 0:  # noqa: ASYNC110
+    while (lag := await group_lag(config, group, topic, partitions)) > 0:
+        log.debug("%s: %d records of %s not consumed yet", group, lag, topic)
         await asyncio.sleep(0.1)
+
+
+async def shards_answered(config: Config) -> None:
+    """Until every shard has answered every gradient batch sent to it so far.
+
+    A shard publishes exactly one weights record per grads record it reads, so its
+    weights partition catches up with its grads partition (seen from outside, through
+    Kafka's end offsets; a shard that replayed after a restart publishes more).
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers, **client_options(config)
+    )
+    await with_backoff(consumer.start, "shard progress", config)
+    prefix = config.kafka.topic_prefix
+    shards = range(config.training.shards)
+    try:
+        grads = [TopicPartition(f"{prefix}.grads", k) for k in shards]
+        weights = [TopicPartition(f"{prefix}.weights", k) for k in shards]
+        target = await consumer.end_offsets(grads)
+        while True:
+            done = await consumer.end_offsets(weights)
+            if all(done[w] >= target[g] for g, w in zip(grads, weights, strict=True)):
+                return
+            await asyncio.sleep(0.1)  # another process's progress, seen only through Kafka
+    finally:
+        await consumer.stop()

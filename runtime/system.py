@@ -154,6 +154,7 @@ class System:
             self.users,
             negatives=c.training.negatives,
             sync=c.training.sync,
+            max_staleness=c.training.max_staleness,
             exclude_seen=c.training.exclude_seen,
             seed=c.model.seed,
             metrics=self.metrics,

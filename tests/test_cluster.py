@@ -19,7 +19,7 @@ from actors.readers import read_movielens
 from runtime.cluster import publish_log
 from runtime.codec import decode
 from runtime.config import Config
-from runtime.kafka import wait_until_consumed
+from runtime.kafka import shards_answered, wait_until_consumed
 from runtime.replay import replay
 from runtime.system import SNAPSHOT_LIMITS, System
 from tests.conftest import Broker
@@ -233,3 +233,98 @@ async def _ready_pids(process: asyncio.subprocess.Process, expected: int) -> dic
 async def _until(predicate: Any) -> None:
     while not predicate():  # noqa: ASYNC110 - a file written by another process
         await asyncio.sleep(0.05)
+
+
+async def all_learned(config: Config) -> None:
+    """Trainers committed every events record and shards applied every gradient batch."""
+    prefix = config.kafka.topic_prefix
+    await asyncio.wait_for(
+        wait_until_consumed(config, f"{prefix}-trainers", "events", config.kafka.events_partitions),
+        LEARN_TIMEOUT,
+    )
+    await asyncio.wait_for(shards_answered(config), LEARN_TIMEOUT)
+
+
+def shard_states(config: Config) -> list[dict[str, Any]]:
+    out = []
+    for k in range(config.training.shards):
+        path = Path(config.cluster.checkpoint_dir) / f"shard-{k}.msgpack"
+        out.append(decode(path.read_bytes(), SNAPSHOT_LIMITS))  # type: ignore[arg-type]
+    return out
+
+
+async def test_two_trainers_split_the_partitions_and_every_event_is_learned_once(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    path = cluster_config(
+        tmp_path, broker, topic_prefix,
+        training={"shards": 2, "sync": False}, kafka={"events_partitions": 2},
+    )  # fmt: skip
+    config = Config.load(path)
+    roles = [("shard", 0), ("shard", 1), ("trainer", 0), ("trainer", 1)]
+    async with processes(path, *roles) as procs:
+        published = await publish_log(config, read_movielens(ml_subset, config.training.batch_size))
+        await all_learned(config)
+        codes = [await proc.stop() for proc in procs.values()]
+    assert codes == [0] * 4
+    trainers = [json.loads((tmp_path / "state" / f"trainer-{i}.json").read_text()) for i in (0, 1)]
+    records = [t["events_records"] for t in trainers]
+    assert all(r > 0 for r in records), records  # both trainers got partitions
+    # at-least-once to trainers (a rebalance may redeliver), exactly once in the model
+    assert sum(records) >= published["records"]
+    for state in shard_states(config):
+        assert state["batches"] == published["records"]
+        assert state["duplicates"] == sum(records) - published["records"]
+
+
+async def test_kill_9_of_a_trainer_loses_no_event(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    path = cluster_config(
+        tmp_path, broker, topic_prefix,
+        training={"shards": 2, "sync": True}, kafka={"events_partitions": 2},
+    )  # fmt: skip
+    config = Config.load(path)
+    roles = [("shard", 0), ("shard", 1), ("trainer", 0), ("trainer", 1)]
+    async with processes(path, *roles) as procs:
+        publishing = asyncio.ensure_future(
+            publish_log(config, read_movielens(ml_subset, config.training.batch_size))
+        )
+        # kill trainer 1 once the shards have learned something, i.e. mid-replay
+        await asyncio.wait_for(
+            _until(lambda: (tmp_path / "state" / "shard-0.msgpack").exists()), LEARN_TIMEOUT
+        )
+        os.kill(procs["trainer-1"].pid, signal.SIGKILL)
+        published = await publishing
+        await all_learned(config)
+        for name in ("shard-0", "shard-1", "trainer-0"):
+            assert await procs[name].stop() == 0
+    for state in shard_states(config):
+        # every events record reached every shard exactly once in effect
+        assert state["batches"] == published["records"], state["batches"]
+        assert set(state["applied_upto"]) == {"0", "1"}
+
+
+async def test_asynchronous_mode_is_within_one_percent_of_synchronous(
+    tmp_path: Path, broker: Broker, topic_prefix: str, criteo_train: Path
+) -> None:
+    from actors.readers import read_ctr_tsv
+
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 2, "sync": False, "max_staleness": 1}
+    )
+    config = Config.load(path)
+    async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
+        await publish_log(config, read_ctr_tsv(criteo_train, criteo=True, batch_size=32))
+        await all_learned(config)
+        assert all([await proc.stop() == 0 for proc in procs.values()])
+    trainer = json.loads((tmp_path / "state" / "trainer-0.json").read_text())["trainer"]
+    sync = Config.load(path)
+    sync.training.sync = True
+    reference = System(sync)
+    async with reference:
+        await replay(reference, read_ctr_tsv(criteo_train, criteo=True, batch_size=32))
+    expected = reference.metrics.summary()["logloss"]
+    assert trainer["events"] == 7200
+    assert trainer["metrics"]["logloss"] == pytest.approx(expected, rel=0.01)
+    assert 0 < trainer["staleness"]["mean_batches"] and trainer["staleness"]["max_batches"] <= 1
