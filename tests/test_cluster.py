@@ -328,3 +328,82 @@ async def test_asynchronous_mode_is_within_one_percent_of_synchronous(
     assert trainer["events"] == 7200
     assert trainer["metrics"]["logloss"] == pytest.approx(expected, rel=0.01)
     assert 0 < trainer["staleness"]["mean_batches"] and trainer["staleness"]["max_batches"] <= 1
+
+
+async def test_ranker_serves_fresh_recommendations_over_http(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    import aiohttp
+
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 2, "sync": True}, http={"port": 0}
+    )
+    config = Config.load(path)
+    items = [
+        {"item": f"{g}-{k}", "item_features": {"genre": [g]}}
+        for g in ("war", "comedy")
+        for k in range(10)
+    ]
+    clicks = [{"user": "alice", "item": f"war-{k % 5}"} for k in range(40)]
+    async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
+        ranker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime", "ranker", "--id", "0", "--config", str(path), "--port", "0",
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=(tmp_path / "ranker.log").open("w"),
+        )  # fmt: skip
+        try:
+            assert ranker.stdout is not None
+            line = (await asyncio.wait_for(ranker.stdout.readline(), READY_TIMEOUT)).decode()
+            assert line.startswith("freshrank ranker ready http://"), (
+                tmp_path / "ranker.log"
+            ).read_text()
+            url = line.split()[3]
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{url}/v1/events", json=[*items, {"user": 1}]) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200 and body["accepted"] == 20 and body["rejected"] == 1
+                for lo in range(0, len(clicks), 4):  # clicks arrive over time, 4 per request
+                    async with http.post(f"{url}/v1/events", json=clicks[lo : lo + 4]) as resp:
+                        assert resp.status == 200
+                await all_learned(config)
+                stats: dict[str, Any] = {}
+                for _ in range(400):  # the ranker's replica follows the weights topic
+                    async with http.get(f"{url}/v1/stats") as resp:
+                        stats = await resp.json()
+                    if (
+                        stats["weight_deltas"]
+                        >= stats["queues"].get(f"{topic_prefix}.events", {}).get("sent", 0) * 2
+                    ):
+                        break
+                    await asyncio.sleep(0.05)  # another process's progress
+                async with http.get(
+                    f"{url}/v1/recommend", params={"user": "alice", "k": "5"}
+                ) as resp:
+                    recommended = [it["item"] for it in (await resp.json())["items"]]
+            assert all(item.startswith("war-") for item in recommended), recommended
+            assert not set(recommended) & {f"war-{k}" for k in range(5)}  # seen items excluded
+            assert stats["catalog_items"] == 20 and stats["freshness"]["count"] > 0
+            assert stats["freshness"]["p99_ms"] >= stats["freshness"]["p50_ms"] > 0
+        finally:
+            ranker.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(ranker.wait(), READY_TIMEOUT) == 0
+        for proc in procs.values():
+            assert await proc.stop() == 0
+
+
+def test_unreachable_broker_is_a_clear_error_not_a_traceback_storm(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import free_port
+
+    path = write_config(
+        tmp_path / "c.toml",
+        {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "connect_timeout": 2.0}},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "shard", "--id", "0", "--config", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "not reachable after 2 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert 2 <= proc.stderr.count("retrying in") <= 10
