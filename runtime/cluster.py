@@ -52,7 +52,7 @@ from runtime.config import Config
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
 from runtime.replay import clean
-from runtime.system import IngestResult, SystemFailed, _payload_text
+from runtime.system import IngestResult, SystemFailed, _payload_text, write_atomically
 
 log = logging.getLogger("freshrank.cluster")
 CHECKPOINT_VERSION = 1
@@ -79,22 +79,6 @@ def shard_slots(bits: int, shards: int, shard: int) -> int:
 
 def checkpoint_path(config: Config, shard: int) -> Path:
     return Path(config.cluster.checkpoint_dir) / f"shard-{shard}.msgpack"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardLearner(LearnerActor):

@@ -399,21 +399,9 @@ class System:
         }
 
     def write_snapshot(self, path: str | Path | None = None) -> Path:
-        """Write the learned state atomically (temp file, fsync, rename): never half-written."""
+        """Write the learned state atomically: never half-written."""
         target = Path(path or self.config.state.snapshot_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        data = encode(self.snapshot_state())
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(target, encode(self.snapshot_state()))
         return target
 
     def restore_if_present(self, path: Path) -> bool:
@@ -465,6 +453,22 @@ class System:
         self.trainer.learned.advance(self._seq)
         self.trainer.events = int(state["trainer"]["events"])
         self.trainer.rows = int(state["trainer"]["rows"])
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: a reader sees the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def finite_or_none(value: float) -> float | None:
