@@ -80,6 +80,7 @@ class Proc:
     def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
         self.name, self.process, self.log = name, process, log
         self.pid = process.pid
+        self.ready_line = ""
 
     async def wait_ready(self) -> None:
         assert self.process.stdout is not None
@@ -90,6 +91,7 @@ class Proc:
                     f"{self.name} exited before ready:\n{self.log.read_text()[-3000:]}"
                 )
             if " ready" in line:
+                self.ready_line = line
                 return
 
     async def stop(self) -> int:
@@ -146,22 +148,51 @@ async def embedded_reference(config: Config, data: Path) -> System:
 async def test_cluster_in_sync_mode_equals_the_embedded_single_shard_run(
     tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
 ) -> None:
-    path = cluster_config(tmp_path, broker, topic_prefix)
+    import aiohttp
+
+    path = cluster_config(tmp_path, broker, topic_prefix, http={"port": 0})
     config = Config.load(path)
-    roles = [("shard", k) for k in range(4)] + [("trainer", 0)]
+    roles = [("shard", k) for k in range(4)] + [("trainer", 0), ("ranker", 0)]
+    users = ["1", "13", "92", "234", "405", "655"]
+    n_users = len(set(np.loadtxt(ml_subset / "u.data", dtype=np.int64)[:, 0]))
+    served: dict[str, list[dict[str, Any]]] = {}
     async with processes(path, *roles) as procs:
         published = await publish_log(config, read_movielens(ml_subset, config.training.batch_size))
         assert published["published"] == 12_000
         await asyncio.wait_for(
             wait_until_consumed(config, f"{topic_prefix}-trainers", "events", 1), LEARN_TIMEOUT
         )
+        url = procs["ranker-0"].ready_line.split()[3]
+        async with aiohttp.ClientSession() as http:
+            for _ in range(1200):  # the ranker's replicas follow the topics (another process)
+                async with http.get(f"{url}/v1/stats") as resp:
+                    stats = await resp.json()
+                if stats["weight_deltas"] >= 4 * published["records"] and stats["users"] >= n_users:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"the ranker did not catch up: {stats}")
+            for user in users:
+                async with http.get(
+                    f"{url}/v1/recommend", params={"user": user, "k": "10"}
+                ) as resp:
+                    served[user] = (await resp.json())["items"]
         codes = [await proc.stop() for proc in procs.values()]
-    assert codes == [0] * 5, [p.log.read_text()[-2000:] for p in procs.values()]
+    assert codes == [0] * 6, [p.log.read_text()[-2000:] for p in procs.values()]
 
-    z, n, counts = model_from_checkpoints(config)
     one_shard = Config.load(path)
     one_shard.training.shards = 1
-    reference = await embedded_reference(one_shard, ml_subset)
+    async with System(one_shard) as embedded:
+        await replay(embedded, read_movielens(ml_subset, one_shard.training.batch_size))
+        expected = {user: await embedded.recommend(user, k=10) for user in users}
+    for user in users:  # the same predictions, served by another process
+        assert [it["item"] for it in served[user]] == [it["item"] for it in expected[user]]
+        np.testing.assert_allclose(
+            [it["score"] for it in served[user]], [it["score"] for it in expected[user]], atol=1e-6
+        )
+
+    z, n, counts = model_from_checkpoints(config)
+    reference = embedded
     assert np.count_nonzero(n) > 10_000
     np.testing.assert_allclose(z, reference.store.z, rtol=0, atol=1e-6)
     np.testing.assert_allclose(n, reference.store.n, rtol=0, atol=1e-6)
