@@ -275,6 +275,7 @@ class KafkaChannel(Channel):
             auto_offset_reset="earliest",
             fetch_max_bytes=MAX_MESSAGE_BYTES,
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_wait_ms=t.config.kafka.fetch_max_wait_ms,
             **client_options(t.config),
         )
         await with_backoff(consumer.start, f"consumer of {self.name}", t.config)
