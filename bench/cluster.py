@@ -26,8 +26,7 @@ Per run it records:
 * CPU seconds of every process (``/proc/PID/stat`` utime + stime, before and after,
   minus the idle rate measured just before the run), the broker included;
 * bytes per topic, by consuming every topic once after the run and summing
-  ``len(record.value)``.
-
+  ``len(record.value)``;
 * per batch, ingest → the last shard's weights record (Kafka record timestamps),
   to split the freshness tail into the first batches and the rest.
 
@@ -41,7 +40,7 @@ Every process the script starts (broker, shards, trainer, ranker) is stopped at
 the end of its run, also on error or Ctrl-C/SIGTERM.
 
     python bench/gen_ctr.py      # once: bench/out/ctr.tsv
-    python bench/cluster.py      # ~8 min: 3 rounds x {1,2,4} shards x {async,sync}, then paced
+    python bench/cluster.py      # ~9 min: 3 rounds x {1,2,4} shards x {async,sync}; 3 paced rounds
     python bench/cluster.py --fetch-max-wait-ms 500 --modes async --shards 1 4 --events 30000 \
         --json bench/out/cluster_fetch500.json
     python bench/cluster.py --data ml100k --shards 4 --paced-runs 0 --json bench/out/cluster_ml100k.json
@@ -768,6 +767,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
     rows = summarize(runs)
+    if not args.keep:  # a failed run raised before this and left its logs in ``base``
+        shutil.rmtree(base, ignore_errors=True)
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine(),
@@ -796,9 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", type=int, default=3, help="rounds of the as-fast-as-possible replay"
     )
-    parser.add_argument("--paced-runs", type=int, default=1, help="rounds of the paced replay")
+    parser.add_argument("--paced-runs", type=int, default=3, help="rounds of the paced replay")
     parser.add_argument("--paced-rate", type=float, default=2_000.0, help="events/s when paced")
-    parser.add_argument("--paced-events", type=int, default=40_000, help="events per paced run")
+    parser.add_argument("--paced-events", type=int, default=20_000, help="events per paced run")
     parser.add_argument("--paced-shards", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--batch-size", type=int, default=512, help="as deploy/cluster.toml")
     parser.add_argument("--bits", type=int, default=22)
