@@ -54,26 +54,29 @@ def slice_strings(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> li
     return [bytes(data[offsets[i] : offsets[i + 1]]).decode("utf-8") for i in range(lo, hi)]
 
 
+def csr_gather(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For CSR rows ``rows`` (any order, repeats allowed): the new row pointer and the
+    positions of their entries in the old arrays, without a Python loop per row."""
+    counts = np.diff(ptr)[rows]
+    new_ptr = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(counts, out=new_ptr[1:])
+    starts = np.asarray(ptr, np.int64)[rows]
+    return new_ptr, np.repeat(starts - new_ptr[:-1], counts) + np.arange(int(new_ptr[-1]))
+
+
 def _take_strings(
     data: np.ndarray, offsets: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.diff(offsets)[rows]
-    new_offsets = np.zeros(rows.size + 1, np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    if rows.size == 0 or new_offsets[-1] == 0:
+    new_offsets, gather = csr_gather(offsets, rows)
+    if gather.size == 0:
         return np.zeros(0, np.uint8), new_offsets
-    starts = offsets[rows].astype(np.int64)
-    gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(int(new_offsets[-1]))
     return np.asarray(data)[gather], new_offsets
 
 
 def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
     """The events ``rows`` of a batch (in that order) as a new batch with the same metadata."""
     rows = np.asarray(rows, np.int64)
-    counts = np.diff(batch.feat_ptr)[rows]
-    ptr = np.zeros(rows.size + 1, np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    entries = np.repeat(batch.feat_ptr[rows] - ptr[:-1], counts) + np.arange(int(ptr[-1]))
+    ptr, entries = csr_gather(batch.feat_ptr, rows)
     feat_data, feat_off = _take_strings(batch.feat_data, batch.feat_off, entries)
     columns = [
         _take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)

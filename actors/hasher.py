@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.batching import slice_strings
+from actors.batching import csr_gather, slice_strings
 from actors.features import ITEM_NS, USER_NS, BaseFeatures, Catalog, FeatureSpace, UserState
 from actors.hashing import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
@@ -194,11 +194,7 @@ def _empty_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def take_rows(base: BaseFeatures, rows: np.ndarray) -> BaseFeatures:
     """The CSR rows ``rows`` (in that order, repeats allowed) as a new BaseFeatures."""
-    counts = np.diff(base.ptr)[rows]
-    ptr = np.zeros(rows.size + 1, np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    starts = base.ptr[rows]
-    entry = np.repeat(starts - ptr[:-1], counts) + np.arange(int(ptr[-1]))
+    ptr, entry = csr_gather(base.ptr, rows)
     return BaseFeatures(ptr, base.ns[entry], base.raw[entry], base.x[entry])
 
 
