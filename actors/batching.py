@@ -8,14 +8,21 @@ import numpy as np
 
 from actors.events import Event
 from actors.hashing import encode_strings
-from runtime.messages import EventBatch
+from runtime.messages import EventBatch, take_prescores
 
 
 def batch_from_events(
-    events: Sequence[Event], rank_eval: np.ndarray | None = None, seq: int = -1
+    events: Sequence[Event],
+    rank_eval: np.ndarray | None = None,
+    seq: int = -1,
+    prescore: Sequence[float] | None = None,
 ) -> EventBatch:
-    """One columnar batch; item upserts stay in stream order with ``kind == 1``."""
+    """One columnar batch; item upserts stay in stream order with ``kind == 1``.
+
+    ``prescore``: per event, its probability when first scored (NaN: none), or None."""
     n = len(events)
+    if prescore is not None and len(prescore) != n:
+        raise ValueError(f"{len(prescore)} prescores for {n} events")
     ns_index: dict[str, int] = {}
     feat_ns: list[int] = []
     feat_val: list[str] = []
@@ -46,6 +53,7 @@ def batch_from_events(
         feat_data=data,
         feat_off=offsets,
         feat_x=np.asarray(feat_x, np.float64),
+        prescore=np.asarray(prescore if prescore is not None else (), np.float64),
     )
 
 
@@ -103,4 +111,5 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
         col_names=list(batch.col_names),
         col_data=[d for d, _ in columns],
         col_off=[o for _, o in columns],
+        prescore=take_prescores(batch.prescore, rows),
     )

@@ -12,6 +12,12 @@ object without ``user`` is an item upsert for the catalog.  ``label`` 1/0 is an
 explicit positive/negative; no label is an implicit positive.  Feature values are
 strings, finite numbers, booleans or lists of strings.
 
+Delayed labels (see ``actors/delayed.py``): ``"event": "impression"`` with an
+``impression_id`` (and ``user``, ``item``, features) is learned once its label is
+known: 1 when an ``"event": "click"`` (or ``"conversion"``) with the same
+``impression_id`` arrives within the window, else 0.  A click needs only the
+``impression_id``; a ``user``/``item`` on it must match the impression's.
+
 Validation never raises anything but :class:`InvalidEvent`, whose message is the
 reason a client or a dead-letter record gets.
 """
@@ -24,7 +30,12 @@ from typing import Any
 
 IMPLICIT = -1
 FEATURE_GROUPS = {"user_features": "u.", "item_features": "i.", "context": "c."}
-KNOWN_KEYS = frozenset({"user", "item", "ts", "label", "weight", *FEATURE_GROUPS})
+IMPRESSION = "impression"
+OUTCOMES = frozenset({"click", "conversion"})
+EVENT_KINDS = (IMPRESSION, "click", "conversion")
+KNOWN_KEYS = frozenset(
+    {"user", "item", "ts", "label", "weight", "event", "impression_id", *FEATURE_GROUPS}
+)
 
 Feature = tuple[str, str, float]
 """(namespace, categorical value, numeric value): ``("i.genre", "war", 1.0)``, ``("i.price", "", 12.5)``."""
@@ -51,11 +62,22 @@ class EventLimits:
     max_features: int = 1000
     max_list_len: int = 256
     max_name_len: int = 64
+    # a bigger numeric feature or weight makes the squared gradients overflow float64
+    # (FTRL's n, then NaN predictions); real features are scaled well below this
+    max_abs_value: float = 1e9
+    max_weight: float = 1e6
+    # impressions and clicks need a joiner (System.ingest has one); elsewhere (file replay,
+    # cluster ingest) they are rejected rather than learned as plain events
+    delayed_labels: bool = False
 
 
 @dataclass
 class Event:
-    """A validated event.  ``user is None`` marks an item upsert."""
+    """A validated event.  ``user is None`` marks an item upsert (unless ``event`` is set).
+
+    ``event`` is None for a plain event, else ``"impression"``, ``"click"`` or
+    ``"conversion"`` (a click or conversion may have no user and ``item == ""``).
+    """
 
     user: str | None
     item: str
@@ -63,10 +85,12 @@ class Event:
     label: int = IMPLICIT
     weight: float = 1.0
     features: list[Feature] = field(default_factory=list)
+    event: str | None = None
+    impression_id: str | None = None
 
     @property
     def is_upsert(self) -> bool:
-        return self.user is None
+        return self.user is None and self.event is None
 
 
 def _check_unicode(text: str, where: str) -> str:
@@ -153,7 +177,13 @@ def _group_features(
         elif isinstance(value, str):
             out.append((namespace, _check_string(value, where, limits), 1.0))
         elif isinstance(value, int | float):
-            out.append((namespace, "", _to_float(value, where)))
+            number = _to_float(value, where)
+            if abs(number) > limits.max_abs_value:
+                raise InvalidEvent(
+                    f"{where} is {number:g}, numeric features must be within "
+                    f"±{limits.max_abs_value:g} (scale or bucket it)"
+                )
+            out.append((namespace, "", number))
         elif isinstance(value, list):
             if len(value) > limits.max_list_len:
                 raise InvalidEvent(
@@ -173,6 +203,39 @@ def _group_features(
             raise InvalidEvent(f"the event has more than {limits.max_features} features")
 
 
+def _event_kind(obj: dict[str, Any]) -> str | None:
+    value = obj.get("event")
+    if value is None or value in EVENT_KINDS:
+        return value
+    raise InvalidEvent(f"'event' must be one of {', '.join(EVENT_KINDS)}, got {str(value)[:80]!r}")
+
+
+def _check_delayed(
+    kind: str | None, impression_id: str | None, user: str | None, obj: dict[str, Any]
+) -> None:
+    """The combinations of fields an impression or a click/conversion may have."""
+    if kind is None:
+        if impression_id is not None:
+            raise InvalidEvent("'impression_id' needs 'event' (impression, click or conversion)")
+        return
+    if impression_id is None:
+        raise InvalidEvent(f"a {kind} event needs 'impression_id'")
+    if obj.get("label") is not None:
+        raise InvalidEvent(
+            f"'label' is not allowed on a {kind} event: "
+            "its label comes from joining clicks to impressions"
+        )
+    if kind == IMPRESSION:
+        if user is None:
+            raise InvalidEvent("an impression needs 'user'")
+        return
+    extra = sorted(k for k in ("weight", *FEATURE_GROUPS) if obj.get(k) is not None)
+    if extra:
+        raise InvalidEvent(
+            f"a {kind} carries no {', '.join(extra)}: the learned example is its impression's"
+        )
+
+
 def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     """Check one decoded JSON/msgpack value against the schema and normalise it."""
     if isinstance(obj, Unparsable):
@@ -182,25 +245,36 @@ def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     unknown = [str(k) for k in obj if k not in KNOWN_KEYS]
     if unknown:
         raise InvalidEvent(f"unknown field(s): {', '.join(sorted(unknown))[:200]}")
+    kind = _event_kind(obj)
+    impression_id = _check_id(obj, "impression_id", limits)
+    if (kind is not None or impression_id is not None) and not limits.delayed_labels:
+        raise InvalidEvent(
+            "delayed labels ('event', 'impression_id') are not joined on this input path; "
+            "send them to the System's ingest (freshrank run, POST /v1/events)"
+        )
     item = _check_id(obj, "item", limits)
-    if item is None:
+    if item is None and kind not in OUTCOMES:
         raise InvalidEvent("'item' is required")
     user = _check_id(obj, "user", limits)
     ts = _finite_number(obj, "ts")
     weight = _finite_number(obj, "weight")
-    if weight is not None and weight < 0:
-        raise InvalidEvent(f"'weight' must be >= 0, got {weight}")
+    if weight is not None and not 0 <= weight <= limits.max_weight:
+        raise InvalidEvent(f"'weight' must be in 0..{limits.max_weight:g}, got {weight:g}")
     label = _label(obj)
     features: list[Feature] = []
     for group, prefix in FEATURE_GROUPS.items():
         _group_features(group, prefix, obj.get(group), limits, features)
-    if user is None and (label != IMPLICIT or "context" in obj or "user_features" in obj):
+    _check_delayed(kind, impression_id, user, obj)
+    interaction = label != IMPLICIT or "context" in obj or "user_features" in obj
+    if kind is None and user is None and interaction:
         raise InvalidEvent("'user' is required for an interaction (only item upserts omit it)")
     return Event(
         user=user,
-        item=item,
+        item=item or "",
         ts=math.nan if ts is None else ts,
         label=label,
         weight=1.0 if weight is None else weight,
         features=features,
+        event=kind,
+        impression_id=impression_id,
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from actors.factors import FactorScorer, FactorStore, pair_contributions
 from actors.hashing import (
     FNV_PRIME,
     MASK32,
@@ -40,6 +41,7 @@ from actors.hashing import (
 USER_NS = "user"
 ITEM_NS = "item"
 BIAS_NS = "bias"
+HISTORY_NS = "h.item"  # a user's most recent items, as user-side features
 
 
 @dataclass
@@ -110,8 +112,10 @@ class Catalog:
     rows: dict[str, int] = field(default_factory=dict)
     first_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     names: list[list[str]] = field(default_factory=list)
+    version: int = 0  # bumped by every upsert: caches of per-item sums compare it
 
     def __post_init__(self) -> None:
+        self._id_hashes: dict[tuple[int, str], np.ndarray] = {}
         self.ns = np.zeros((0, self.width), np.uint32)
         self.raw = np.zeros((0, self.width), np.uint32)
         self.x = np.zeros((0, self.width), np.float64)
@@ -145,6 +149,7 @@ class Catalog:
         names: list[str],
     ) -> int:
         """Insert or replace an item's features (the item id feature must be among them)."""
+        self.version += 1
         row = self.rows.get(item)
         if row is None:
             row = len(self.ids)
@@ -165,6 +170,16 @@ class Catalog:
         self.x[row, :k] = x
         return row
 
+    def id_hashes(self, space: FeatureSpace, namespace: str) -> np.ndarray:
+        """The value hash of every item id in ``namespace`` (row order), computed once per id."""
+        key = (space.seed, namespace)
+        cache = self._id_hashes.get(key, np.zeros(0, np.uint32))
+        if cache.size < len(self.ids):
+            new = [space.value_hash(namespace, i) for i in self.ids[cache.size :]]
+            cache = np.concatenate([cache, np.array(new, np.uint32)])
+            self._id_hashes[key] = cache
+        return cache
+
     def known_at(self, seq: int) -> int:
         """How many rows existed once batch ``seq`` was ingested (rows are appended in order)."""
         return int(np.searchsorted(self.first_seq[: len(self.ids)], seq, side="right"))
@@ -176,17 +191,58 @@ class Catalog:
 
 @dataclass
 class UserState:
-    """Per-user interaction history (for exclusion) and last known user features."""
+    """Per-user interaction history (for exclusion), the ``recent_len`` most recent items
+    (oldest first) and last known user features."""
 
     history: dict[str, set[int]] = field(default_factory=dict)
     profiles: dict[str, BaseFeatures] = field(default_factory=dict)
     profile_names: dict[str, list[str]] = field(default_factory=dict)
+    recent_len: int = 0
+    recent: dict[str, list[int]] = field(default_factory=dict)
 
     def seen(self, user: str) -> set[int]:
         return self.history.get(user, set())
 
     def add(self, user: str, item_row: int) -> None:
         self.history.setdefault(user, set()).add(item_row)
+        if self.recent_len:
+            recent = self.recent.setdefault(user, [])
+            if item_row in recent:
+                recent.remove(item_row)
+            recent.append(item_row)
+            del recent[: -self.recent_len]
+
+
+def with_history(
+    space: FeatureSpace, catalog: Catalog, users: UserState, user: str, row: BaseFeatures
+) -> tuple[BaseFeatures, list[str]]:
+    """One user-side row plus a feature ``h.item=<id>`` per recent item of ``user`` (and their
+    names): training and ranking both build user rows through here, so they agree."""
+    recent = users.recent.get(user, ()) if user else ()
+    if not recent:
+        return row, []
+    raw = catalog.id_hashes(space, HISTORY_NS)[recent]
+    ns = space.ns_hash(HISTORY_NS)
+    count = len(recent)
+    extended = BaseFeatures(
+        np.array([0, row.ns.size + count], np.int64),
+        np.concatenate([row.ns, np.full(count, ns, np.uint32)]),
+        np.concatenate([row.raw, raw]),
+        np.concatenate([row.x, np.full(count, 1.0 / np.sqrt(count))]),
+    )
+    return extended, [f"{HISTORY_NS}={catalog.ids[r]}" for r in recent]
+
+
+def stack_rows(rows: Sequence[BaseFeatures]) -> BaseFeatures:
+    """Single-row BaseFeatures stacked into one CSR batch."""
+    ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum([r.ns.size for r in rows], out=ptr[1:])
+    return BaseFeatures(
+        ptr,
+        np.concatenate([r.ns for r in rows]).astype(np.uint32),
+        np.concatenate([r.raw for r in rows]).astype(np.uint32),
+        np.concatenate([r.x for r in rows]).astype(np.float64),
+    )
 
 
 def _cross_entries(
@@ -270,6 +326,39 @@ def expand_dense(
     return indptr, indices.reshape(-1), np.ones(n * (cols + 1))
 
 
+def expand_factors(
+    user: BaseFeatures, item_rows: np.ndarray, catalog: Catalog, mask: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Factor rows (CSR indptr, factor indices, values): the base features of :func:`expand`'s
+    rows, user side then item side, without the bias and the explicit crosses."""
+    n = user.rows
+    user_rows = np.repeat(np.arange(n), np.diff(user.ptr))
+    parts = [(user_rows, user.raw, user.x)]
+    has_item = item_rows >= 0
+    if len(catalog) and has_item.any():
+        safe = np.where(has_item, item_rows, 0)
+        ix = np.where(has_item[:, None], catalog.x[safe], 0.0)
+        present = ix != 0
+        rows = np.broadcast_to(np.arange(n)[:, None], ix.shape)
+        parts.append((rows[present], catalog.raw[safe][present], ix[present]))
+    rows_all = np.concatenate([p[0] for p in parts])
+    order = np.argsort(rows_all, kind="stable")
+    raws = np.concatenate([p[1] for p in parts]).astype(np.uint32)[order]
+    xs = np.concatenate([p[2] for p in parts]).astype(np.float64)[order]
+    fptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows_all, minlength=n), out=fptr[1:])
+    return fptr, (raws & np.uint32(mask)).astype(np.int64), xs
+
+
+def expand_dense_factors(
+    raw_columns: np.ndarray, mask: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Factor rows of a CTR batch: every column is a base feature."""
+    n, cols = raw_columns.shape
+    fptr = np.arange(0, n * cols + 1, cols, dtype=np.int64)
+    return fptr, (raw_columns & np.uint32(mask)).astype(np.int64).reshape(-1), np.ones(n * cols)
+
+
 @njit(cache=True, nogil=True)
 def _score_rows(
     w: np.ndarray,
@@ -310,11 +399,13 @@ def score_items(
     catalog: Catalog,
     w: np.ndarray,
     rows: np.ndarray | None = None,
+    factors: FactorScorer | None = None,
 ) -> np.ndarray:
     """Logits of one user context (a single-row BaseFeatures) against catalog rows (all by default).
 
     Equals :func:`expand` + dot product (a test checks it), with the user side summed
-    once and the item side and crosses in one compiled pass over the catalog.
+    once and the item side and crosses in one compiled pass over the catalog; with
+    ``factors``, plus the factorization terms of :func:`expand_factors`' rows.
     """
     user_idx = np.concatenate(([space.bias_index], space.index(user.raw)))
     base = float(w[user_idx] @ np.concatenate(([1.0], user.x)))
@@ -326,17 +417,24 @@ def score_items(
             pair_ns.append(b)
             pair_pre.append((int(user.raw[k]) * FNV_PRIME) & MASK32)
             pair_x.append(float(user.x[k]))
-    return _score_rows(
+    rows = np.ascontiguousarray(rows, np.int64)
+    linear = _score_rows(
         w,
         space.mask,
         base,
-        np.ascontiguousarray(rows, np.int64),
+        rows,
         catalog.ns,
         catalog.raw,
         catalog.x,
         np.array(pair_ns, np.uint32),
         np.array(pair_pre, np.uint64),
         np.array(pair_x, np.float64),
+    )
+    if factors is None:
+        return linear
+    n_items = len(catalog)
+    return linear + factors.item_terms(
+        user.raw, user.x, catalog.raw[:n_items], catalog.x[:n_items], catalog.version, rows
     )
 
 
@@ -348,8 +446,11 @@ def explain(
     row: int,
     w: np.ndarray,
     top: int = 5,
+    factors: FactorStore | None = None,
 ) -> list[dict[str, object]]:
-    """The features that contributed most (by |w·x|) to one item's score, with readable names."""
+    """The terms that contributed most to one item's score, with readable names: linear
+    weights (|w·x|, ``part: "linear"``) and, with ``factors``, factor pairs
+    (<v_i, v_j> x_i x_j, ``part: "factor"``)."""
     names = ["bias", *user_names]
     idx = [space.bias_index, *space.index(user.raw)]
     xs = [1.0, *user.x]
@@ -368,10 +469,21 @@ def explain(
                 names.append(f"{uname} x {iname}")
                 idx.append(int(space.index(np.atleast_1d(raw))[0]))
                 xs.append(float(user.x[ku] * ix[ki]))
-    contributions = w[np.asarray(idx, np.int64)] * np.asarray(xs)
-    order = np.argsort(-np.abs(contributions), kind="stable")[:top]
+    contributions = list(w[np.asarray(idx, np.int64)] * np.asarray(xs))
+    parts = ["linear"] * len(contributions)
+    if factors is not None:
+        base = len(user_names) + 1 + int(np.count_nonzero(ix))  # bias is not a factor feature
+        raws = np.concatenate([user.raw, iraw[ix != 0]]).astype(np.uint32)
+        fidx = (raws & np.uint32(factors.params.mask)).astype(np.int64)
+        first, second, terms = pair_contributions(factors.v, fidx, np.asarray(xs[1:base]))
+        for i, j, term in zip(first, second, terms, strict=True):
+            names.append(f"{names[i + 1]} ~ {names[j + 1]}")
+            contributions.append(float(term))
+            parts.append("factor")
+    values = np.asarray(contributions)
+    order = np.argsort(-np.abs(values), kind="stable")[:top]
     return [
-        {"feature": names[i], "contribution": float(contributions[i])}
+        {"feature": names[i], "contribution": float(values[i]), "part": parts[i]}
         for i in order
-        if contributions[i] != 0
+        if values[i] != 0
     ]

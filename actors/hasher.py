@@ -14,7 +14,7 @@ from actors.batching import csr_gather, slice_strings
 from actors.features import ITEM_NS, USER_NS, BaseFeatures, Catalog, FeatureSpace, UserState
 from actors.hashing import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
-from runtime.messages import EventBatch, FeatureBatch
+from runtime.messages import EventBatch, FeatureBatch, take_prescores
 from runtime.transport import Channel
 
 ITEM_PREFIX = "i."
@@ -74,6 +74,7 @@ class Featurizer:
             source_partition=batch.source_partition,
             source_offset=batch.source_offset,
             dense=dense,
+            prescore=take_prescores(batch.prescore, keep),
         )
 
     def _hash_dense(self, batch: EventBatch) -> np.ndarray:

@@ -8,10 +8,12 @@ replica: zero copies and zero staleness.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from actors.factors import FactorParams, FactorStore, apply_factor_gradients
 from actors.ftrl import FTRLParams, apply_gradients, dot_rows, weights_at
 from runtime.actor import Actor
 from runtime.messages import GradBatch, WeightDelta
@@ -51,6 +53,25 @@ class ParameterStore:
         return int(np.count_nonzero(np.abs(self.z) > self.params.l1))
 
 
+@dataclass
+class FactorShard:
+    """A shard's rows of the factor vectors: every ``shards``-th row of a store shared by
+    all shards (one process), or all rows of the shard's own store (``own=True``)."""
+
+    store: FactorStore  # whose ``version`` to bump, so ranking caches see the change
+    shard: int = 0
+    shards: int = 1
+    own: bool = False
+
+    def rows(self, name: str) -> np.ndarray:
+        array: np.ndarray = getattr(self.store, name)
+        return array if self.own else array[self.shard :: self.shards]
+
+    @property
+    def params(self) -> FactorParams:
+        return self.store.params
+
+
 def split_by_shard(
     indices: np.ndarray, grads: np.ndarray, shards: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -78,8 +99,10 @@ class LearnerActor(Actor):
         params: FTRLParams,
         inbox: Channel,
         weights: Channel,
+        factors: FactorShard | None = None,
     ) -> None:
         super().__init__(f"learner-{shard}", inbox)
+        self.factors = factors
         self.shard = shard
         self.shards = shards
         self.z = z
@@ -109,6 +132,7 @@ class LearnerActor(Actor):
             )
             return
         apply_gradients(self.z, self.n, message.index, message.grad, self.params, self.w)
+        factor_index, factor_v = self._apply_factors(message)
         self.updates += int(message.index.size)
         self.batches += 1
         if message.source_offset >= 0:
@@ -120,8 +144,28 @@ class LearnerActor(Actor):
             index=message.index * self.shards + self.shard,
             w=self.w[message.index],
             created_at=message.created_at,
+            factor_index=factor_index,
+            factor_v=factor_v,
         )
         await self.weights.send(delta, key=self.shard)
+
+    def _apply_factors(self, message: GradBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the batch's factor gradients; returns the new vectors (global rows)."""
+        f = self.factors
+        if f is None or message.factor_index.size == 0:
+            return np.zeros(0, np.int64), np.zeros((0, 0))
+        v = f.rows("v")
+        apply_factor_gradients(
+            v,
+            f.rows("n"),
+            f.rows("active"),
+            f.rows("init"),
+            message.factor_index,
+            message.factor_grad,
+            f.params,
+        )
+        f.store.version += 1
+        return message.factor_index * self.shards + self.shard, v[message.factor_index]
 
     def _already_applied(self, message: GradBatch) -> bool:
         """A re-sent batch (its trainer died before committing) is applied at most once."""
@@ -138,4 +182,7 @@ class LearnerActor(Actor):
             "updates": self.updates,
             "slots": int(self.z.shape[0]),
             "nonzero_weights": int(np.count_nonzero(np.abs(self.z) > self.params.l1)),
+            "factor_rows_learned": (
+                int(np.count_nonzero(self.factors.rows("active"))) if self.factors else 0
+            ),
         }

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
+from actors.factors import FactorScorer, FactorStore
 from actors.features import (
     USER_NS,
     BaseFeatures,
@@ -20,6 +22,7 @@ from actors.features import (
     UserState,
     explain,
     score_items,
+    with_history,
 )
 from actors.ftrl import sigmoid
 
@@ -50,8 +53,13 @@ class Ranker:
         catalog: Catalog,
         users: UserState,
         exclude_seen: bool = True,
+        factors: FactorStore | None = None,
+        posterior: WeightPosterior | None = None,  # None: Thompson exploration unavailable
     ) -> None:
         self.space = space
+        self.posterior = posterior
+        self.factors = factors
+        self.scorer = FactorScorer(factors) if factors is not None else None
         self.weights = weights
         self.catalog = catalog
         self.users = users
@@ -73,6 +81,17 @@ class Ranker:
             raw += profile.raw.tolist()
             xs += profile.x.tolist()
             names += self.users.profile_names.get(user, [])
+        recent = self.users.recent.get(user)
+        if recent:
+            row = BaseFeatures(
+                np.array([0, 0], np.int64),
+                *(np.zeros(0, t) for t in (np.uint32, np.uint32, np.float64)),
+            )
+            extended, recent_names = with_history(self.space, self.catalog, self.users, user, row)
+            ns += extended.ns.tolist()
+            raw += extended.raw.tolist()
+            xs += extended.x.tolist()
+            names += recent_names
         for namespace, value, x in context:
             ns.append(self.space.ns_hash(namespace))
             raw.append(self.space.value_hash(namespace, value))
@@ -93,6 +112,7 @@ class Ranker:
         candidates: Sequence[str] | None = None,
         context: Sequence[tuple[str, str, float]] = (),
         with_explanations: bool = False,
+        explore: ExplorationPolicy | None = None,
     ) -> list[dict[str, Any]]:
         started = time.perf_counter()
         features, names = self.user_features(user, context)
@@ -102,13 +122,20 @@ class Ranker:
             if not found and candidates:
                 raise UnknownCandidates("none of the candidate items is in the catalog")
             rows = np.asarray(found, np.int64)
-        scores = score_items(self.space, features, self.catalog, self.weights, rows)
+        scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         positions = rows if rows is not None else np.arange(scores.size)
         excluded = np.zeros(scores.size, bool)
         seen = self.users.seen(user) if self.exclude_seen else set()
         if seen:
             excluded = np.isin(positions, np.fromiter(seen, np.int64, len(seen)))
-        best = top_k(scores, k, excluded)
+        ranked_by = scores
+        if explore is not None:  # the reported score stays the model's mean estimate
+            ranked_by = explore.perturb(
+                scores, ScoreUncertainty(self.space, features, self.catalog, self.posterior, rows)
+            )
+        best = top_k(ranked_by, k, excluded)
+        if explore is not None:
+            best = explore.substitute(best, excluded)
         result = []
         for pos in best:
             row = int(positions[pos])
@@ -118,7 +145,7 @@ class Ranker:
             }
             if with_explanations:
                 entry["explanation"] = explain(
-                    self.space, features, names, self.catalog, row, self.weights
+                    self.space, features, names, self.catalog, row, self.weights, 5, self.factors
                 )
             result.append(entry)
         self.requests += 1

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from actors.factors import FactorAggregator, FactorScorer, FactorStore
 from actors.features import (
     BaseFeatures,
     Catalog,
@@ -21,7 +23,11 @@ from actors.features import (
     UserState,
     expand,
     expand_dense,
+    expand_dense_factors,
+    expand_factors,
     score_items,
+    stack_rows,
+    with_history,
 )
 from actors.ftrl import GradientAggregator
 from actors.hasher import take_rows
@@ -96,6 +102,33 @@ class ProgressiveMetrics:
             self.popularity = PopularityBaseline.from_state(state["popularity"])
 
 
+@dataclass
+class BatchGradients:
+    """A batch's gradients summed per coordinate: linear weights and factor vector rows."""
+
+    index: np.ndarray
+    grad: np.ndarray
+    factor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    @classmethod
+    def empty(cls) -> BatchGradients:
+        return cls(np.zeros(0, np.int64), np.zeros(0))
+
+
+def evaluation_rows(
+    prescore: np.ndarray, origin: np.ndarray, probs: np.ndarray, explicit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities the metrics score and the rows they evaluate: a row's prescore
+    (its prediction when first scored, e.g. at impression time) where finite, else the
+    prediction now; a NOT_EVALUATED (negative) prescore is learned but not evaluated."""
+    if prescore.size == 0:
+        return probs, explicit
+    row_prescore = prescore[origin]
+    known = np.isfinite(row_prescore)
+    return np.where(known, row_prescore, probs), explicit & ~(known & (row_prescore < 0))
+
+
 class Watermark:
     """The highest batch sequence number learned by every shard; awaitable."""
 
@@ -141,6 +174,7 @@ class TrainerActor(Actor):
         weights: Channel,
         name: str = "trainer-0",
         shared_replica: bool = True,
+        factors: FactorStore | None = None,
     ) -> None:
         super().__init__(name, inbox)
         self.space = space
@@ -162,6 +196,9 @@ class TrainerActor(Actor):
         self.staleness_max = 0
         self.learned = Watermark()
         self.aggregate = GradientAggregator(space.size)
+        self.factors = factors
+        self.factor_step = FactorAggregator(space.size, factors.params.size) if factors else None
+        self.scorer = FactorScorer(factors) if factors else None
         self._pending: dict[int, tuple[int, float]] = {}
         self.events = 0
         self.rows = 0
@@ -183,9 +220,12 @@ class TrainerActor(Actor):
         staleness = len(self._pending)
         self.staleness_sum += staleness
         self.staleness_max = max(self.staleness_max, staleness)
-        indices, grads = self.train_batch(message)
+        step = self.train_batch(message)
         self._pending[message.seq] = (len(self.grads), message.created_at)
-        for shard, (idx, g) in enumerate(split_by_shard(indices, grads, len(self.grads))):
+        shards = len(self.grads)
+        linear = split_by_shard(step.index, step.grad, shards)
+        factor = split_by_shard(step.factor_index, step.factor_grad, shards)
+        for shard, ((idx, g), (fidx, fg)) in enumerate(zip(linear, factor, strict=True)):
             grad = GradBatch(
                 seq=message.seq,
                 shard=shard,
@@ -195,21 +235,26 @@ class TrainerActor(Actor):
                 created_at=message.created_at,
                 source_partition=message.source_partition,
                 source_offset=message.source_offset,
+                factor_index=fidx,
+                factor_grad=fg,
             )
             await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
         if self.sync:
             await self.learned.wait_for(message.seq)
 
-    def train_batch(self, batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Score, evaluate and differentiate one batch; returns (global indices, gradients)."""
+    def train_batch(self, batch: FeatureBatch) -> BatchGradients:
+        """Score, evaluate and differentiate one batch; returns its summed gradients."""
         n = len(batch)
         self.events += n
         self.batches += 1
         if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0)
+            return BatchGradients.empty()
+        factor_rows = None
         if batch.dense.size:
             indptr, indices, values = expand_dense(self.space, batch.dense)
+            if self.factors is not None:
+                factor_rows = expand_dense_factors(batch.dense, self.factors.params.mask)
             labels = batch.label.astype(np.float64)
             weights = batch.weight
             explicit = np.ones(n, bool)
@@ -217,21 +262,37 @@ class TrainerActor(Actor):
         else:
             user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
             if batch.item_rows.size and (batch.item_rows >= 0).any():
-                self._rank_and_remember(batch, user)
+                user = self._rank_and_remember(batch, user)
             origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
             weights = batch.weight[origin]
-            indptr, indices, values = expand(
-                self.space, take_rows(user, origin), item_rows, self.catalog
+            rows_user = take_rows(user, origin)
+            indptr, indices, values = expand(self.space, rows_user, item_rows, self.catalog)
+            if self.factors is not None:
+                factor_rows = expand_factors(
+                    rows_user, item_rows, self.catalog, self.factors.params.mask
+                )
+        if factor_rows is None or self.factor_step is None or self.factors is None:
+            probs, touched, grads = self.aggregate.logistic_step(
+                self.store.w, indptr, indices, values, labels, weights
             )
-        probs, touched, grads = self.aggregate.logistic_step(
-            self.store.w, indptr, indices, values, labels, weights
-        )
-        if explicit.any():
-            self.metrics.logloss.update(probs[explicit], labels[explicit], weights[explicit])
-            self.metrics.auc.update(probs[explicit], labels[explicit])
-            self.metrics.mean_ctr.update(labels[explicit], weights[explicit])
+            step = BatchGradients(touched, grads)
+        else:
+            probs, touched, grads, ftouched, fgrads = self.factor_step.logistic_step(
+                self.store.w,
+                self.factors.v,
+                (indptr, indices, values),
+                factor_rows,
+                labels,
+                weights,
+            )
+            step = BatchGradients(touched, grads, ftouched, fgrads)
+        scores, evaluated = evaluation_rows(batch.prescore, origin, probs, explicit)
+        if evaluated.any():
+            self.metrics.logloss.update(scores[evaluated], labels[evaluated], weights[evaluated])
+            self.metrics.auc.update(scores[evaluated], labels[evaluated])
+            self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
         self.rows += int(labels.size)
-        return touched, grads
+        return step
 
     def _rows_with_negatives(
         self, batch: FeatureBatch
@@ -258,21 +319,31 @@ class TrainerActor(Actor):
             labels[is_negative] = 0.0
         return origin, item_rows, labels, explicit
 
-    def _rank_and_remember(self, batch: FeatureBatch, user: BaseFeatures) -> None:
-        """Rank flagged events against the catalog before learning them, then record history."""
+    def _rank_and_remember(self, batch: FeatureBatch, user: BaseFeatures) -> BaseFeatures:
+        """Rank flagged events against the catalog before learning them, then record history.
+
+        Returns the user rows with each user's recent items as of that event (when
+        ``users.recent_len``), so an event is learned with the history it was ranked with.
+        """
         known = self.catalog.known_at(batch.seq)
         candidates = np.arange(known) if known < len(self.catalog) else None
         popularity = self.metrics.popularity
+        history = self.users.recent_len > 0
+        rows = []
         for r in range(len(batch)):
             item = int(batch.item_rows[r])
+            name = batch.users[r] if batch.users else ""
+            row = user.row(r)
+            if history:
+                row, _ = with_history(self.space, self.catalog, self.users, name, row)
+                rows.append(row)
             if item < 0:
                 continue
-            name = batch.users[r] if batch.users else ""
             if batch.rank_eval[r]:
                 seen = self.users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
                 scores = score_items(
-                    self.space, user.row(r), self.catalog, self.store.w, candidates
+                    self.space, row, self.catalog, self.store.w, candidates, self.scorer
                 )
                 self.metrics.ranking.update(rank_of(scores, item, exclude))
                 if popularity is not None:
@@ -283,6 +354,7 @@ class TrainerActor(Actor):
                 self.users.add(name, item)
             if popularity is not None:
                 popularity.learn(item)
+        return stack_rows(rows) if history else user
 
     async def _replica_loop(self) -> None:
         """Apply weight deltas to the replica; a delta of our own batch is also its ack."""
@@ -290,6 +362,9 @@ class TrainerActor(Actor):
             delta: WeightDelta = await self.weights.recv()
             if not self.shared_replica:
                 self.store.w[delta.index] = delta.w
+                if self.factors is not None and delta.factor_index.size:
+                    self.factors.v[delta.factor_index] = delta.factor_v
+                    self.factors.version += 1
             if delta.trainer == self.name:
                 self._acknowledge(delta.seq)
 

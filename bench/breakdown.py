@@ -82,9 +82,9 @@ async def train_and_learn(system: Any, features: list[Any]) -> tuple[float, floa
     shards = len(system.learners)
     for fb in features:
         t0 = time.perf_counter()
-        idx, grads = system.trainer.train_batch(fb)
+        step = system.trainer.train_batch(fb)
         t1 = time.perf_counter()
-        for k, (i, g) in enumerate(split_by_shard(idx, grads, shards)):
+        for k, (i, g) in enumerate(split_by_shard(step.index, step.grad, shards)):
             await system.learners[k].handle(GradBatch(seq=fb.seq, shard=k, index=i, grad=g))
         learn += time.perf_counter() - t1
         train += t1 - t0

@@ -13,6 +13,7 @@ from typing import Any
 
 from runtime.config import Config, ConfigError
 from runtime.replay import FORMATS, open_log, replay
+from runtime.tune import add_tune_parser
 
 
 def _load(path: str | None) -> Config:
@@ -29,6 +30,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.http.host = args.host
     if args.port is not None:
         config.http.port = args.port
+    if args.log_json:
+        config.http.log_format = "json"
     if args.state is not None:
         config.state.snapshot_path = str(Path(args.state) / "snapshot.msgpack")
         config.ingest.dead_letter_path = str(Path(args.state) / "dead_letters.jsonl")
@@ -140,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--state", help="directory for the snapshot and dead letters (overrides the config)"
     )
+    run.add_argument(
+        "--log-json", action="store_true", help="JSON-lines logs (same as http.log_format = json)"
+    )
     run.set_defaults(func=cmd_run)
     rp = sub.add_parser("replay", help="push a log through the pipeline as fast as it goes")
     rp.add_argument("path", help="log file (MovieLens: the ml-100k folder or its u.data)")
@@ -170,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
+    add_tune_parser(sub)
     return parser
 
 

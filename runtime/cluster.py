@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiohttp import web
 
 from actors.batching import batch_from_events, take_events
 from actors.events import EventLimits, InvalidEvent, validate_event
+from actors.factors import FactorStore
 from actors.features import Catalog, FeatureSpace, UserState
 from actors.ftrl import FTRLParams
 from actors.hasher import Featurizer
-from actors.learner import LearnerActor, ParameterStore
+from actors.learner import FactorShard, LearnerActor, ParameterStore
 from actors.metrics import LatencyWindow
 from actors.ranker import Ranker
 from actors.readers import Chunk
@@ -52,7 +52,13 @@ from runtime.config import Config
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
 from runtime.replay import clean
-from runtime.system import IngestResult, SystemFailed, _payload_text, write_atomically
+from runtime.system import (
+    IngestResult,
+    SystemFailed,
+    _payload_text,
+    factor_params,
+    write_atomically,
+)
 
 log = logging.getLogger("freshrank.cluster")
 CHECKPOINT_VERSION = 1
@@ -87,8 +93,13 @@ class ShardLearner(LearnerActor):
     def __init__(
         self, config: Config, shard: int, store: ParameterStore, inbox: KafkaChannel, weights: Any
     ) -> None:
+        fp = factor_params(config)
+        shards = config.training.shards
+        factors = None
+        if fp is not None:  # this shard's own rows j % shards == shard, contiguous
+            factors = FactorShard(FactorStore(fp, shard, shards), shard, shards, own=True)
         super().__init__(
-            shard, config.training.shards, store.z, store.n, store.w, store.params, inbox, weights
+            shard, shards, store.z, store.n, store.w, store.params, inbox, weights, factors
         )
         self.config = config
         self.store = store
@@ -120,10 +131,36 @@ class ShardLearner(LearnerActor):
             "index": touched,
             "z": self.z[touched],
             "n": self.n[touched],
+            "factors": self._factor_state(),
         }
         write_atomically(checkpoint_path(self.config, self.shard), encode(state))
         self.since_checkpoint = 0
         self.checkpoints += 1
+
+    def _factor_state(self) -> dict[str, Any] | None:
+        if self.factors is None:
+            return None
+        rows = self.factors.store.touched_rows()
+        return {
+            "k": self.factors.params.k,
+            "bits": self.factors.params.bits,
+            "index": rows,
+            "v": self.factors.store.v[rows],
+            "n": self.factors.store.n[rows],
+        }
+
+    def _restore_factors(self, path: Path, state: dict[str, Any] | None) -> None:
+        mine = (self.factors.params.k, self.factors.params.bits) if self.factors else None
+        found = (state["k"], state["bits"]) if state else None
+        if found != mine:
+            raise RuntimeError(
+                f"{path}: checkpoint of factors (k, bits) {found}, this process is {mine}"
+            )
+        if self.factors is not None and state is not None:
+            rows = np.asarray(state["index"], np.int64)
+            self.factors.store.v[rows] = state["v"]
+            self.factors.store.n[rows] = state["n"]
+            self.factors.store.active[rows] = True
 
     def restore(self) -> bool:
         path = checkpoint_path(self.config, self.shard)
@@ -140,6 +177,7 @@ class ShardLearner(LearnerActor):
             raise RuntimeError(
                 f"{path}: checkpoint of (shard, shards, bits) {found}, this process is {expected}"
             )
+        self._restore_factors(path, state.get("factors"))
         index = np.asarray(state["index"], np.int64)
         self.z[index] = state["z"]
         self.n[index] = state["n"]
@@ -246,8 +284,11 @@ async def run_trainer(config: Config, index: int) -> int:
     name = f"trainer-{index}-{os.getpid()}"
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
-    space, catalog, users = feature_space(config), Catalog(), UserState()
+    space, catalog = feature_space(config), Catalog()
+    users = UserState(recent_len=config.model.history)
     store = ParameterStore(space.size, ftrl_params(config))
+    fp = factor_params(config)
+    factors = FactorStore(fp) if fp else None
     featurizer = Featurizer(space, catalog, users)
     t = config.training
     metrics = ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None)
@@ -256,7 +297,7 @@ async def run_trainer(config: Config, index: int) -> int:
         negatives=t.negatives, sync=t.sync, max_staleness=t.max_staleness, exclude_seen=t.exclude_seen, seed=config.model.seed,
         metrics=metrics, inbox=None,
         grads=[transport.channel(f"grads.{k}") for k in range(t.shards)],
-        weights=transport.channel("weights"), name=name, shared_replica=False,
+        weights=transport.channel("weights"), name=name, shared_replica=False, factors=factors,
     )  # fmt: skip
     items = ItemsFollower(featurizer, transport.channel("items"))
     events = EventsWorker(featurizer, trainer, items, transport.channel("events"))
@@ -328,11 +369,18 @@ class ClusterFront:
         self.transport = KafkaTransport(config, group_id=None)
         self.space = feature_space(config)
         self.catalog = Catalog()
-        self.users = UserState()
+        self.users = UserState(recent_len=config.model.history)
         self.store = ParameterStore(self.space.size, ftrl_params(config))
+        fp = factor_params(config)
+        self.factors = FactorStore(fp) if fp else None
         self.featurizer = Featurizer(self.space, self.catalog, self.users)
         self.ranker = Ranker(
-            self.space, self.store.w, self.catalog, self.users, config.training.exclude_seen
+            self.space,
+            self.store.w,
+            self.catalog,
+            self.users,
+            config.training.exclude_seen,
+            factors=self.factors,
         )
         self.limits = EventLimits(
             max_string_len=config.ingest.max_string_len,
@@ -365,6 +413,9 @@ class ClusterFront:
 
     async def _apply_delta(self, delta: WeightDelta) -> None:
         self.store.w[delta.index] = delta.w
+        if self.factors is not None and delta.factor_index.size:
+            self.factors.v[delta.factor_index] = delta.factor_v
+            self.factors.version += 1
         self.deltas += 1
         if delta.created_at and delta.index.size:
             self.freshness.add(time.time() - delta.created_at)
@@ -445,15 +496,17 @@ class _Follower(Actor):
 
 
 async def run_ranker(config: Config, index: int) -> int:
-    """A ranker: replicas + HTTP API until SIGTERM."""
+    """A ranker: replicas + HTTP API until SIGTERM (same auth, limits, logs and /metrics as
+    the daemon; a non-loopback host without a token is refused before anything starts)."""
     from runtime.http import make_app
+    from runtime.http_middleware import check_exposure, start_site
+    from runtime.logs import configure_logging
 
+    token = check_exposure(config.http, os.environ)
+    configure_logging(config.http.log_format, secrets=[token])
     front = ClusterFront(config, index)
     await front.start()
-    runner = web.AppRunner(make_app(front), access_log=None, handle_signals=False)  # type: ignore[arg-type]
-    await runner.setup()
-    site = web.TCPSite(runner, config.http.host, config.http.port)
-    await site.start()
+    runner = await start_site(make_app(front), config.http)  # type: ignore[arg-type]
     host, port = runner.addresses[0][:2]
     print(f"freshrank ranker ready http://{host}:{port}", flush=True)
     code = await _wait_for_signal(front.name)

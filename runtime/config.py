@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from actors.delayed import LATE_POLICIES
 
 
 class ConfigError(ValueError):
@@ -24,11 +27,27 @@ class ModelConfig:
             ["u.age", "item"],
             ["u.gender", "item"],
             ["u.occupation", "item"],
+            ["h.item", "item"],
         ]
     )
+    # factorization-machine terms: k factors per hashed base feature (0: linear model only)
+    factors: int = 8
+    factor_bits: int = 18
+    factor_init: float = 0.05  # std of the seeded start of the vectors
+    # a user's most recent items as user-side features "h.item=<id>" (0: none)
+    history: int = 10
 
     def check(self) -> None:
         _require(1 <= self.bits <= 30, "model.bits", "must be in 1..30", self.bits)
+        _require(0 <= self.factors <= 256, "model.factors", "must be in 0..256", self.factors)
+        _require(
+            1 <= self.factor_bits <= 28,
+            "model.factor_bits",
+            "must be in 1..28 (above model.bits it is model.bits)",
+            self.factor_bits,
+        )
+        _require(self.factor_init >= 0, "model.factor_init", "must be >= 0", self.factor_init)
+        _require(0 <= self.history <= 100, "model.history", "must be in 0..100", self.history)
         for pair in self.crosses:
             _require(
                 len(pair) == 2 and all(isinstance(p, str) and p for p in pair),
@@ -44,10 +63,13 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 0.0
+    factor_alpha: float = 0.05  # AdaGrad rate of the factor vectors (model.factors > 0)
+    factor_l2: float = 0.001
 
     def check(self) -> None:
         _require(self.alpha > 0, "ftrl.alpha", "must be > 0", self.alpha)
-        for key in ("beta", "l1", "l2"):
+        _require(self.factor_alpha > 0, "ftrl.factor_alpha", "must be > 0", self.factor_alpha)
+        for key in ("beta", "l1", "l2", "factor_l2"):
             _require(getattr(self, key) >= 0, f"ftrl.{key}", "must be >= 0", getattr(self, key))
 
 
@@ -104,6 +126,10 @@ class IngestConfig:
     max_events_per_request: int = 100_000
     max_features_per_event: int = 1000
     max_string_len: int = 1024
+    # admission control for POST /v1/events (429 + Retry-After past either bound)
+    max_pending_events: int = 100_000  # accepted over HTTP and not yet learned
+    max_inflight_requests: int = 256  # ingest requests being read, queued or waited on
+    retry_after_s: int = 1  # the Retry-After header of a 429
 
     def check(self) -> None:
         for key in (
@@ -111,8 +137,20 @@ class IngestConfig:
             "max_events_per_request",
             "max_features_per_event",
             "max_string_len",
+            "max_pending_events",
+            "max_inflight_requests",
         ):
             _require(getattr(self, key) >= 1, f"ingest.{key}", "must be >= 1", getattr(self, key))
+        _require(
+            self.max_pending_events >= self.max_events_per_request,
+            "ingest.max_pending_events",
+            f"must be >= ingest.max_events_per_request ({self.max_events_per_request}), "
+            "or a request of that size could never be admitted",
+            self.max_pending_events,
+        )
+        _require(
+            self.retry_after_s >= 0, "ingest.retry_after_s", "must be >= 0", self.retry_after_s
+        )
 
 
 @dataclass
@@ -120,9 +158,64 @@ class HTTPConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    # bearer token for every endpoint but /v1/healthz: "env:NAME" reads $NAME; empty reads
+    # $FRESHRANK_TOKEN; none at all is only allowed on a loopback host.  repr=False: never logged
+    token: str = field(default="", repr=False)
+    metrics_public: bool = False  # GET /metrics without the token (a scraper on a private net)
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    access_log: bool = True  # one log line per request
+    max_connections: int = 1000  # requests handled at once; past it 503 + Retry-After
+    body_timeout_s: float = 30.0  # a request body not read within this: 408
+    keepalive_timeout_s: float = 75.0  # an idle connection (or one that never sends) is closed
+    max_k: int = 1000  # GET /v1/recommend limits
+    max_candidates: int = 1000
+    max_context_keys: int = 64
 
     def check(self) -> None:
         _require(0 <= self.port <= 65535, "http.port", "must be in 0..65535", self.port)
+        _require(
+            self.log_format in ("text", "json"),
+            "http.log_format",
+            'must be "text" or "json"',
+            self.log_format,
+        )
+        for key in ("max_connections", "max_k", "max_candidates", "max_context_keys"):
+            _require(getattr(self, key) >= 1, f"http.{key}", "must be >= 1", getattr(self, key))
+        for key in ("body_timeout_s", "keepalive_timeout_s"):
+            _require(
+                getattr(self, key) > 0, f"http.{key}", "must be > 0 seconds", getattr(self, key)
+            )
+        if self.token.startswith("env:"):
+            name = self.token[4:]
+            _require(
+                name.isidentifier(), "http.token", '"env:NAME" needs a variable name', self.token
+            )
+        elif self.token:
+            _check_token(self.token, "http.token")
+
+    def bearer_token(self, environ: Mapping[str, str]) -> str:
+        """The token in force ("" for none); secrets stay out of config files and logs."""
+        if self.token.startswith("env:"):
+            name = self.token[4:]
+            if name not in environ:
+                raise ConfigError(f"http.token names ${name}, which is not set")
+            _check_token(environ[name], f"http.token (${name})")
+            return environ[name]
+        if self.token:
+            return self.token
+        from_env = environ.get("FRESHRANK_TOKEN", "")
+        if from_env:
+            _check_token(from_env, "$FRESHRANK_TOKEN (http.token is empty)")
+        return from_env
+
+
+def _check_token(token: str, where: str) -> None:
+    # the value itself is never part of the message: it is a secret
+    if len(token) < 16 or not all(33 <= ord(c) <= 126 for c in token):
+        raise ConfigError(
+            f"{where} must be at least 16 printable ASCII characters without spaces "
+            f"(got {len(token)} characters)"
+        )
 
 
 @dataclass
@@ -146,6 +239,31 @@ class SimulatorSection:
     def check(self) -> None:
         _require(self.rate > 0, "simulator.rate", "must be > 0 events/s", self.rate)
         _require(self.batch >= 1, "simulator.batch", "must be >= 1", self.batch)
+
+
+EXPLORATION_MODES = ("off", "thompson", "epsilon")
+
+
+@dataclass
+class ExplorationConfig:
+    """The default exploration of GET /v1/recommend (a request's ``explore=`` overrides it)."""
+
+    mode: str = "off"  # off | thompson | epsilon
+    scale: float = 1.0  # thompson: posterior standard deviations are multiplied by it
+    epsilon: float = 0.05  # epsilon: share of the k slots given to a random candidate
+    seed: int = 0
+
+    def check(self) -> None:
+        _require(
+            self.mode in EXPLORATION_MODES,
+            "exploration.mode",
+            f"must be one of {', '.join(EXPLORATION_MODES)}",
+            self.mode,
+        )
+        _require(
+            0 < self.scale < float("inf"), "exploration.scale", "must be finite and > 0", self.scale
+        )
+        _require(0 <= self.epsilon <= 1, "exploration.epsilon", "must be in [0, 1]", self.epsilon)
 
 
 @dataclass
@@ -212,6 +330,30 @@ class ClusterConfig:
 
 
 @dataclass
+class LabelsConfig:
+    """Delayed labels: an impression waits ``window_s`` seconds for its click (actors/delayed.py)."""
+
+    window_s: float = 600.0
+    max_pending: int = 1_000_000  # open impressions; past it the oldest is learned early
+    late: str = "ignore"  # a click after its window: ignore | positive | dead_letter
+
+    def check(self) -> None:
+        _require(
+            0 <= self.window_s < float("inf"),
+            "labels.window_s",
+            "must be a finite number of seconds >= 0",
+            self.window_s,
+        )
+        _require(self.max_pending >= 1, "labels.max_pending", "must be >= 1", self.max_pending)
+        _require(
+            self.late in LATE_POLICIES,
+            "labels.late",
+            f"must be one of {', '.join(LATE_POLICIES)}",
+            self.late,
+        )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
@@ -221,8 +363,10 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     state: StateConfig = field(default_factory=StateConfig)
     simulator: SimulatorSection = field(default_factory=SimulatorSection)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:

@@ -11,27 +11,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-import sys
 
 from aiohttp import web
 
 from runtime.config import Config
 from runtime.http import make_app
+from runtime.http_middleware import check_exposure, start_site
+from runtime.logs import configure_logging
 from runtime.system import System
 
 log = logging.getLogger("freshrank")
 
 
 async def serve(config: Config) -> int:
-    """Run until a signal (exit code 0) or an actor crash (exit code 1)."""
+    """Run until a signal (exit code 0) or an actor crash (exit code 1).
+
+    Refuses (ConfigError) to serve a non-loopback address without a token, before
+    anything starts.
+    """
+    check_exposure(config.http, os.environ)
     system = System(config)
     await system.start()
-    runner = web.AppRunner(make_app(system), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.http.host, config.http.port)
+    app = make_app(system)
     if config.http.enabled:
-        await site.start()
+        runner = await start_site(app, config.http)
+    else:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,11 +76,8 @@ async def serve(config: Config) -> int:
 
 def run_daemon(config: Config) -> int:
     """Run :func:`serve` on uvloop (when available)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    token = check_exposure(config.http, os.environ)
+    configure_logging(config.http.log_format, secrets=[token])
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

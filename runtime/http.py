@@ -1,4 +1,6 @@
-"""The HTTP API (aiohttp): ingest events, recommend, health, stats.
+"""The HTTP API (aiohttp): ingest events, recommend, health, stats, Prometheus metrics
+and its OpenAPI document (runtime/openapi.py).  What every request goes through first
+(request id, access log, auth, limits) is in runtime/http_middleware.py.
 
 Bad input never gets a 5xx: every rejection is a 4xx with a reason, and the
 good events of a partly bad request are still learned.
@@ -7,20 +9,35 @@ good events of a partly bad request are still learned.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors.events import InvalidEvent, Unparsable
+from actors.exploration import ExplorationError
 from actors.ranker import UnknownCandidates
+from runtime.admission import Admission, Overload, Ticket
 from runtime.codec import CodecError, Limits, decode
+from runtime.dashboard import add_dashboard
+from runtime.http_middleware import (
+    METRICS_KEY,
+    MIDDLEWARES,
+    SETTINGS_KEY,
+    HTTPSettings,
+    handler_args,
+    read_body,
+)
+from runtime.openapi import build_openapi
+from runtime.prometheus import HTTPMetrics
 from runtime.replay import clean
 from runtime.system import System, SystemFailed
 
 SYSTEM_KEY = web.AppKey("system", System)
+ADMISSION_KEY = web.AppKey("admission", Admission)
 USER_RE = re.compile(r"^.{1,256}$", re.DOTALL)
-MAX_K = 1000
 
 
 def _error(status: int, reason: str, **extra: Any) -> web.Response:
@@ -88,9 +105,26 @@ def _parse_msgpack(body: bytes, limits: Limits) -> list[Any]:
 
 
 async def post_events(request: web.Request) -> web.Response:
+    """Admission first: past the ingest bounds a 429 before the body is even read."""
+    ticket = request.app[ADMISSION_KEY].enter()
+    if isinstance(ticket, Overload):
+        return _overloaded(ticket)
+    with ticket:
+        return await _ingest_events(request, ticket)
+
+
+def _overloaded(overload: Overload) -> web.Response:
+    # 429, not 503: the daemon is healthy and only asks this client to come back later;
+    # 503 stays the answer of a crashed system, so monitors can tell the two apart
+    return web.json_response(
+        overload.to_dict(), status=429, headers={"Retry-After": str(overload.retry_after_s)}
+    )
+
+
+async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
     system = request.app[SYSTEM_KEY]
     cfg = system.config.ingest
-    body = await request.read()
+    body = await read_body(request)
     if not body.strip():
         return _error(400, "empty body: send a JSON array, NDJSON or msgpack array of events")
     ctype = request.content_type
@@ -116,11 +150,16 @@ async def post_events(request: web.Request) -> web.Response:
         return _error(
             413, f"{len(events)} events in one request, the limit is {cfg.max_events_per_request}"
         )
+    overload = ticket.reserve(len(events))
+    if overload is not None:
+        return _overloaded(overload)
     wait = request.query.get("wait", "true").lower() not in ("0", "false", "no")
     try:
         result = await system.ingest(events, wait=wait, source="http")
     except SystemFailed as error:
         return _error(503, str(error))
+    ticket.queued(result.seq, result.accepted)
+    request.app[METRICS_KEY].observe_ingest(result.accepted, result.rejected)
     status = 200 if result.accepted else 422
     return _json(result.to_dict(), status)
 
@@ -138,30 +177,62 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
+def _exploration_params(request: web.Request, system: System) -> dict[str, Any]:
+    """The request's ``explore``, ``scale`` and ``epsilon`` (the system's policy checks them)."""
+    given = [name for name in ("explore", "scale", "epsilon") if name in request.query]
+    if not given:
+        return {}
+    if not hasattr(system, "exploration"):  # a cluster ranker holds weights, no policy
+        raise ExplorationError("exploration is not available on this server")
+    params: dict[str, Any] = {}
+    for name in given:
+        raw = request.query[name]
+        if name == "explore":
+            params[name] = raw
+            continue
+        try:
+            params[name] = float(raw)
+        except ValueError:
+            raise ExplorationError(f"'{name}' must be a number, got {raw[:40]!r}") from None
+    return params
+
+
 async def get_recommend(request: web.Request) -> web.Response:
     system = request.app[SYSTEM_KEY]
     user = request.query.get("user")
     if not user or not USER_RE.match(user):
         return _error(400, "'user' is required (1..256 characters)")
+    limits = system.config.http
     try:
-        k = _int_param(request, "k", 10, 1, MAX_K)
+        k = _int_param(request, "k", 10, 1, limits.max_k)
     except ValueError as error:
         return _error(400, str(error))
     candidates = None
     if "candidates" in request.query:
         candidates = [c for c in request.query["candidates"].split(",") if c]
-        if len(candidates) > 100_000:
-            return _error(413, "at most 100000 candidates")
+        if len(candidates) > limits.max_candidates:
+            return _error(
+                413,
+                f"{len(candidates)} candidates, the limit is {limits.max_candidates} "
+                "(http.max_candidates)",
+            )
     context = None
     if "context" in request.query:
         try:
             context = json.loads(request.query["context"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also ints over 4300 digits, deep nesting
             return _error(400, "'context' must be a JSON object")
+        if isinstance(context, dict) and len(context) > limits.max_context_keys:
+            return _error(
+                413,
+                f"{len(context)} context features, the limit is {limits.max_context_keys} "
+                "(http.max_context_keys)",
+            )
     explain = request.query.get("explain", "false").lower() in ("1", "true", "yes")
     try:
-        items = await system.recommend(user, k, candidates, context, explain)
-    except (InvalidEvent, UnknownCandidates) as error:
+        exploration = _exploration_params(request, system)
+        items = await system.recommend(user, k, candidates, context, explain, **exploration)
+    except (InvalidEvent, UnknownCandidates, ExplorationError) as error:
         return _error(400, str(error))
     except SystemFailed as error:
         return _error(503, str(error))
@@ -182,12 +253,44 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(request.app[SYSTEM_KEY].statistics())
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, from this app's own registry."""
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(request.app[SYSTEM_KEY].config))
+
+
+def _admission_for(system: System) -> Admission:
+    """The System's own (its /v1/stats counts it); a front without one gets its own."""
+    own = getattr(system, "admission", None)
+    if isinstance(own, Admission):
+        return own
+    cfg = system.config.ingest  # e.g. a cluster ranker: events are pending until published
+    return Admission(cfg.max_pending_events, cfg.max_inflight_requests, cfg.retry_after_s)
+
+
 def make_app(system: System) -> web.Application:
-    """The aiohttp application; request bodies over ``ingest.max_body_bytes`` get a 413."""
-    app = web.Application(client_max_size=system.config.ingest.max_body_bytes)
+    """The aiohttp application; request bodies over ``ingest.max_body_bytes`` get a 413.
+
+    The token comes from ``http.token`` or $FRESHRANK_TOKEN (see http_middleware).
+    """
+    max_body = system.config.ingest.max_body_bytes
+    settings = HTTPSettings.from_config(system.config.http, max_body, os.environ)
+    app = web.Application(
+        client_max_size=max_body, middlewares=MIDDLEWARES, handler_args=handler_args(settings)
+    )
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = HTTPMetrics(system.statistics)
     app[SYSTEM_KEY] = system
+    app[ADMISSION_KEY] = _admission_for(system)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/recommend", get_recommend)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/v1/openapi.json", get_openapi)
+    add_dashboard(app, system)
     return app

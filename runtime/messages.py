@@ -15,9 +15,17 @@ import numpy as np
 
 from runtime.codec import register_message
 
+NOT_EVALUATED = -1.0
+"""A ``prescore`` that marks an example learned but not evaluated by the progressive metrics."""
+
 
 def _i64(values: object = ()) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
+
+
+def take_prescores(prescore: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The prescores of ``rows`` (an empty column stays empty: no prescores at all)."""
+    return prescore[rows] if prescore.size else np.zeros(0, np.float64)
 
 
 @register_message
@@ -58,6 +66,10 @@ class EventBatch:
     col_names: list[str] = field(default_factory=list)
     col_data: list[np.ndarray] = field(default_factory=list)
     col_off: list[np.ndarray] = field(default_factory=list)
+    # per event, the probability the model gave it when first scored (an impression's, at
+    # impression time); the metrics use it instead of the one at learning time.  NaN: none;
+    # NOT_EVALUATED: learned but not evaluated; empty (older messages): none for every event
+    prescore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -91,6 +103,7 @@ class FeatureBatch:
     source_partition: int = -1
     source_offset: int = -1
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint32))
+    prescore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # as EventBatch's
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -112,6 +125,10 @@ class GradBatch:
     created_at: float = 0.0
     source_partition: int = -1
     source_offset: int = -1
+    # factorization terms (model.factors > 0): shard-local vector rows and their summed
+    # gradients, one row of k per index
+    factor_index: np.ndarray = field(default_factory=lambda: _i64())
+    factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 @register_message
@@ -133,6 +150,8 @@ class WeightDelta:
     index: np.ndarray  # int64, global feature indices
     w: np.ndarray  # float64
     created_at: float  # when the events of the batch were ingested (for freshness)
+    factor_index: np.ndarray = field(default_factory=lambda: _i64())  # global vector rows
+    factor_v: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # their new vectors
 
 
 @register_message

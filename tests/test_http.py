@@ -302,7 +302,8 @@ async def test_recommend_explain(world: Harness) -> None:
         assert isinstance(explanation, list)
         assert 1 <= len(explanation) <= 5
         for part in explanation:
-            assert set(part) == {"feature", "contribution"}
+            assert set(part) == {"feature", "contribution", "part"}
+            assert part["part"] in ("linear", "factor")
             assert isinstance(part["feature"], str) and part["feature"]
             assert isinstance(part["contribution"], float) and part["contribution"] != 0
         magnitudes = [abs(part["contribution"]) for part in explanation]

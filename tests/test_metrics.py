@@ -226,6 +226,170 @@ def test_rocauc_on_a_million_tied_events_matches_the_binned_formula() -> None:
     assert auc == pytest.approx(expected, rel=1e-12)
 
 
+def ref_auc_by_ranks(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann–Whitney from mid-ranks, by a stable sort; twice U in exact integers."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n, n_pos = s.size, int(y.sum())
+    n_neg = n - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    starts = np.flatnonzero(np.concatenate(([True], s_sorted[1:] != s_sorted[:-1])))
+    sizes = np.diff(np.append(starts, n))
+    # a tie group at 0-based [start, start + size) has the 1-based mid-rank
+    # start + (size + 1) / 2; doubled, it is an integer
+    twice_mid_rank = np.repeat(2 * starts + sizes + 1, sizes)
+    twice_u = int(twice_mid_rank[y_sorted].sum()) - n_pos * (n_pos + 1)
+    return twice_u / (2 * n_pos * n_neg)
+
+
+# scores that stress the order: exact ties, signed zeros, subnormals, the ends of [0, 1]
+EDGE_SCORES = [0.0, -0.0, 5e-324, 1e-300, 1e-16, 0.5, np.nextafter(0.5, 1.0), 1 - 2**-53, 1.0]
+edge_or_any_score = st.one_of(st.sampled_from(EDGE_SCORES), st.floats(0.0, 1.0))
+
+
+def same_auc(a: float, b: float) -> bool:
+    """Equal, nan included: the AUC is exact, not an approximation."""
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "near_0_and_1", "infinite"])
+@pytest.mark.parametrize("window", [None, 5_000])
+def test_rocauc_equals_the_rank_reference_exactly(kind: str, window: int | None) -> None:
+    rng = np.random.default_rng(11)
+    n = 40_000
+    y = (rng.random(n) < 0.2).astype(np.float64)
+    if kind == "random":
+        s = 1 / (1 + np.exp(-(rng.normal(size=n) + y)))
+    elif kind == "ties":  # 7 distinct scores only
+        s = np.round(rng.random(n) * 6 + y) / 7
+    elif kind == "near_0_and_1":  # probabilities within a few ulps of 0 and of 1
+        s = np.where(rng.random(n) < 0.5, 1e-300 * rng.integers(0, 4, n), 1 - 2**-53 * y)
+        s[rng.random(n) < 0.1] = -0.0
+    else:
+        s = rng.choice([-np.inf, -1.0, 0.0, np.inf], size=n)
+    m = ROCAUC(window)
+    m.MIN_FOLD, m.MAX_PATCH = 1000, 2000  # folds inside update, reads patch or fold
+    lo = 0
+    for size in rng.integers(1, 3000, size=40):
+        hi = min(n, lo + int(size))
+        m.update(s[lo:hi], y[lo:hi])
+        first = 0 if window is None else max(0, hi - window)
+        if rng.random() < 0.5:
+            assert same_auc(m.result(), ref_auc_by_ranks(s[first:hi], y[first:hi]))
+        lo = hi
+    first = 0 if window is None else max(0, lo - window)
+    assert same_auc(m.result(), ref_auc_by_ranks(s[first:lo], y[first:lo]))
+
+
+@SETTINGS
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(edge_or_any_score, st.integers(0, 1)), max_size=40), max_size=25
+    ),
+    window=st.integers(1, 60),
+    min_fold=st.integers(1, 50),
+    max_patch=st.integers(0, 50),
+    reads=st.lists(st.booleans(), min_size=25, max_size=25),
+)
+def test_sliding_window_evicts_exactly_the_oldest_pairs(
+    batches: list[list[tuple[float, int]]],
+    window: int,
+    min_fold: int,
+    max_patch: int,
+    reads: list[bool],
+) -> None:
+    m = ROCAUC(window)
+    # fold at arbitrary points of the stream; reads either fold or patch the last fold
+    m.MIN_FOLD, m.FOLD_FRACTION, m.MAX_PATCH = min_fold, 2, max_patch
+    seen_s: list[float] = []
+    seen_y: list[int] = []
+    for batch, read in zip(batches, reads, strict=False):
+        m.update(np.array([b[0] for b in batch]), np.array([b[1] for b in batch]))
+        seen_s += [b[0] for b in batch]
+        seen_y += [b[1] for b in batch]
+        assert m.count <= 2 * window
+        if read:
+            expected = ref_auc_by_ranks(np.array(seen_s[-window:]), np.array(seen_y[-window:]))
+            assert same_auc(m.result(), expected)
+            assert same_auc(m.result(), expected)  # the cached value
+    expected = ref_auc_by_ranks(np.array(seen_s[-window:]), np.array(seen_y[-window:]))
+    assert same_auc(m.result(), expected)
+    restored = ROCAUC.from_state(msgpack_roundtrip(m.to_state()))
+    assert restored.window == window and same_auc(restored.result(), expected)
+
+
+def test_result_on_a_full_million_window_sorts_only_new_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    window = 1_000_000
+    rng = np.random.default_rng(5)
+    n = window + 200_000
+    y = (rng.random(n) < 0.1).astype(np.float64)
+    s = 1 / (1 + np.exp(-(rng.normal(size=n) - 2.5 + y)))
+    m = ROCAUC(window)
+    last = n - 4096
+    for a in range(0, last, 3000):
+        m.update(s[a : min(a + 3000, last)], y[a : min(a + 3000, last)])
+    sorted_sizes: list[int] = []
+
+    def spy(real: Any) -> Any:
+        def counting(a: Any, *args: Any, **kwargs: Any) -> Any:
+            sorted_sizes.append(int(np.size(a)))
+            return real(a, *args, **kwargs)
+
+        return counting
+
+    monkeypatch.setattr(np, "sort", spy(np.sort))
+    monkeypatch.setattr(np, "argsort", spy(np.argsort))
+    m.result()  # pairs pending since the last fold inside update, never the whole window
+    assert max(sorted_sizes, default=0) <= max(ROCAUC.MIN_FOLD, window // ROCAUC.FOLD_FRACTION)
+    sorted_sizes.clear()
+    m.update(s[last:], y[last:])
+    auc = m.result()
+    assert 0 < max(sorted_sizes) <= 4096  # a read after one batch sorts that batch only
+    sorted_sizes.clear()
+    assert m.result() == auc and sorted_sizes == []  # cached until the next update
+    monkeypatch.undo()
+    assert auc == ref_auc_by_ranks(s[n - window :], y[n - window :])
+
+
+def test_rocauc_loads_states_of_the_old_layout() -> None:
+    # the previous version wrote its whole buffer: up to 2 * window pairs, the oldest of
+    # them already outside the window
+    rng = np.random.default_rng(3)
+    s = np.round(rng.random(1500), 2)
+    y = (rng.random(1500) < s).astype(np.uint8)
+    for window in (700, None):
+        old = {"scores": s.astype("<f8").tobytes(), "labels": y.tobytes(), "window": window}
+        m = ROCAUC.from_state(msgpack_roundtrip(old))
+        kept = slice(-700, None) if window else slice(None)
+        assert m.window == window
+        assert m.result() == ref_auc_by_ranks(s[kept], y[kept])
+        m.update(s[:300], y[:300])  # and it goes on from there
+        s_all, y_all = np.concatenate((s, s[:300])), np.concatenate((y, y[:300]))
+        kept = slice(-700, None) if window else slice(None)
+        assert m.result() == ref_auc_by_ranks(s_all[kept], y_all[kept])
+
+
+def test_rocauc_rejects_corrupt_states_with_a_reason() -> None:
+    good = ROCAUC(10)
+    good.update(np.array([0.2, 0.7]), np.array([0, 1]))
+    state = good.to_state()
+    with pytest.raises(ValueError, match="lacks"):
+        ROCAUC.from_state({"labels": state["labels"]})
+    with pytest.raises(ValueError, match="differ in length"):
+        ROCAUC.from_state({**state, "labels": b"\x01"})
+    with pytest.raises(ValueError, match="NaN"):
+        ROCAUC.from_state({**state, "scores": np.array([np.nan, 1.0]).tobytes()})
+    with pytest.raises(ValueError, match="0/1"):
+        ROCAUC.from_state({**state, "labels": b"\x01\x02"})
+    with pytest.raises(ValueError, match="window"):
+        ROCAUC.from_state({**state, "window": 0})
+
+
 # ----------------------------------------------------------------------------- RunningMeanCTR
 
 

@@ -97,7 +97,9 @@ async def replay_movielens(folder: Path, cfg: Config) -> Outcome:
         scores = []
         for user in probe_users:
             features, _ = system.ranker.user_features(user)
-            assert features.rows == 1 and features.ns.size == 4
+            # id, age, gender, occupation, and the recent items (model.history)
+            recent = len(system.users.recent.get(user, ()))
+            assert features.rows == 1 and features.ns.size == 4 + recent
             scores.append(score_items(system.space, features, system.catalog, system.store.w))
         recommendations = [
             [entry["item"] for entry in await system.recommend(user, k=10)] for user in probe_users

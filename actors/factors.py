@@ -1,0 +1,404 @@
+"""Second-order factorization-machine terms learned online next to the FTRL weights.
+
+Pure numeric code, no asyncio: the trainer, learner and ranker only wrap it.
+
+Reference: S. Rendle, "Factorization Machines", ICDM 2010.  Every hashed base
+feature ``j`` (ids and ``u.*``/``i.*``/``c.*`` values, not the bias and not the
+explicit crosses) has a latent vector ``v_j`` of ``k`` factors, and a row ``x``
+scores
+
+    logit(x) = w·x + sum_{i<j} <v_i, v_j> x_i x_j
+             = w·x + 1/2 sum_f [ (sum_j v_jf x_j)^2 - sum_j v_jf^2 x_j^2 ]   (Rendle, Lemma 3.1)
+
+so the pairwise part costs O(k · features).  Its gradient with respect to v_jf is
+``x_j (a_f - v_jf x_j)`` with ``a_f = sum_i v_if x_i``.
+
+Learning: per-coordinate AdaGrad with L2 (Duchi et al. 2011), the learning rate
+``alpha / (beta + sqrt(n))`` of FTRL's own schedule.  As with the linear weights,
+a batch's gradients are summed per coordinate and applied in one step.
+
+Start: a feature that was never learned has a zero vector, so it adds nothing to
+any score (a user never seen gets the same ranking as any other stranger, not a
+random one).  Zero vectors alone would never move (their gradients are products
+of other zero vectors), so the first time a shard learns a row it sets it to a
+small seeded Gaussian start (the usual FM initialisation) before the step.  Every
+process derives the same start from ``seed``, so shards and replicas agree.
+
+Sharding: vector ``j`` belongs to shard ``j % shards`` like a linear weight.  The
+two sums above are sums over features, so the partial sums of the shards add up
+to those of the unsharded model (:func:`partial_sums`) and so do the gradients,
+which depend only on the row's totals.
+
+Ranking: a row is a user side ``U`` and an item side ``I``, and
+``a = a_U + a_I``, so the pairwise part splits into
+``1/2(|a_U|^2 - q_U) + 1/2(|a_I|^2 - q_I) + a_U·a_I``.  The item terms are kept
+per catalog item (:class:`ItemFactorCache`), so ranking a user against the whole
+catalog is one matrix-vector product plus the linear part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from actors.ftrl import MAX_LOGIT
+
+
+@dataclass(frozen=True)
+class FactorParams:
+    """Dimension, hash space and learning settings of the factor vectors."""
+
+    k: int = 8
+    bits: int = 18
+    alpha: float = 0.05
+    beta: float = 1.0
+    l2: float = 0.0
+    init_std: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 256:
+            raise ValueError(f"factor dimension k must be in 1..256, got {self.k}")
+        if not 1 <= self.bits <= 28:
+            raise ValueError(f"factor hash bits must be in 1..28, got {self.bits}")
+        if not self.alpha > 0:
+            raise ValueError(f"factor alpha must be > 0, got {self.alpha}")
+        for name in ("beta", "l2", "init_std"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"factor {name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def size(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def mask(self) -> int:
+        return self.size - 1
+
+
+def initial_vectors(params: FactorParams, shard: int = 0, shards: int = 1) -> np.ndarray:
+    """The seeded start of the vectors ``j % shards == shard`` (all of them by default)."""
+    rng = np.random.default_rng([params.seed, 0x464D])
+    full = rng.normal(0.0, params.init_std, (params.size, params.k))
+    return full if shards == 1 else np.ascontiguousarray(full[shard::shards])
+
+
+class FactorStore:
+    """Factor vectors ``v``, their AdaGrad sums ``n`` and which rows were ever learned
+    (``active``); rows are hashed feature slots (a shard's own rows when sharded).
+
+    ``version`` counts applied updates, so caches of item-side sums know when they
+    are stale.
+    """
+
+    def __init__(self, params: FactorParams, shard: int = 0, shards: int = 1) -> None:
+        self.params = params
+        self._where = (shard, shards)
+        rows = len(range(shard, params.size, shards))
+        self.v = np.zeros((rows, params.k))
+        self.n = np.zeros_like(self.v)
+        self.active = np.zeros(rows, np.bool_)
+        self._init: np.ndarray | None = None
+        self.version = 0
+
+    @property
+    def init(self) -> np.ndarray:
+        """The seeded start of each row (only learners need it: made on first use)."""
+        if self._init is None:
+            self._init = initial_vectors(self.params, *self._where)
+        return self._init
+
+    def touched_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.active)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pairwise(
+    v: np.ndarray, fidx: np.ndarray, fx: np.ndarray, lo: int, hi: int, a: np.ndarray
+) -> float:
+    """Fills ``a`` with sum_j v_j x_j over entries lo:hi and returns the pairwise term."""
+    a[:] = 0.0
+    q = 0.0
+    for e in range(lo, hi):
+        j = fidx[e]
+        x = fx[e]
+        for f in range(a.shape[0]):
+            t = v[j, f] * x
+            a[f] += t
+            q += t * t
+    s = 0.0
+    for f in range(a.shape[0]):
+        s += a[f] * a[f]
+    return 0.5 * (s - q)
+
+
+@njit(cache=True, nogil=True)
+def _pairwise_rows(v: np.ndarray, fptr: np.ndarray, fidx: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    rows = fptr.shape[0] - 1
+    out = np.empty(rows, np.float64)
+    a = np.empty(v.shape[1], np.float64)
+    for r in range(rows):
+        out[r] = _pairwise(v, fidx, fx, fptr[r], fptr[r + 1], a)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fm_logistic_step(
+    w: np.ndarray,
+    v: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    fptr: np.ndarray,
+    fidx: np.ndarray,
+    fx: np.ndarray,
+    labels: np.ndarray,
+    sample_weights: np.ndarray,
+    slot: np.ndarray,
+    fslot: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rows = indptr.shape[0] - 1
+    k = v.shape[1]
+    probs = np.empty(rows, np.float64)
+    out_idx = np.empty(indices.shape[0], np.int64)
+    out_g = np.empty(indices.shape[0], np.float64)
+    out_fidx = np.empty(fidx.shape[0], np.int64)
+    out_fg = np.zeros((fidx.shape[0], k), np.float64)
+    a = np.empty(k, np.float64)
+    m = 0
+    mf = 0
+    for r in range(rows):
+        lo, hi = indptr[r], indptr[r + 1]
+        s = 0.0
+        for e in range(lo, hi):
+            s += w[indices[e]] * values[e]
+        flo, fhi = fptr[r], fptr[r + 1]
+        s += _pairwise(v, fidx, fx, flo, fhi, a)
+        s = min(max(s, -MAX_LOGIT), MAX_LOGIT)
+        p = 1.0 / (1.0 + math.exp(-s))
+        probs[r] = p
+        err = (p - labels[r]) * sample_weights[r]
+        for e in range(lo, hi):
+            i = indices[e]
+            at = slot[i]
+            if at < 0:
+                at = m
+                slot[i] = m
+                out_idx[m] = i
+                out_g[m] = 0.0
+                m += 1
+            out_g[at] += err * values[e]
+        for e in range(flo, fhi):
+            j = fidx[e]
+            x = fx[e]
+            at = fslot[j]
+            if at < 0:
+                at = mf
+                fslot[j] = mf
+                out_fidx[mf] = j
+                mf += 1
+            for f in range(k):
+                out_fg[at, f] += err * x * (a[f] - v[j, f] * x)
+    for t in range(m):
+        slot[out_idx[t]] = -1
+    for t in range(mf):
+        fslot[out_fidx[t]] = -1
+    return probs, out_idx[:m], out_g[:m], out_fidx[:mf], out_fg[:mf]
+
+
+@njit(cache=True, nogil=True)
+def _apply_factor_gradients(
+    v: np.ndarray,
+    n: np.ndarray,
+    active: np.ndarray,
+    init: np.ndarray,
+    idx: np.ndarray,
+    g: np.ndarray,
+    alpha: float,
+    beta: float,
+    l2: float,
+) -> None:
+    for t in range(idx.shape[0]):
+        j = idx[t]
+        if not active[j]:
+            active[j] = True
+            for f in range(v.shape[1]):
+                v[j, f] = init[j, f]
+        for f in range(v.shape[1]):
+            gf = g[t, f] + l2 * v[j, f]
+            n[j, f] += gf * gf
+            v[j, f] -= alpha * gf / (beta + math.sqrt(n[j, f]))
+
+
+@njit(cache=True, nogil=True)
+def _item_sums(
+    v: np.ndarray, mask: int, iraw: np.ndarray, ix: np.ndarray, out_a: np.ndarray, out_t: np.ndarray
+) -> None:
+    m = np.uint64(mask)
+    k = v.shape[1]
+    for r in range(out_a.shape[0]):
+        q = 0.0
+        for f in range(k):
+            out_a[r, f] = 0.0
+        for c in range(ix.shape[1]):
+            x = ix[r, c]
+            if x == 0.0:
+                continue
+            j = np.int64(np.uint64(iraw[r, c]) & m)
+            for f in range(k):
+                t = v[j, f] * x
+                out_a[r, f] += t
+                q += t * t
+        s = 0.0
+        for f in range(k):
+            s += out_a[r, f] * out_a[r, f]
+        out_t[r] = 0.5 * (s - q)
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def pairwise_logits(
+    v: np.ndarray, fptr: np.ndarray, fidx: np.ndarray, fx: np.ndarray
+) -> np.ndarray:
+    """The pairwise part of each row's logit (rows in CSR over factor indices)."""
+    return _pairwise_rows(v, fptr, np.ascontiguousarray(fidx, np.int64), fx)
+
+
+def partial_sums(
+    v: np.ndarray, fidx: np.ndarray, fx: np.ndarray, shard: int, shards: int
+) -> tuple[np.ndarray, float]:
+    """One shard's share ``(sum_j v_j x_j, sum_j |v_j x_j|^2)`` of a row's factor sums.
+
+    ``v`` is the shard's own slice (row ``j // shards``); the shards' shares add up
+    to the unsharded sums, which is why sharding the vectors leaves the model exact.
+    """
+    mine = fidx % shards == shard
+    vx = v[fidx[mine] // shards] * fx[mine, None]
+    return vx.sum(axis=0), float((vx * vx).sum())
+
+
+def apply_factor_gradients(
+    v: np.ndarray,
+    n: np.ndarray,
+    active: np.ndarray,
+    init: np.ndarray,
+    idx: np.ndarray,
+    g: np.ndarray,
+    params: FactorParams,
+) -> None:
+    """AdaGrad steps for the rows ``idx`` (local to ``v``) with summed gradients ``g``, in
+    place; a row learned for the first time starts from its ``init`` row."""
+    _apply_factor_gradients(
+        v,
+        n,
+        active,
+        init,
+        np.ascontiguousarray(idx, np.int64),
+        g,
+        params.alpha,
+        params.beta,
+        params.l2,
+    )
+
+
+class FactorAggregator:
+    """One pass over a batch: probabilities and the per-coordinate sums of the linear and
+    factor gradients (coordinates in first-seen order, scratch slots reset after each call)."""
+
+    def __init__(self, size: int, factor_size: int) -> None:
+        self._slot = np.full(size, -1, np.int32)
+        self._fslot = np.full(factor_size, -1, np.int32)
+
+    def logistic_step(
+        self,
+        w: np.ndarray,
+        v: np.ndarray,
+        linear: tuple[np.ndarray, np.ndarray, np.ndarray],
+        factors: tuple[np.ndarray, np.ndarray, np.ndarray],
+        labels: np.ndarray,
+        sample_weights: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        indptr, indices, values = linear
+        fptr, fidx, fx = factors
+        return _fm_logistic_step(
+            w,
+            v,
+            indptr,
+            np.ascontiguousarray(indices, np.int64),
+            np.ascontiguousarray(values, np.float64),
+            fptr,
+            np.ascontiguousarray(fidx, np.int64),
+            np.ascontiguousarray(fx, np.float64),
+            np.ascontiguousarray(labels, np.float64),
+            np.ascontiguousarray(sample_weights, np.float64),
+            self._slot,
+            self._fslot,
+        )
+
+
+class ItemFactorCache:
+    """Per catalog item: ``a_I`` (k) and its own pairwise term, rebuilt when the vectors or
+    the catalog changed since the last use."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int, int, int] | None = None
+        self.a = np.zeros((0, 0))
+        self.t = np.zeros(0)
+
+    def get(
+        self, store: FactorStore, iraw: np.ndarray, ix: np.ndarray, catalog_version: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(store), store.version, catalog_version, iraw.shape[0])
+        if key != self._key:
+            rows = iraw.shape[0]
+            if self.a.shape != (rows, store.params.k):
+                self.a = np.empty((rows, store.params.k))
+                self.t = np.empty(rows)
+            _item_sums(store.v, store.params.mask, iraw, ix, self.a, self.t)
+            self._key = key
+        return self.a, self.t
+
+
+class FactorScorer:
+    """The factorization terms of one user context against catalog items, for ranking."""
+
+    def __init__(self, store: FactorStore) -> None:
+        self.store = store
+        self.cache = ItemFactorCache()
+
+    def user_sums(self, user_raw: np.ndarray, user_x: np.ndarray) -> tuple[np.ndarray, float]:
+        """``a_U`` and the user side's own pairwise term."""
+        fidx = (user_raw & np.uint32(self.store.params.mask)).astype(np.int64)
+        vx = self.store.v[fidx] * np.asarray(user_x, np.float64)[:, None]
+        a_user = vx.sum(axis=0)
+        return a_user, 0.5 * float(a_user @ a_user - (vx * vx).sum())
+
+    def item_terms(
+        self,
+        user_raw: np.ndarray,
+        user_x: np.ndarray,
+        iraw: np.ndarray,
+        ix: np.ndarray,
+        catalog_version: int,
+        rows: np.ndarray,
+    ) -> np.ndarray:
+        """Per catalog row in ``rows``: user term + item term + a_U · a_I."""
+        a_items, t_items = self.cache.get(self.store, iraw, ix, catalog_version)
+        a_user, user_term = self.user_sums(user_raw, user_x)
+        return user_term + t_items[rows] + a_items[rows] @ a_user
+
+
+def pair_contributions(
+    v: np.ndarray, fidx: np.ndarray, fx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) of a row's entries with its term <v_i, v_j> x_i x_j (for explanations)."""
+    vx = v[fidx] * fx[:, None]
+    first, second = np.triu_indices(fidx.size, 1)
+    return first, second, np.einsum("pf,pf->p", vx[first], vx[second])

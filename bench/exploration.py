@@ -1,0 +1,475 @@
+"""Exploration for cold start, measured against the simulator's known true CTRs.
+
+World (``actors.simulator``, one seed per run): users with tastes over genres,
+items with genres and a hidden quality, new items appearing over time.  The same
+seed gives every policy the same world: the same arriving users, the same new
+items at the same rounds, the same drift and the same click uniforms per slot.
+
+Model: the embedded default (``Config()``: its hash bits, crosses and FTRL
+settings), built from the same pieces the System wires together
+(``Featurizer`` → ``expand`` → ``GradientAggregator.logistic_step`` →
+``apply_gradients``, one shard) and ranked by the System's own ``Ranker`` with
+the ``ExplorationPolicy`` under test, i.e. the code ``GET /v1/recommend?explore=``
+runs.  Items the user saw are not excluded (``exclude_seen = false``), so the
+best k items are well defined every round.
+
+Protocol, per seed and policy:
+
+1. the catalog is loaded and ``--warmup`` organic events of the simulator
+   (its own noisy preference-driven choices) are learned;
+2. each of ``--rounds`` rounds advances the simulator by one organic event (the
+   clock, drift and new-item arrivals; the organic event itself is dropped), takes
+   that event's user as the arriving user, asks the ranker for k items, draws
+   clicks from the TRUE CTRs of the shown items, and learns the k impressions
+   (clicked = 1, not clicked = 0) in batches of ``--learn-every`` rounds;
+3. regret of a round = sum of the k best true CTRs of the current catalog for that
+   user − sum of the true CTRs of the k shown items (expected clicks lost);
+4. time to learn a new item (one arriving during the rounds): every
+   ``--check-every`` rounds, the model's CTR of the item averaged over a fixed
+   panel of users is compared with its true CTR averaged over the same panel;
+   the item is learned at the first check where ``|predicted − true| <=
+   max(rel × true, abs)`` (default 20 % relative or 0.02 absolute).  Reported in
+   rounds and in impressions of that item since its arrival; items never within
+   the tolerance before the end are censored and counted.
+
+    python bench/exploration.py            # 5 seeds x 9 policies, ~ 8 min on the 2-core box
+    python bench/exploration.py --seeds 0 --rounds 2000   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.batching import batch_from_events
+from actors.events import validate_event
+from actors.exploration import ExplorationPolicy, WeightPosterior
+from actors.features import BaseFeatures, Catalog, FeatureSpace, UserState, expand, score_items
+from actors.ftrl import FTRLParams, GradientAggregator, apply_gradients, sigmoid
+from actors.hasher import Featurizer
+from actors.learner import ParameterStore
+from actors.ranker import Ranker
+from actors.simulator import Simulator, SimulatorConfig
+from runtime.config import Config
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    mode: str
+    scale: float = 1.0
+    epsilon: float = 0.0
+    draw: str = "weights"
+
+    def build(self, seed: int) -> ExplorationPolicy:
+        policy = ExplorationPolicy.from_settings(self.mode, self.scale, self.epsilon, seed)
+        return replace(policy, draw=self.draw)
+
+
+DEFAULT_POLICIES = (
+    PolicySpec("off", "off"),
+    *(PolicySpec(f"thompson s={s:g}", "thompson", scale=s) for s in (0.5, 1.0, 2.0)),
+    *(PolicySpec(f"epsilon e={e:g}", "epsilon", epsilon=e) for e in (0.01, 0.02, 0.05, 0.1, 0.2)),
+)
+
+
+@dataclass(frozen=True)
+class Setup:
+    rounds: int = 6000
+    k: int = 5
+    n_users: int = 300
+    n_items: int = 150
+    new_item_rate: float = 0.01  # per round (the simulator's per-event rate)
+    ctr_scale: float = 3.0  # weight of taste (vs the hidden item quality) in the true CTR
+    warmup: int = 0
+    learn_every: int = 4
+    panel: int = 60
+    audience: float = 0.25  # share of the panel an item's CTR is judged on (who likes it most)
+    check_every: int = 50
+    tolerance_rel: float = 0.2
+    tolerance_abs: float = 0.02
+
+
+@dataclass
+class NewItem:
+    row: int
+    arrived: int  # round
+    impressions: int = 0
+    learned_round: int | None = None
+    learned_impressions: int | None = None
+
+
+@dataclass
+class RunResult:
+    policy: str
+    seed: int
+    regret: float
+    clicks: int
+    impressions: int
+    best_possible_clicks: float
+    new_items: int
+    learned: int
+    censored: int
+    rounds_to_learn_mean: float | None
+    impressions_to_learn_mean: float | None
+    new_item_impressions: int
+    seconds: float
+    regret_curve: list[float] = field(default_factory=list)
+
+
+class Learner:
+    """The System's model for one shard without the actors: items and user profiles go
+    through the ``Featurizer``; impressions are learned with ``expand`` →
+    ``GradientAggregator.logistic_step`` → ``apply_gradients`` as the trainer and learner do."""
+
+    def __init__(self, config: Config, sim: Simulator) -> None:
+        c = config
+        self.space = FeatureSpace(c.model.bits, c.model.seed, [(a, b) for a, b in c.model.crosses])
+        self.params = FTRLParams(c.ftrl.alpha, c.ftrl.beta, c.ftrl.l1, c.ftrl.l2)
+        self.store = ParameterStore(self.space.size, self.params)
+        self.catalog = Catalog()
+        self.users = UserState()
+        self.featurizer = Featurizer(self.space, self.catalog, self.users)
+        self.aggregate = GradientAggregator(self.space.size)
+        self.ranker = Ranker(
+            self.space,
+            self.store.w,
+            self.catalog,
+            self.users,
+            exclude_seen=False,
+            posterior=WeightPosterior(self.store.n, self.params),
+        )
+        self.seq = 0
+        self.upsert(sim.items())
+        self._profiles = self._load_profiles(sim)
+
+    def upsert(self, items: Sequence[dict[str, Any]]) -> None:
+        batch = batch_from_events([validate_event(e) for e in items], seq=self.seq)
+        self.featurizer.featurize(batch)
+        self.seq += 1
+
+    def _load_profiles(self, sim: Simulator) -> dict[str, BaseFeatures]:
+        """Every user's profile (as their first request would carry it), hashed once."""
+        some_item = self.catalog.ids[0]
+        events = [
+            {"user": u, "item": some_item, "label": 0, "user_features": sim.user_features(u)}
+            for u in sim.user_ids()
+        ]
+        self.featurizer.featurize(batch_from_events([validate_event(e) for e in events]))
+        return {u: self.ranker.user_features(u)[0] for u in sim.user_ids()}
+
+    def learn(self, users: Sequence[str], item_rows: Sequence[int], labels: Sequence[int]) -> None:
+        if not users:
+            return
+        rows = [self._profiles[u] for u in users]
+        ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum([r.ptr[-1] for r in rows], out=ptr[1:])
+        user = BaseFeatures(
+            ptr,
+            np.concatenate([r.ns for r in rows]),
+            np.concatenate([r.raw for r in rows]),
+            np.concatenate([r.x for r in rows]),
+        )
+        indptr, indices, values = expand(
+            self.space, user, np.asarray(item_rows, np.int64), self.catalog
+        )
+        _, touched, grads = self.aggregate.logistic_step(
+            self.store.w,
+            indptr,
+            indices,
+            values,
+            np.asarray(labels, np.float64),
+            np.ones(len(rows)),
+        )
+        apply_gradients(self.store.z, self.store.n, touched, grads, self.params, self.store.w)
+
+    def predicted_ctr(self, users: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """Model CTRs, shape (len(users), len(rows))."""
+        out = np.empty((len(users), rows.size))
+        for j, user in enumerate(users):
+            out[j] = sigmoid(
+                score_items(self.space, self._profiles[user], self.catalog, self.store.w, rows)
+            )
+        return out
+
+
+def _close(predicted: np.ndarray, truth: np.ndarray, setup: Setup) -> np.ndarray:
+    return np.abs(predicted - truth) <= np.maximum(setup.tolerance_rel * truth, setup.tolerance_abs)
+
+
+class Run:
+    """One policy on the world of one seed; :meth:`play` runs every round."""
+
+    def __init__(self, spec: PolicySpec, seed: int, setup: Setup, config: Config) -> None:
+        self.spec, self.seed, self.setup = spec, seed, setup
+        self.sim = Simulator(
+            SimulatorConfig(
+                seed=seed,
+                n_users=setup.n_users,
+                n_items=setup.n_items,
+                new_item_rate=setup.new_item_rate,
+                ctr_scale=setup.ctr_scale,
+            )
+        )
+        self.learner = Learner(config, self.sim)
+        self.policy = spec.build(seed)
+        users = self.sim.user_ids()
+        self.panel = [str(u) for u in np.random.default_rng([seed, 1]).choice(users, setup.panel)]
+        self.clicks_rng = np.random.default_rng([seed, 2])
+        self.new_items: list[NewItem] = []
+        self.queue: tuple[list[str], list[int], list[int]] = ([], [], [])
+        self.regret = self.best_total = 0.0
+        self.clicks = 0
+        self.curve: list[float] = []
+
+    def play(self) -> RunResult:
+        started = time.perf_counter()
+        self._warm_up()
+        for t in range(self.setup.rounds):
+            self._round(t)
+            if (t + 1) % self.setup.learn_every == 0:
+                self._learn_queue()
+            if (t + 1) % self.setup.check_every == 0:
+                self._check_new_items(t + 1)
+                self.curve.append(round(self.regret, 3))
+        return self._result(time.perf_counter() - started)
+
+    def _warm_up(self) -> None:
+        """Organic events of the simulator (its own noisy choices), learned before round 0."""
+        for event in self.sim.next_batch(self.setup.warmup):
+            if "user" not in event:
+                self.learner.upsert([event])
+                continue
+            self._enqueue(event["user"], self.learner.catalog.rows[event["item"]], event["label"])
+        self._learn_queue()
+
+    def _round(self, t: int) -> None:
+        arriving = self.sim.next_batch(1)  # the clock, drift and new items; its event is dropped
+        upserts = [e for e in arriving if "user" not in e]
+        if upserts:
+            self.learner.upsert(upserts)
+            self.new_items += [NewItem(self.learner.catalog.rows[e["item"]], t) for e in upserts]
+        user = arriving[-1]["user"]
+        ranked = self.learner.ranker.recommend(user, self.setup.k, explore=self.policy)
+        shown = np.array([self.learner.catalog.rows[entry["item"]] for entry in ranked], np.int64)
+        truth = self.sim.true_ctr_matrix([user])[0]
+        assert truth.size == len(self.learner.catalog), "catalog and simulator disagree"
+        best = float(np.sort(truth)[-self.setup.k :].sum())
+        expected = truth[shown]
+        self.regret += best - float(expected.sum())
+        self.best_total += best
+        clicked = self.clicks_rng.random(self.setup.k)[: shown.size] < expected
+        self.clicks += int(clicked.sum())
+        for item in self.new_items:
+            item.impressions += int(np.count_nonzero(shown == item.row))
+        for row, label in zip(shown, clicked, strict=True):
+            self._enqueue(user, int(row), int(label))
+
+    def _enqueue(self, user: str, row: int, label: int) -> None:
+        self.queue[0].append(user)
+        self.queue[1].append(row)
+        self.queue[2].append(label)
+
+    def _learn_queue(self, size: int = 256) -> None:
+        users, rows, labels = self.queue
+        for lo in range(0, len(users), size):
+            hi = lo + size
+            self.learner.learn(users[lo:hi], rows[lo:hi], labels[lo:hi])
+        self.queue = ([], [], [])
+
+    def _check_new_items(self, now: int) -> None:
+        """An item's CTR is judged on its audience: the panel users who like it most."""
+        todo = [item for item in self.new_items if item.learned_round is None]
+        if not todo:
+            return
+        rows = np.array([item.row for item in todo], np.int64)
+        truth = self.sim.true_ctr_matrix(self.panel)[:, rows]
+        predicted = self.learner.predicted_ctr(self.panel, rows)
+        audience = max(1, round(self.setup.audience * len(self.panel)))
+        top = np.argsort(-truth, axis=0, kind="stable")[:audience]
+        true_ctr = np.take_along_axis(truth, top, axis=0).mean(axis=0)
+        model_ctr = np.take_along_axis(predicted, top, axis=0).mean(axis=0)
+        for item, ok in zip(todo, _close(model_ctr, true_ctr, self.setup), strict=True):
+            if ok:
+                item.learned_round = now - item.arrived
+                item.learned_impressions = item.impressions
+
+    def _result(self, seconds: float) -> RunResult:
+        reached = [item for item in self.new_items if item.learned_round is not None]
+        return RunResult(
+            policy=self.spec.name,
+            seed=self.seed,
+            regret=self.regret,
+            clicks=self.clicks,
+            impressions=self.setup.rounds * self.setup.k,
+            best_possible_clicks=self.best_total,
+            new_items=len(self.new_items),
+            learned=len(reached),
+            censored=len(self.new_items) - len(reached),
+            rounds_to_learn_mean=_mean([i.learned_round for i in reached]),
+            impressions_to_learn_mean=_mean([i.learned_impressions for i in reached]),
+            new_item_impressions=sum(i.impressions for i in self.new_items),
+            seconds=seconds,
+            regret_curve=self.curve,
+        )
+
+
+def run_policy(
+    spec: PolicySpec, seed: int, setup: Setup, config: Config | None = None
+) -> RunResult:
+    """One run of one policy on the world of ``seed``."""
+    return Run(spec, seed, setup, config or Config()).play()
+
+
+def _mean(values: Sequence[int | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
+    present = np.array([v for v in values if v is not None], np.float64)
+    if present.size == 0:
+        return {"mean": None, "std": None}
+    std = float(present.std(ddof=1)) if present.size > 1 else 0.0
+    return {"mean": float(present.mean()), "std": std}
+
+
+def summarise(results: Sequence[RunResult], policies: Sequence[PolicySpec]) -> list[dict[str, Any]]:
+    """Per policy: mean ± std (over seeds) of each figure, and the paired regret difference
+    against ``off`` on the same seeds (the worlds are identical, so the pairing is exact)."""
+    off = {r.seed: r.regret for r in results if r.policy == "off"}
+    rows = []
+    for spec in policies:
+        mine = [r for r in results if r.policy == spec.name]
+        diffs = [r.regret - off[r.seed] for r in mine if r.seed in off]
+        rows.append(
+            {
+                "policy": spec.name,
+                "seeds": len(mine),
+                "regret": _stats([r.regret for r in mine]),
+                "regret_minus_off": _stats(diffs),
+                "wins_vs_off": sum(d < 0 for d in diffs),
+                "clicks": _stats([r.clicks for r in mine]),
+                "new_items": _stats([r.new_items for r in mine]),
+                "censored": _stats([r.censored for r in mine]),
+                "rounds_to_learn": _stats([r.rounds_to_learn_mean for r in mine]),
+                "impressions_to_learn": _stats([r.impressions_to_learn_mean for r in mine]),
+                "new_item_impressions": _stats([r.new_item_impressions for r in mine]),
+            }
+        )
+    return rows
+
+
+def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Target: the best Thompson scale below no exploration and below ε-greedy at its best ε."""
+    by_mode: dict[str, list[dict[str, Any]]] = {"off": [], "thompson": [], "epsilon": []}
+    for row in summary:
+        by_mode[row["policy"].split()[0]].append(row)
+    if not all(by_mode.values()):
+        return {"met": None, "reason": "needs off, thompson and epsilon policies"}
+
+    def best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return min(rows, key=lambda r: r["regret"]["mean"])
+
+    thompson, epsilon, off = best(by_mode["thompson"]), best(by_mode["epsilon"]), by_mode["off"][0]
+    t, e, o = (r["regret"]["mean"] for r in (thompson, epsilon, off))
+    return {
+        "best_thompson": thompson["policy"],
+        "best_epsilon": epsilon["policy"],
+        "thompson_regret": t,
+        "epsilon_regret": e,
+        "off_regret": o,
+        "below_off": t < o,
+        "below_best_epsilon": t < e,
+        "met": t < o and t < e,
+    }
+
+
+def _fmt(stat: dict[str, float | None], digits: int = 1) -> str:
+    if stat["mean"] is None:
+        return "—"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def print_table(summary: Sequence[dict[str, Any]]) -> None:
+    print(
+        f"{'policy':16s} {'regret':>16s} {'minus off':>16s} {'wins':>5s} {'clicks':>16s} "
+        f"{'censored':>12s} {'rounds to learn':>16s} {'impr. to learn':>14s}"
+    )
+    for row in summary:
+        print(
+            f"{row['policy']:16s} {_fmt(row['regret']):>16s} {_fmt(row['regret_minus_off']):>16s} "
+            f"{row['wins_vs_off']:5d} {_fmt(row['clicks']):>16s} "
+            f"{_fmt(row['censored']) + '/' + _fmt(row['new_items'], 0).split()[0]:>12s} "
+            f"{_fmt(row['rounds_to_learn']):>16s} {_fmt(row['impressions_to_learn']):>14s}"
+        )
+
+
+def _policies(names: Sequence[str] | None) -> list[PolicySpec]:
+    if not names:
+        return list(DEFAULT_POLICIES)
+    chosen = [p for p in DEFAULT_POLICIES if p.name in names or p.mode in names]
+    if not chosen:
+        raise SystemExit(f"no policy matches {names}; known: {[p.name for p in DEFAULT_POLICIES]}")
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sys.path.insert(0, str(BENCH_DIR))
+    from benchutil import machine
+
+    defaults = Setup()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--policies", nargs="*", help="names or modes (default: all)")
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--json", type=Path, default=BENCH_DIR / "out" / "exploration.json")
+    args = parser.parse_args(argv)
+    setup = Setup(**{name: getattr(args, name) for name in asdict(defaults)})
+    policies = _policies(args.policies)
+    results = []
+    for seed in args.seeds:
+        for spec in policies:
+            result = run_policy(spec, seed, setup)
+            results.append(result)
+            print(
+                f"seed {seed} {spec.name:16s} regret {result.regret:8.1f} clicks {result.clicks:6d} "
+                f"censored {result.censored}/{result.new_items} ({result.seconds:.1f} s)",
+                flush=True,
+            )
+    summary = summarise(results, policies)
+    print()
+    print_table(summary)
+    outcome = verdict(summary)
+    print(json.dumps(outcome, indent=1))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "setup": asdict(setup),
+                "seeds": args.seeds,
+                "summary": summary,
+                "verdict": outcome,
+                "runs": [asdict(r) for r in results],
+                "machine": machine(),
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,486 @@
+"""Quality vs peers: freshrank and other online learners on the same data, same protocol.
+
+* **ML-100K** (``../shared/data/ml-100k``): the recommendation replay protocol of
+  ``freshrank replay DIR --format movielens`` (see ``bench/protocol.py``): HR@10 and
+  NDCG@10 of every 20th interaction after the first 20 %, ranked against all known
+  items minus the user's seen ones, before it is learned.  freshrank runs as the real
+  system (``runtime.System`` + ``runtime.replay``, the code ``freshrank replay`` runs;
+  a ``freshrank replay`` subprocess checks the number); the peers go through
+  ``protocol.run_ranking`` together, in lockstep (same events, same negatives).
+  All 100,000 ratings: global and time-decayed popularity, Vowpal Wabbit settings,
+  River FunkMF.  River LogisticRegression + FTRLProximal and rtrec SLIM are too slow
+  for that in the time budget (River scores 1,682 candidates one dict at a time; rtrec
+  refits over all interactions), so a second table runs every system, freshrank
+  included, on the first ``--capped-rows`` (20,000) ratings.
+* **Criteo sample** (``../shared/data/criteo-sample``): train, dev, test rows in that
+  order; progressive (predict, then learn) logloss and AUC for freshrank (``freshrank
+  replay --format criteo``'s reader and pipeline over the three files), VW settings,
+  River LR-FTRL and the running-mean CTR.
+
+Targets (issue 4): ML-100K HR@10 ≥ 1.2 × the best peer; Criteo logloss ≤ the best
+VW setting.  Prints one table per data set and writes ``bench/out/quality.json``.
+freshrank's config is its defaults plus ``--freshrank-set SECTION.KEY=VALUE``.
+
+    python bench/quality.py                                   # ~15 min on the busy 2-core machine
+    python bench/quality.py --only criteo                     # ~1 min
+    python bench/quality.py --freshrank-set model.factors=8 --freshrank-set ftrl.alpha=0.05
+    python bench/quality.py --only ml100k --ml-rows 30000 --capped-rows 0   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.benchutil import machine, venv_tool  # noqa: E402
+from bench.peers import (  # noqa: E402
+    DecayedPopularityPeer,
+    FunkMFPeer,
+    MeanCTRPeer,
+    PopularityPeer,
+    RiverLRCTRPeer,
+    RiverLRRankingPeer,
+    RtrecSLIMPeer,
+    VWCTRPeer,
+    VWRankingPeer,
+    vw_crosses,
+)
+from bench.protocol import (  # noqa: E402
+    CTRPeer,
+    CTRResult,
+    RankingPeer,
+    RankingResult,
+    load_criteo,
+    load_movielens,
+    ratio,
+    run_ctr,
+    run_ranking,
+)
+from runtime.config import Config  # noqa: E402
+from runtime.replay import clean, open_log, replay  # noqa: E402
+from runtime.system import System  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_JSON = ROOT / "bench" / "out" / "quality.json"
+CRITEO_FILES = ("train.csv", "dev.csv", "test.csv")
+PEER_GROUPS = ("popularity", "vw", "river", "funkmf", "rtrec")
+# too slow for all 100,000 ML-100K ratings in the time budget: run on the capped table only
+SLOW_GROUPS = ("river", "rtrec")
+DEFAULT_CAPPED_ROWS = 20_000
+HALF_LIVES_DAYS = (1.0, 7.0, 30.0)
+
+VW_BASE = ["--loss_function", "logistic", "-b", "22"]
+VW_FTRL_MATCHED = "--ftrl --ftrl_alpha 0.1 --ftrl_beta 1 --l1 0 --l2 0"
+# name → extra VW arguments; "{crosses}" stands for freshrank's model.crosses as -q pairs
+VW_ML_SETTINGS = {
+    "VW default learner, freshrank's crosses": "{crosses}",
+    "VW default learner, crosses + user×item": "{crosses} -q ui",
+    "VW --ftrl (VW's α 0.005, β 0.1), crosses": "--ftrl {crosses}",
+    "VW --ftrl α 0.1 β 1 (freshrank's), crosses": VW_FTRL_MATCHED + " {crosses}",
+    "VW default learner, crosses + --lrq ui8": "{crosses} --lrq ui8",
+}
+VW_CRITEO_SETTINGS = {
+    "VW default learner (-l 0.5)": "",
+    "VW default learner, -l 0.1": "-l 0.1",
+    "VW default learner, -l 0.05": "-l 0.05",
+    "VW --ftrl (VW's α 0.005, β 0.1)": "--ftrl",
+    "VW --ftrl α 0.1 β 1 (freshrank's)": VW_FTRL_MATCHED,
+    "VW --ftrl α 0.05 β 1, L2 1": "--ftrl --ftrl_alpha 0.05 --ftrl_beta 1 --l2 1",
+}
+RIVER_FTRL_DEFAULT = {"alpha": 0.05, "beta": 1.0, "l1": 0.0, "l2": 1.0}
+
+
+# ----------------------------------------------------------------------------- freshrank
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` pairs as a config dict; values are TOML (strings may be bare)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise SystemExit(f"--freshrank-set wants section.key=value, got {pair!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def to_toml(data: dict[str, dict[str, Any]]) -> str:
+    """A config dict (sections of scalars and lists) as TOML."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def freshrank_settings(overrides: dict[str, dict[str, Any]], state_dir: str) -> dict[str, Any]:
+    """The replay config: the overrides, no snapshot restore, dead letters in a temp dir."""
+    settings = {section: dict(values) for section, values in overrides.items()}
+    settings.setdefault("state", {})["restore"] = False
+    settings.setdefault("ingest", {})["dead_letter_path"] = str(Path(state_dir) / "dead.jsonl")
+    return settings
+
+
+async def _replay(config: Config, chunks: Iterator[Any]) -> dict[str, Any]:
+    async with System(config) as system:
+        return await replay(system, chunks)
+
+
+def freshrank_in_process(config: Config, paths: Sequence[Path], fmt: str) -> dict[str, Any]:
+    """What ``freshrank replay`` does (cli._replay), over one or more logs in order."""
+    chunks = chain.from_iterable(open_log(p, fmt, config.training.batch_size) for p in paths)
+    started = time.perf_counter()
+    result = asyncio.run(_replay(config, chunks))
+    result["wall_seconds"] = round(time.perf_counter() - started, 3)
+    settings = config.to_dict()
+    result["config"] = {key: settings[key] for key in ("model", "ftrl", "training")}
+    return result
+
+
+def freshrank_cli(path: Path, fmt: str, settings: dict[str, Any], tmp: str) -> dict[str, Any]:
+    """``freshrank replay`` as a subprocess, with the same config; its JSON result."""
+    config_path = Path(tmp) / "freshrank.toml"
+    config_path.write_text(to_toml(settings), encoding="utf-8")
+    out = Path(tmp) / "replay.json"
+    command = [venv_tool("freshrank"), "replay", str(path), "--format", fmt, "--no-progress"]
+    command += ["--config", str(config_path), "--json", str(out)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    result["command"] = " ".join(command)
+    return result
+
+
+# ----------------------------------------------------------------------------- ML-100K
+
+
+def truncated_movielens(folder: Path, rows: int, tmp: str) -> Path:
+    """A folder whose u.data holds the first ``rows`` ratings in replay order (temp, not the repo)."""
+    import numpy as np
+
+    data = np.loadtxt(folder / "u.data", dtype=np.int64, delimiter="\t", ndmin=2)
+    data = data[np.argsort(data[:, 3], kind="stable")][:rows]
+    target = Path(tmp) / "ml-100k"
+    target.mkdir()
+    np.savetxt(target / "u.data", data, fmt="%d", delimiter="\t")
+    for name in ("u.item", "u.user"):
+        if (folder / name).exists():
+            os.symlink(folder / name, target / name)
+    return target
+
+
+def ranking_peers(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    config: Config,
+    stream: Any,
+    groups: set[str],
+) -> list[RankingPeer]:
+    items, profiles = stream.items, stream.profiles
+    crosses = config.model.crosses
+    peers: list[RankingPeer] = []
+    if "popularity" in groups:
+        peers.append(PopularityPeer(len(items)))
+        peers += [DecayedPopularityPeer(len(items), d * 86400.0) for d in HALF_LIVES_DAYS]
+    if "vw" in groups:
+        settings = args.vw_ml or list(VW_ML_SETTINGS.values())
+        names = list(VW_ML_SETTINGS) if not args.vw_ml else [f"VW {s}" for s in args.vw_ml]
+        for name, extra in zip(names, settings, strict=True):
+            vw_args = VW_BASE + extra.replace("{crosses}", " ".join(vw_crosses(crosses))).split()
+            peer = VWRankingPeer(name, vw_args, items, profiles)
+            stack.callback(peer.close)
+            peers.append(peer)
+    if "river" in groups:
+        matched = {"alpha": config.ftrl.alpha, "beta": config.ftrl.beta}
+        matched |= {"l1": config.ftrl.l1, "l2": config.ftrl.l2}
+        # one setting: River's own defaults did worse on Criteo and cost another ~50 s here
+        name = "River LR + FTRLProximal (freshrank's α β L1 L2), crosses"
+        peers.append(RiverLRRankingPeer(name, matched, items, profiles, crosses))
+    if "funkmf" in groups:
+        peers.append(FunkMFPeer("River FunkMF, 10 factors, SGD 0.05", items, 10, 0.05, 0.0))
+    if "rtrec" in groups:
+        peers.append(RtrecSLIMPeer("rtrec SLIM (defaults), incremental fit", items))
+    return peers
+
+
+def run_movielens(
+    args: argparse.Namespace,
+    overrides: dict[str, dict[str, Any]],
+    rows: int | None,
+    groups: set[str],
+) -> dict[str, Any]:
+    """freshrank and the peer ``groups`` on the first ``rows`` ratings (all when None)."""
+    folder = args.data / "ml-100k"
+    if not (folder / "u.data").exists():
+        print(f"ML-100K: skipped, {folder / 'u.data'} does not exist")
+        return {"skipped": f"{folder / 'u.data'} does not exist"}
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        source = folder if rows is None else truncated_movielens(folder, rows, tmp)
+        settings = freshrank_settings(overrides, tmp)
+        config = Config.from_dict(settings)
+        print(f"\nML-100K ({source}): freshrank replay ...", flush=True)
+        fresh = freshrank_in_process(config, [source], "movielens")
+        cli = None if args.no_cli_check else freshrank_cli(source, "movielens", settings, tmp)
+        stream = load_movielens(source)
+        with contextlib.ExitStack() as stack:
+            peers = ranking_peers(stack, args, config, stream, groups)
+            print(f"  {len(peers)} peers through the shared driver ...", flush=True)
+            started = time.perf_counter()
+            results = run_ranking(
+                stream,
+                peers,
+                k=config.training.rank_k,
+                negatives=config.training.negatives,
+                seed=config.model.seed,
+                exclude_seen=config.training.exclude_seen,
+                progress=_progress(len(stream), started),
+            )
+    return ranking_report(fresh, cli, results, len(stream))
+
+
+def _progress(total: int, started: float) -> Any:
+    step = max(total // 10, 1)
+
+    def report(i: int) -> None:
+        if (i + 1) % step == 0:
+            print(
+                f"    {i + 1:,}/{total:,} events, {time.perf_counter() - started:.0f} s", flush=True
+            )
+
+    return report
+
+
+def ranking_report(
+    fresh: dict[str, Any],
+    cli: dict[str, Any] | None,
+    results: list[RankingResult],
+    events: int,
+) -> dict[str, Any]:
+    hr, ndcg = fresh.get("hr@10", math.nan), fresh.get("ndcg@10", math.nan)
+    checks: dict[str, Any] = {}
+    if cli is not None:
+        checks["cli_hr@10"] = cli.get("hr@10")
+        checks["cli_equal"] = cli.get("hr@10") == hr and cli.get("ndcg@10") == ndcg
+    popularity = next((r for r in results if r.name == "global popularity"), None)
+    if popularity is not None:
+        checks["driver_popularity_hr@10"] = popularity.hr
+        checks["freshrank_popularity_hr@10"] = fresh.get("baseline_popularity_hr@10")
+        checks["popularity_equal"] = popularity.hr == fresh.get("baseline_popularity_hr@10")
+        checks["evaluated_equal"] = popularity.evaluated == fresh.get("rank_evaluated")
+    best = max(results, key=lambda r: r.hr, default=None)
+    verdict = ratio(hr, best.hr) if best else math.nan
+    rows = [("freshrank", hr, ndcg, fresh.get("rank_evaluated"), fresh["wall_seconds"])]
+    rows += [(r.name, r.hr, r.ndcg, r.evaluated, r.seconds) for r in results]
+    print(f"\nML-100K: {events:,} interactions, HR@10 / NDCG@10 of the evaluated ones")
+    print(f"{'system':<62} {'HR@10':>7} {'NDCG@10':>8} {'evaluated':>9} {'s':>7} {'fr ÷':>6}")
+    for name, h, n, count, seconds in rows:
+        print(f"{name:<62} {h:>7.4f} {n:>8.4f} {count!s:>9} {seconds:>7.1f} {ratio(hr, h):>6.2f}")
+    if best is not None:
+        met = "MET" if verdict >= 1.2 else "MISSED"
+        print(f"best peer: {best.name} ({best.hr:.4f}); freshrank ÷ best = {verdict:.3f}")
+        print(f"target HR@10 ≥ 1.2 × best peer: {met}")
+    print(f"checks: {checks}")
+    return {
+        "events": events,
+        "freshrank": fresh,
+        "freshrank_cli": cli,
+        "peers": [vars(r) for r in results],
+        "best_peer": best.name if best else None,
+        "freshrank_over_best_peer": verdict,
+        "target": "hr@10 >= 1.2 x best peer",
+        "target_met": bool(verdict >= 1.2),
+        "checks": checks,
+    }
+
+
+# ----------------------------------------------------------------------------- Criteo
+
+
+def ctr_peers(
+    stack: contextlib.ExitStack, args: argparse.Namespace, config: Config
+) -> list[CTRPeer]:
+    peers: list[CTRPeer] = [MeanCTRPeer()]
+    if "vw" not in args.skip:
+        settings = args.vw_criteo or list(VW_CRITEO_SETTINGS.values())
+        names = list(VW_CRITEO_SETTINGS) if not args.vw_criteo else [f"VW {s}" for s in settings]
+        for name, extra in zip(names, settings, strict=True):
+            peer = VWCTRPeer(name, VW_BASE + extra.split())
+            stack.callback(peer.close)
+            peers.append(peer)
+    if "river" not in args.skip:
+        matched = {"alpha": config.ftrl.alpha, "beta": config.ftrl.beta}
+        matched |= {"l1": config.ftrl.l1, "l2": config.ftrl.l2}
+        peers.append(RiverLRCTRPeer("River LR + FTRLProximal (freshrank's α β L1 L2)", matched))
+        peers.append(
+            RiverLRCTRPeer("River LR + FTRLProximal (River's defaults)", RIVER_FTRL_DEFAULT)
+        )
+    return peers
+
+
+def run_criteo(args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    folder = args.data / "criteo-sample"
+    paths = [folder / name for name in CRITEO_FILES]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"Criteo: skipped, missing {', '.join(missing)}")
+        return {"skipped": f"missing {', '.join(missing)}"}
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        config = Config.from_dict(freshrank_settings(overrides, tmp))
+        print(f"Criteo ({folder}, {' + '.join(CRITEO_FILES)}): freshrank replay ...", flush=True)
+        fresh = freshrank_in_process(config, paths, "criteo")
+    rows = load_criteo(paths)
+    with contextlib.ExitStack() as stack:
+        results = run_ctr(rows, ctr_peers(stack, args, config))
+    return ctr_report(fresh, results, len(rows))
+
+
+def ctr_report(fresh: dict[str, Any], results: list[CTRResult], n: int) -> dict[str, Any]:
+    logloss = fresh.get("logloss", math.nan)
+    mean_ctr = next((r for r in results if r.name == "running-mean CTR"), None)
+    checks: dict[str, Any] = {}
+    if mean_ctr is not None:
+        checks["driver_mean_ctr_logloss"] = mean_ctr.logloss
+        checks["freshrank_mean_ctr_logloss"] = fresh.get("baseline_mean_ctr_logloss")
+        checks["mean_ctr_equal"] = math.isclose(
+            mean_ctr.logloss, fresh.get("baseline_mean_ctr_logloss", math.nan), rel_tol=1e-9
+        )
+        checks["rows_equal"] = fresh.get("labelled") == n
+    vw = [r for r in results if r.name.startswith("VW")]
+    best_vw = min(vw, key=lambda r: r.logloss, default=None)
+    best = min(results, key=lambda r: r.logloss, default=None)
+    verdict = ratio(logloss, best_vw.logloss) if best_vw else math.nan
+    print(f"\nCriteo sample: {n:,} rows (train, dev, test), progressive logloss and AUC")
+    print(f"{'system':<52} {'logloss':>8} {'AUC':>7} {'s':>6} {'fr ÷':>6}")
+    table = [("freshrank", logloss, fresh.get("auc", math.nan), fresh["wall_seconds"])]
+    table += [(r.name, r.logloss, r.auc, r.seconds) for r in results]
+    for name, loss, auc, seconds in table:
+        print(f"{name:<52} {loss:>8.5f} {auc:>7.4f} {seconds:>6.1f} {ratio(logloss, loss):>6.3f}")
+    if best_vw is not None:
+        met = "MET" if verdict <= 1.0 else "MISSED"
+        print(
+            f"best VW: {best_vw.name} ({best_vw.logloss:.5f}); freshrank ÷ best VW = {verdict:.4f}"
+        )
+        print(f"target logloss ≤ best VW setting: {met}")
+    if best is not None:
+        print(f"best peer overall: {best.name} ({best.logloss:.5f})")
+    print(f"checks: {checks}")
+    return {
+        "rows": n,
+        "freshrank": fresh,
+        "peers": [vars(r) for r in results],
+        "best_vw": best_vw.name if best_vw else None,
+        "freshrank_over_best_vw": verdict,
+        "best_peer": best.name if best else None,
+        "target": "logloss <= best VW setting",
+        "target_met": bool(verdict <= 1.0),
+        "checks": checks,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the data sets")
+    parser.add_argument("--only", choices=("ml100k", "criteo"), action="append", help="data sets")
+    parser.add_argument(
+        "--freshrank-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a freshrank config key (TOML value), e.g. model.factors=8",
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=PEER_GROUPS, help="peer groups")
+    parser.add_argument(
+        "--ml-rows", type=int, help="only the first N ML-100K ratings (all systems)"
+    )
+    parser.add_argument(
+        "--capped-rows",
+        type=int,
+        default=DEFAULT_CAPPED_ROWS,
+        help="a second ML-100K table on the first N ratings with every system, the slow peers "
+        f"({', '.join(SLOW_GROUPS)}) included (0: none)",
+    )
+    parser.add_argument(
+        "--slow-full", action="store_true", help="run the slow peers on the full ML-100K table too"
+    )
+    parser.add_argument(
+        "--vw-ml",
+        action="append",
+        metavar="ARGS",
+        help="VW settings for ML-100K instead of the defaults",
+    )
+    parser.add_argument(
+        "--vw-criteo",
+        action="append",
+        metavar="ARGS",
+        help="VW settings for Criteo instead of the defaults",
+    )
+    parser.add_argument(
+        "--no-cli-check", action="store_true", help="skip the `freshrank replay` subprocess check"
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="result file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = parse_overrides(args.freshrank_set)
+    only = set(args.only or ("ml100k", "criteo"))
+    started = time.perf_counter()
+    out: dict[str, Any] = {
+        "command": " ".join(["python bench/quality.py", *(argv or sys.argv[1:])])
+    }
+    out["freshrank_overrides"] = overrides
+    if "criteo" in only:
+        out["criteo"] = run_criteo(args, overrides)
+    groups = set(PEER_GROUPS) - set(args.skip)
+    if "ml100k" in only:
+        full_groups = groups if args.slow_full else groups - set(SLOW_GROUPS)
+        out["ml100k"] = run_movielens(args, overrides, args.ml_rows, full_groups)
+        if args.capped_rows and groups & set(SLOW_GROUPS) and not args.slow_full:
+            out["ml100k_capped"] = run_movielens(args, overrides, args.capped_rows, groups)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    out["machine"] = machine()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(clean(out), indent=2) + "\n", encoding="utf-8")
+    print(f"\n{out['seconds']:.0f} s; wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""The OpenAPI 3 document of the HTTP API, served at ``GET /v1/openapi.json``.
+
+Written by hand (aiohttp has no schema of its own); limits come from the config so
+the document states the bounds this server enforces.  tests/test_openapi.py fuzzes a
+live server against it with schemathesis: every answer must be documented and match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.config import Config
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+MSGPACK = "application/msgpack"
+# also accepted, listed in the text only (each documented type multiplies a fuzzer's cases)
+ALIASES = "application/jsonl, application/ndjson, application/x-msgpack, text/plain (JSON)"
+OPENAPI_VERSION = "3.0.3"
+REF = "#/components/schemas/"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": REF + name}
+
+
+def _header(description: str, schema: Schema) -> Schema:
+    return {"description": description, "schema": schema}
+
+
+HEADERS: dict[str, Schema] = {
+    "X-Request-ID": _header(
+        "The request's id: the client's X-Request-ID when sane (1..128 printable ASCII "
+        "characters), else a new one; log lines of the request carry it",
+        {"type": "string", "minLength": 1, "maxLength": 128},
+    ),
+    "Retry-After": _header("Seconds to wait before retrying", {"type": "integer", "minimum": 0}),
+    "WWW-Authenticate": _header("The authentication scheme: Bearer", {"type": "string"}),
+    "Allow": _header("The methods the path accepts", {"type": "string"}),
+}
+
+
+def _response(
+    description: str,
+    schema: Schema | None = None,
+    media_type: str = JSON,
+    headers: tuple[str, ...] = (),
+) -> Schema:
+    names = ("X-Request-ID", *headers)
+    response: Schema = {
+        "description": description,
+        "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in names},
+    }
+    if schema is not None:
+        response["content"] = {media_type: {"schema": schema}}
+    return response
+
+
+def _error(description: str, *headers: str, schema: str = "Error") -> Schema:
+    return _response(description, _ref(schema), headers=headers)
+
+
+UNAUTHORIZED = _error(
+    "Missing or wrong bearer token (only when a token is configured)", "WWW-Authenticate"
+)
+BUSY = _error(
+    "Too many requests in progress (http.max_connections), or the pipeline crashed",
+    "Retry-After",
+)
+
+
+def _event(description: str, required: list[str], properties: Schema) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _schemas(config: Config) -> dict[str, Schema]:
+    limits = config.ingest
+    string = {"type": "string", "maxLength": limits.max_string_len}
+    identifier_string = {"type": "string", "minLength": 1, "maxLength": 256}
+    identifier = {"oneOf": [identifier_string, {"type": "integer"}]}
+    ts = {"type": "number", "description": "Event time, seconds since the epoch"}
+    weight = {"type": "number", "minimum": 0}
+    label = {"type": "integer", "enum": [0, 1], "description": "Absent: implicit positive"}
+    common = {"user": identifier, "item": identifier, "ts": ts, "weight": weight}
+    features = {name: _ref("Features") for name in ("user_features", "item_features", "context")}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string", "description": "Why the request was refused"},
+                "reason": {"type": "string", "description": "A stable name for the cause"},
+                "retry_after_s": {"type": "integer", "minimum": 0},
+            },
+        },
+        "FeatureValue": {
+            "description": "A categorical string, a finite number, a boolean or a list of strings",
+            "anyOf": [
+                string,
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "array", "items": string, "maxItems": 256},
+            ],
+        },
+        "Features": {
+            "type": "object",
+            "maxProperties": limits.max_features_per_event,
+            "additionalProperties": _ref("FeatureValue"),
+        },
+        "Event": {
+            "description": "An interaction (with user), an item upsert (without user), or an "
+            "impression / click / conversion joined by impression_id (delayed labels). At most "
+            f"{limits.max_features_per_event} features in all (each list element counts).",
+            "oneOf": [
+                _ref("Interaction"),
+                _ref("ItemUpsert"),
+                _ref("Impression"),
+                _ref("Outcome"),
+            ],
+        },
+        "Interaction": _event(
+            "A user interacted with an item; no label: an implicit positive",
+            ["user", "item"],
+            {**common, "label": label, **features},
+        ),
+        "ItemUpsert": _event(
+            "Adds or updates a catalog item",
+            ["item"],
+            {"item": identifier, "ts": ts, "weight": weight, "item_features": _ref("Features")},
+        ),
+        "Impression": _event(
+            "An item shown to a user; labelled 1 by a click with its impression_id, else 0",
+            ["event", "impression_id", "user", "item"],
+            {
+                **common,
+                **features,
+                "event": {"type": "string", "enum": ["impression"]},
+                "impression_id": identifier_string,
+            },
+        ),
+        "Outcome": _event(
+            "A click or conversion on an earlier impression (user and item must match it)",
+            ["event", "impression_id"],
+            {
+                "user": identifier,
+                "item": identifier,
+                "ts": ts,
+                "event": {"type": "string", "enum": ["click", "conversion"]},
+                "impression_id": identifier_string,
+            },
+        ),
+        "IngestResult": {
+            "type": "object",
+            "required": ["accepted", "rejected", "errors", "learned"],
+            "properties": {
+                "accepted": {"type": "integer", "minimum": 0},
+                "rejected": {"type": "integer", "minimum": 0},
+                "errors": {
+                    "type": "array",
+                    "description": "One entry per rejected event (also kept as a dead letter)",
+                    "items": {
+                        "type": "object",
+                        "required": ["index", "reason"],
+                        "properties": {
+                            "index": {"type": "integer", "minimum": 0},
+                            "reason": {"type": "string"},
+                        },
+                    },
+                },
+                "learned": {"type": "boolean", "description": "The accepted events are learned"},
+            },
+        },
+        "Explanation": {
+            "type": "object",
+            "required": ["feature", "contribution"],
+            "properties": {
+                "feature": {"type": "string"},
+                "contribution": {"type": "number"},
+                "part": {"type": "string", "enum": ["linear", "factor"]},
+            },
+        },
+        "RankedItem": {
+            "type": "object",
+            "required": ["item", "score"],
+            "properties": {
+                "item": {"type": "string"},
+                "score": {"type": "number", "minimum": 0, "maximum": 1},
+                "explanation": {"type": "array", "items": _ref("Explanation")},
+            },
+        },
+        "Recommendation": {
+            "type": "object",
+            "required": ["user", "k", "items"],
+            "properties": {
+                "user": {"type": "string"},
+                "k": {"type": "integer", "minimum": 1},
+                "items": {"type": "array", "items": _ref("RankedItem")},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "failed"]},
+                "seq": {"type": "integer"},
+                "learned_seq": {"type": "integer", "nullable": True},
+                "error": {"type": "string"},
+            },
+        },
+        "Statistics": {
+            "type": "object",
+            "description": "Counters and gauges of every actor (shape may grow); see also /metrics",
+        },
+    }
+
+
+def _events(config: Config) -> Schema:
+    limits = config.ingest
+    batch = {
+        "oneOf": [
+            {
+                "type": "array",
+                "items": _ref("Event"),
+                "minItems": 1,
+                "maxItems": limits.max_events_per_request,
+            },
+            _ref("Event"),
+        ]
+    }
+    text = {"type": "string", "description": "One JSON event per line (blank lines skipped)"}
+    binary = {"type": "string", "format": "binary", "description": "A msgpack array of events"}
+    content = {JSON: {"schema": batch}, NDJSON: {"schema": text}, MSGPACK: {"schema": binary}}
+    return {
+        "post": {
+            "operationId": "postEvents",
+            "summary": "Ingest events (interactions, item upserts, impressions, clicks)",
+            "description": "Bad events are rejected one by one with a reason (and kept as dead "
+            "letters); the good events of the same request are still learned.",
+            "parameters": [
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "description": "Answer once the accepted events are learned (default true)",
+                    "schema": {"type": "boolean", "default": True},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "description": f"At most {limits.max_body_bytes} bytes and "
+                f"{limits.max_events_per_request} events. Also accepted: {ALIASES}.",
+                "content": content,
+            },
+            "responses": {
+                "200": _response("At least one event accepted", _ref("IngestResult")),
+                "400": _error("Empty body, or a body that does not parse"),
+                "401": UNAUTHORIZED,
+                "408": _error("Body not received within http.body_timeout_s"),
+                "413": _error("Body over ingest.max_body_bytes or too many events"),
+                "415": _error("Unsupported content type"),
+                "422": _response("No event accepted: every one is invalid", _ref("IngestResult")),
+                "429": _error("Ingest overloaded (admission control)", "Retry-After"),
+                "503": BUSY,
+            },
+        }
+    }
+
+
+def _bad_query() -> Schema:
+    """A 400 with a reason; a request line over 8190 bytes (a huge ``candidates`` or
+    ``context``) is refused by aiohttp's parser before the app sees it, in plain text."""
+    response = _error(
+        "A missing or invalid parameter, only unknown candidates, or (plain text) a "
+        "request line over 8190 bytes"
+    )
+    response["content"]["text/plain"] = {"schema": {"type": "string"}}
+    return response
+
+
+def _recommend(config: Config) -> Schema:
+    http = config.http
+
+    integer_k = {"type": "integer", "minimum": 1, "maximum": http.max_k, "default": 10}
+    context = {
+        "name": "context",
+        "in": "query",
+        "description": f"Request context features as a JSON object "
+        f"(at most {http.max_context_keys})",
+        "content": {
+            JSON: {
+                "schema": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]}
+            }
+        },
+    }
+    return {
+        "get": {
+            "operationId": "recommend",
+            "summary": "Top-k items for a user with the model as it is now",
+            "parameters": [
+                _query(
+                    "user",
+                    "The user id",
+                    {"type": "string", "minLength": 1, "maxLength": 256},
+                    required=True,
+                ),
+                _query("k", "How many items", integer_k),
+                _query(
+                    "candidates",
+                    "Comma-separated item ids to rank instead of the catalog "
+                    f"(at most {http.max_candidates})",
+                    {"type": "string"},
+                ),
+                context,
+                _query(
+                    "explain",
+                    "Add the top feature contributions per item",
+                    {"type": "boolean", "default": False},
+                ),
+                _query(
+                    "explore",
+                    "Exploration policy for this request",
+                    {"type": "string", "enum": ["off", "thompson", "epsilon"]},
+                ),
+                _query(
+                    "scale",
+                    "Thompson sampling: posterior std multiplier (explore=thompson)",
+                    {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                ),
+                _query(
+                    "epsilon",
+                    "Share of slots explored (explore=epsilon)",
+                    {"type": "number", "minimum": 0, "maximum": 1},
+                ),
+            ],
+            "responses": {
+                "200": _response("Ranked items, best first", _ref("Recommendation")),
+                "400": _bad_query(),
+                "401": UNAUTHORIZED,
+                "413": _error("Too many candidates or context features"),
+                "503": BUSY,
+            },
+        }
+    }
+
+
+def _get(operation_id: str, summary: str, ok: Schema, secured: bool = True) -> Schema:
+    responses: dict[str, Schema] = {"200": ok}
+    if secured:
+        responses["401"] = UNAUTHORIZED
+        responses["503"] = BUSY
+    operation: Schema = {"operationId": operation_id, "summary": summary, "responses": responses}
+    if not secured:
+        operation["security"] = []
+    return {"get": operation}
+
+
+def _query(name: str, description: str, schema: Schema, required: bool = False) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "description": description,
+        "required": required,
+        "schema": schema,
+    }
+
+
+def _health() -> Schema:
+    ok = _response("Running", _ref("Health"))
+    health = _get("health", "Liveness: ok, or failed after an actor crash", ok, secured=False)
+    health["get"]["responses"]["503"] = _response("An actor crashed", _ref("Health"))
+    return health
+
+
+def _metrics(public: bool) -> Schema:
+    text = _response("Metrics", {"type": "string"}, media_type="text/plain")
+    metrics = _get("metrics", "Prometheus metrics (text exposition format)", text)
+    del metrics["get"]["responses"]["503"]  # exempt from http.max_connections
+    if public:
+        del metrics["get"]["responses"]["401"]
+        metrics["get"]["security"] = []
+    return metrics
+
+
+def _dashboard() -> dict[str, Schema]:
+    page = _response("The page", {"type": "string"}, media_type="text/html")
+    index = _get(
+        "dashboard",
+        "The live dashboard (a browser sends the token as the freshrank_token cookie)",
+        page,
+    )
+    static = _get(
+        "dashboardFile",
+        "The dashboard's static files",
+        _response("The file", {"type": "string", "format": "binary"}, "*/*"),
+    )
+    static["get"]["parameters"] = [
+        {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    # aiohttp's file responses find a missing file while sending: a 404 without a body
+    static["get"]["responses"]["404"] = _response("No such file (no body)")
+    series = _get(
+        "dashboardSeries",
+        "Time series for the dashboard charts",
+        _response("Series newer than since", {"type": "object"}),
+    )
+    series["get"]["parameters"] = [
+        _query("since", "Unix seconds: only samples newer than this", {"type": "number"})
+    ]
+    series["get"]["responses"]["400"] = _error("'since' is not a number")
+    top = _get(
+        "dashboardTop",
+        "The items interacted with most recently",
+        _response("Top items", {"type": "object"}),
+    )
+    top["get"]["parameters"] = [
+        _query("k", "How many items", {"type": "integer", "minimum": 1, "maximum": 100})
+    ]
+    top["get"]["responses"]["400"] = _error("'k' is not an integer in range")
+    return {
+        "/": index,
+        "/static/{file}": static,
+        "/v1/dashboard/series": series,
+        "/v1/dashboard/top": top,
+    }
+
+
+def build_openapi(config: Config) -> dict[str, Any]:
+    """The document for a server running with ``config``."""
+    stats = _get("stats", "Statistics of every actor", _response("Statistics", _ref("Statistics")))
+    document = _response("OpenAPI 3 document", {"type": "object"})
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "freshrank",
+            "version": "1",
+            "description": "Real-time recommender: ingest events, get fresh rankings. Every "
+            'error is JSON {"error": reason}; every response carries X-Request-ID.',
+        },
+        "paths": {
+            "/v1/events": _events(config),
+            "/v1/recommend": _recommend(config),
+            "/v1/healthz": _health(),
+            "/v1/stats": stats,
+            "/metrics": _metrics(config.http.metrics_public),
+            "/v1/openapi.json": _get("openapi", "This document", document),
+            **_dashboard(),
+        },
+        "components": {
+            "schemas": _schemas(config),
+            "headers": HEADERS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "http.token (or $FRESHRANK_TOKEN); not required when none "
+                    "is set (loopback only). GET requests may send it as the freshrank_token "
+                    "cookie instead.",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }

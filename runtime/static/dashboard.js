@@ -1,0 +1,308 @@
+// freshrank dashboard: polls /v1/dashboard/series and /v1/dashboard/top every second and
+// draws them with uPlot; the form asks /v1/recommend for one user's items with explanations.
+// Plain JS, no build step. Test hooks: window.freshrankDashboard (points per chart, polls).
+"use strict";
+
+(() => {
+  const POLL_MS = 1000;
+  const TOP_K = 10;
+  const CHARTS = [
+    { id: "throughput", title: "Throughput", unit: "events/s" },
+    { id: "logloss", title: "Progressive logloss", unit: "lower is better" },
+    { id: "auc", title: "Progressive AUC", unit: "labelled events" },
+    { id: "ranking", title: "Hit rate and NDCG", unit: "rank-evaluated events" },
+    { id: "freshness", title: "Freshness latency", unit: "ms, event to learned weights" },
+    { id: "queues", title: "Queue depths", unit: "messages waiting per channel" },
+    { id: "shards", title: "Shard sizes", unit: "non-zero weights per learner shard" },
+  ];
+  const PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#78716c"];
+
+  const history = { t: [], series: {}, since: 0, capacity: 600 };
+  const charts = {};
+  const api = { points: {}, polls: 0, topPolls: 0, failures: 0, history, charts };
+  window.freshrankDashboard = api;
+
+  // ---------------------------------------------------------------- helpers
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (name === "class") node.className = value;
+      else node.setAttribute(name, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function fmt(value) {
+    if (value === null || value === undefined || Number.isNaN(value)) return "–";
+    const abs = Math.abs(value);
+    if (abs >= 1e9) return (value / 1e9).toFixed(2) + "G";
+    if (abs >= 1e6) return (value / 1e6).toFixed(2) + "M";
+    if (abs >= 1e4) return (value / 1e3).toFixed(1) + "k";
+    if (abs >= 100 || Number.isInteger(value)) return value.toFixed(0);
+    return value.toPrecision(3);
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    const s = Math.floor(seconds);
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    if (h) return `${h}h ${String(m).padStart(2, "0")}m`;
+    if (m) return `${m}m ${String(s % 60).padStart(2, "0")}s`;
+    return `${s}s`;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { cache: "no-store" });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+    return body;
+  }
+
+  function setStatus(status, text) {
+    const node = document.getElementById("status");
+    node.dataset.status = status;
+    node.textContent = text;
+  }
+
+  // ---------------------------------------------------------------- time series
+
+  function merge(payload) {
+    history.capacity = payload.capacity || history.capacity;
+    for (const key of Object.keys(payload.series)) {
+      if (!(key in history.series)) history.series[key] = new Array(history.t.length).fill(null);
+    }
+    payload.t.forEach((t, i) => {
+      history.t.push(t);
+      for (const [key, values] of Object.entries(history.series)) {
+        const incoming = payload.series[key];
+        values.push(incoming ? incoming[i] : null);
+      }
+    });
+    const excess = history.t.length - history.capacity;
+    if (excess > 0) {
+      history.t.splice(0, excess);
+      for (const values of Object.values(history.series)) values.splice(0, excess);
+    }
+    if (payload.t.length) history.since = payload.t[payload.t.length - 1];
+  }
+
+  function keysOf(chartId) {
+    return Object.keys(history.series).filter((key) => key.startsWith(chartId + "/"));
+  }
+
+  function buildCards() {
+    const container = document.getElementById("charts");
+    for (const spec of CHARTS) {
+      const plot = el("div", { class: "plot" }, el("div", { class: "waiting" }, "waiting for data…"));
+      const card = el(
+        "article",
+        { class: "card chart", id: `chart-${spec.id}`, "data-points": "0" },
+        el("h2", {}, spec.title + " ", el("small", {}, spec.unit)),
+        plot,
+      );
+      container.append(card);
+      charts[spec.id] = { card, plot, uplot: null, keys: "" };
+      api.points[spec.id] = 0;
+    }
+  }
+
+  function latest(values) {
+    for (let i = values.length - 1; i >= 0; i -= 1) if (values[i] !== null) return values[i];
+    return null;
+  }
+
+  // The legend shows the value under the cursor, or the latest one when the cursor is away.
+  function legendValue(u, value, seriesIndex, index) {
+    return fmt(index === null ? latest(u.data[seriesIndex]) : value);
+  }
+
+  function legendTime(u, value, seriesIndex, index) {
+    return index === null ? "latest" : new Date(value * 1000).toLocaleTimeString();
+  }
+
+  function makePlot(chart, keys, data) {
+    const opts = {
+      width: Math.max(chart.plot.clientWidth, 300),
+      height: 200,
+      scales: { x: { time: true } },
+      axes: [{}, { size: 56, values: (u, splits) => splits.map(fmt) }],
+      series: [
+        { value: legendTime },
+        ...keys.map((key, i) => ({
+          label: key.slice(key.indexOf("/") + 1),
+          stroke: PALETTE[i % PALETTE.length],
+          width: 1.5,
+          value: legendValue,
+        })),
+      ],
+    };
+    chart.plot.replaceChildren();
+    return new uPlot(opts, data, chart.plot);
+  }
+
+  function draw(chartId) {
+    const chart = charts[chartId];
+    const keys = keysOf(chartId);
+    const columns = keys.map((key) => history.series[key]);
+    const points = columns.reduce((sum, values) => sum + values.filter((v) => v !== null).length, 0);
+    api.points[chartId] = points;
+    chart.card.dataset.points = String(points);
+    if (!keys.length) return;
+    const data = [history.t, ...columns];
+    const signature = keys.join("\n");
+    if (chart.uplot && chart.keys === signature) {
+      chart.uplot.setData(data);
+      return;
+    }
+    if (chart.uplot) chart.uplot.destroy();
+    chart.uplot = makePlot(chart, keys, data);
+    chart.keys = signature;
+  }
+
+  function renderHeadline(headline) {
+    for (const node of document.querySelectorAll("#headline dd")) {
+      const value = headline[node.dataset.field];
+      node.textContent = node.dataset.field === "uptime_s" ? duration(value) : fmt(value);
+    }
+    if (headline.status === "failed") setStatus("failed", `failed: ${headline.failed}`);
+    else setStatus("ok", "running");
+  }
+
+  function renderRejected(rejected) {
+    const body = document.querySelector("#rejected tbody");
+    const reasons = rejected.by_reason || [];
+    const most = Math.max(1, ...reasons.map((r) => r.count));
+    body.replaceChildren(
+      ...reasons.map((r) =>
+        el(
+          "tr",
+          {},
+          el("td", { class: "reason" }, r.reason),
+          el("td", { class: "num" }, fmt(r.count)),
+          el("td", { style: "width: 25%" }, el("div", { class: "bar", style: `width: ${(100 * r.count) / most}%` })),
+        ),
+      ),
+    );
+    document.getElementById("rejected-empty").hidden = reasons.length > 0;
+    document.getElementById("rejected-total").textContent = rejected.total ? `${fmt(rejected.total)} in all` : "";
+  }
+
+  async function pollSeries() {
+    const payload = await getJSON(`/v1/dashboard/series?since=${history.since}`);
+    merge(payload);
+    for (const spec of CHARTS) draw(spec.id);
+    renderHeadline(payload.headline);
+    const sampling = document.getElementById("sampling");
+    sampling.textContent = `${fmt(payload.interval_s)} s`;
+    sampling.title = `statistics() took ${fmt(payload.sample_cost_ms)} ms`;
+    renderRejected(payload.rejected);
+    api.polls += 1;
+  }
+
+  // ---------------------------------------------------------------- top items
+
+  async function pollTop() {
+    const top = await getJSON(`/v1/dashboard/top?k=${TOP_K}`);
+    const body = document.querySelector("#top-items tbody");
+    body.replaceChildren(
+      ...top.items.map((item, i) =>
+        el(
+          "tr",
+          {},
+          el("td", {}, String(i + 1)),
+          el("td", {}, item.item),
+          el("td", { class: "num" }, fmt(item.recent)),
+          el("td", { class: "num" }, fmt(item.total)),
+          el("td", { class: "tags" }, item.features.join(", ")),
+        ),
+      ),
+    );
+    const empty = document.getElementById("top-empty");
+    empty.hidden = top.items.length > 0;
+    empty.textContent = top.available ? "no interactions yet" : top.reason;
+    document.getElementById("top-note").textContent = top.available
+      ? `recent: interactions decayed with a ${top.half_life_s} s half-life`
+      : "";
+    api.topPolls += 1;
+  }
+
+  // ---------------------------------------------------------------- recommendations
+
+  function explanation(entries) {
+    return el(
+      "ul",
+      { class: "features" },
+      ...(entries || []).map((entry) => {
+        const sign = entry.contribution < 0 ? "negative" : "positive";
+        const chip = el(
+          "li",
+          { class: `feature ${sign}`, title: entry.part ? `${entry.part} term` : "" },
+          el("span", { class: "name" }, entry.feature),
+          el("span", { class: "value" }, (entry.contribution >= 0 ? "+" : "") + entry.contribution.toFixed(3)),
+        );
+        if (entry.part) chip.append(el("span", { class: "part" }, entry.part));
+        return chip;
+      }),
+    );
+  }
+
+  async function recommend(event) {
+    event.preventDefault();
+    const error = document.getElementById("recommend-error");
+    const table = document.getElementById("recommend-result");
+    const params = new URLSearchParams({
+      user: document.getElementById("recommend-user").value.trim(),
+      k: document.getElementById("recommend-k").value || "10",
+      explain: "1",
+    });
+    try {
+      const result = await getJSON(`/v1/recommend?${params}`);
+      table.querySelector("tbody").replaceChildren(
+        ...result.items.map((item, i) =>
+          el(
+            "tr",
+            { class: "recommendation" },
+            el("td", {}, String(i + 1)),
+            el("td", {}, item.item),
+            el("td", { class: "num" }, item.score.toFixed(4)),
+            el("td", {}, explanation(item.explanation)),
+          ),
+        ),
+      );
+      table.hidden = false;
+      error.hidden = true;
+    } catch (failure) {
+      error.textContent = failure.message;
+      error.hidden = false;
+      table.hidden = true;
+    }
+  }
+
+  // ---------------------------------------------------------------- main
+
+  function every(milliseconds, poll) {
+    const loop = async () => {
+      try {
+        await poll();
+      } catch (failure) {
+        api.failures += 1;
+        setStatus("unreachable", `unreachable: ${failure.message}`);
+      }
+      setTimeout(loop, milliseconds);
+    };
+    loop();
+  }
+
+  buildCards();
+  document.getElementById("recommend-form").addEventListener("submit", recommend);
+  window.addEventListener("resize", () => {
+    for (const chart of Object.values(charts)) {
+      if (chart.uplot) chart.uplot.setSize({ width: Math.max(chart.plot.clientWidth, 300), height: 200 });
+    }
+  });
+  every(POLL_MS, pollSeries);
+  every(POLL_MS, pollTop);
+})();
