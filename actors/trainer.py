@@ -175,6 +175,7 @@ class TrainerActor(Actor):
         name: str = "trainer-0",
         shared_replica: bool = True,
         factors: FactorStore | None = None,
+        dense_factors: bool = False,
     ) -> None:
         super().__init__(name, inbox)
         self.space = space
@@ -197,6 +198,7 @@ class TrainerActor(Actor):
         self.learned = Watermark()
         self.aggregate = GradientAggregator(space.size)
         self.factors = factors
+        self.dense_factors = dense_factors
         self.factor_step = FactorAggregator(space.size, factors.params.size) if factors else None
         self.scorer = FactorScorer(factors) if factors else None
         self._pending: dict[int, tuple[int, float]] = {}
@@ -253,7 +255,7 @@ class TrainerActor(Actor):
         factor_rows = None
         if batch.dense.size:
             indptr, indices, values = expand_dense(self.space, batch.dense)
-            if self.factors is not None:
+            if self.factors is not None and self.dense_factors:
                 factor_rows = expand_dense_factors(batch.dense, self.factors.params.mask)
             labels = batch.label.astype(np.float64)
             weights = batch.weight

@@ -298,6 +298,7 @@ async def run_trainer(config: Config, index: int) -> int:
         metrics=metrics, inbox=None,
         grads=[transport.channel(f"grads.{k}") for k in range(t.shards)],
         weights=transport.channel("weights"), name=name, shared_replica=False, factors=factors,
+        dense_factors=config.model.factors_dense,
     )  # fmt: skip
     items = ItemsFollower(featurizer, transport.channel("items"))
     events = EventsWorker(featurizer, trainer, items, transport.channel("events"))

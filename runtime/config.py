@@ -36,6 +36,9 @@ class ModelConfig:
     factor_init: float = 0.05  # std of the seeded start of the vectors
     # a user's most recent items as user-side features "h.item=<id>" (0: none)
     history: int = 10
+    # factor terms also between the columns of CTR files (the replay fast path); off by
+    # default: on the 7,200-row Criteo sample they made logloss worse (bench/README.md)
+    factors_dense: bool = False
 
     def check(self) -> None:
         _require(1 <= self.bits <= 30, "model.bits", "must be in 1..30", self.bits)

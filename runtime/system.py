@@ -217,6 +217,7 @@ class System:
             grads=grads,
             weights=weights,
             factors=self.factors,
+            dense_factors=c.model.factors_dense,
         )
         self.learners = []
         for k in range(shards):

@@ -63,3 +63,20 @@ def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "training.shards" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_kubernetes_configmap_holds_a_valid_config() -> None:
+    """The cluster.toml block of the k8s ConfigMap loads, and its public bind has a token."""
+    import textwrap
+    import tomllib
+
+    text = (ROOT / "deploy" / "k8s" / "configmap.yaml").read_text()
+    block = text.split("cluster.toml: |\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    config = Config.from_dict(tomllib.loads(textwrap.dedent("\n".join(lines))))
+    assert config.http.host == "0.0.0.0"
+    assert config.http.token == "env:FRESHRANK_TOKEN"

@@ -391,3 +391,24 @@ async def test_snapshot_keeps_factors_and_history(tmp_path: Path) -> None:
 def test_factor_config_errors_name_the_key(section: str, key: str, value: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Config.from_dict({section: {key: value}})
+
+
+async def test_factors_on_ctr_columns_are_exact_across_shards(criteo_train: Path) -> None:
+    from actors.readers import read_ctr_tsv
+    from runtime.replay import replay
+
+    outcomes = []
+    for shards in (1, 3):
+        cfg = factor_config(shards)
+        cfg.model.factors_dense = True
+        cfg.ftrl.factor_alpha = 0.01
+        async with System(cfg) as system:
+            report = await replay(system, read_ctr_tsv(criteo_train, criteo=True, batch_size=256))
+            assert system.factors is not None
+            outcomes.append((report, system.factors.v.copy(), system.factors.active.copy()))
+    (one, v1, active1), (three, v3, active3) = outcomes
+    assert one["events"] == three["events"] == 7200
+    assert active1.sum() > 1000 and np.array_equal(active1, active3)
+    np.testing.assert_allclose(v3, v1, rtol=0, atol=1e-9)
+    assert three["logloss"] == pytest.approx(one["logloss"], abs=1e-9)
+    assert one["logloss"] < one["baseline_mean_ctr_logloss"]
