@@ -27,7 +27,6 @@ class ModelConfig:
             ["u.age", "item"],
             ["u.gender", "item"],
             ["u.occupation", "item"],
-            ["h.item", "item"],
         ]
     )
     # factorization-machine terms: k factors per hashed base feature (0: linear model only)
@@ -66,7 +65,7 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 0.0
-    factor_alpha: float = 0.05  # AdaGrad rate of the factor vectors (model.factors > 0)
+    factor_alpha: float = 0.12  # AdaGrad rate of the factor vectors (model.factors > 0)
     factor_l2: float = 0.001
 
     def check(self) -> None:

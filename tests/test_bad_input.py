@@ -183,7 +183,16 @@ MIXED = [
         Mixed(json_with(ev(ts="2024-01-01T00:00:00")), ("'ts'", "number", "str")),
         id="string-ts",
     ),
-    pytest.param(Mixed(json_with(ev(weight=-1)), ("'weight'", ">= 0", "-1")), id="negative-weight"),
+    pytest.param(
+        Mixed(json_with(ev(weight=-1)), ("'weight'", "0..1e+06", "-1")), id="negative-weight"
+    ),
+    pytest.param(
+        Mixed(json_with(ev(weight=1e300)), ("'weight'", "0..1e+06", "1e+300")), id="huge-weight"
+    ),
+    pytest.param(
+        Mixed(json_with(ev(context={"x": -1e300})), ("context.x", "±1e+09", "scale")),
+        id="huge-feature-value",
+    ),
     pytest.param(Mixed(json_with(ev(weight="heavy")), ("'weight'", "number")), id="string-weight"),
     pytest.param(
         Mixed(json_with(ev(user_features={"a": {"b": 1}})), ("user_features.a", "dict")),
