@@ -73,7 +73,7 @@ from bench.protocol import (  # noqa: E402
     run_ctr,
     run_ranking,
 )
-from runtime.config import Config  # noqa: E402
+from runtime.config import Config, ConfigError  # noqa: E402
 from runtime.replay import clean, open_log, replay  # noqa: E402
 from runtime.system import System  # noqa: E402
 
@@ -460,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = parse_overrides(args.freshrank_set)
+    try:  # a typo in an override must fail before minutes of peers run
+        Config.from_dict(freshrank_settings(overrides, tempfile.gettempdir()))
+    except ConfigError as error:
+        print(f"quality.py: freshrank config error: {error}", file=sys.stderr)
+        return 2
     only = set(args.only or ("ml100k", "criteo"))
     started = time.perf_counter()
     out: dict[str, Any] = {

@@ -162,3 +162,24 @@ def test_movielens_stream_is_the_replay_stream(ml100k: Path) -> None:
         ("u.gender", "M"),
         ("u.occupation", "technician"),
     ]
+
+
+def test_freshrank_overrides_parse_and_round_trip_through_toml() -> None:
+    import tomllib
+
+    from bench.quality import freshrank_settings, parse_overrides, to_toml
+    from runtime.config import Config
+
+    overrides = parse_overrides(
+        ["ftrl.alpha=0.05", "training.batch_size=32", "model.crosses=[['user', 'item']]"]
+    )
+    assert overrides == {
+        "ftrl": {"alpha": 0.05},
+        "training": {"batch_size": 32},
+        "model": {"crosses": [["user", "item"]]},
+    }
+    settings = freshrank_settings(overrides, "/tmp/x")
+    assert tomllib.loads(to_toml(settings)) == settings
+    config = Config.from_dict(settings)
+    assert (config.ftrl.alpha, config.training.batch_size) == (0.05, 32)
+    assert config.state.restore is False
