@@ -20,8 +20,9 @@ features (bias, user id, profile, context) are the same for every item and shift
 every sample by the same draw, so they cannot change a ranking: they are left out.
 Thompson sampling (Chapelle & Li 2011) ranks by one draw per item from
 ``N(logit_r, var_r)`` instead of by ``logit_r``.  (Drawing the item scores
-independently ignores that items sharing a feature share its weight; exact
-Thompson sampling would draw the weight vector once per request.)
+independently ignores that items sharing a feature share its weight; drawing the
+weight vector once per request instead measured no better in the simulator,
+bench/README.md "Exploration".)
 
 ε-greedy replaces each of the k ranked slots, with probability ε, by an item drawn
 uniformly from the allowed candidates not already shown.
@@ -164,103 +165,6 @@ def score_variances(
     )
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_LOW32 = np.uint64(0xFFFFFFFF)
-_S27, _S30, _S31, _S32 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(32)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _splitmix64(x: np.uint64) -> np.uint64:
-    x = x + _GOLDEN
-    x = (x ^ (x >> _S30)) * _MIX1
-    x = (x ^ (x >> _S27)) * _MIX2
-    return x ^ (x >> _S31)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _coordinate_normal(key: np.uint64, i: np.int64) -> float:
-    """A standard normal that depends only on (key, coordinate): one draw of weight i per
-    request, the same for every item that has the feature (Box-Muller on 2 x 32 bits)."""
-    h = _splitmix64(key ^ _splitmix64(np.uint64(i)))
-    u1 = (float(h >> _S32) + 0.5) / 4294967296.0
-    u2 = (float(h & _LOW32) + 0.5) / 4294967296.0
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
-@njit(cache=True, nogil=True)
-def _weight_draw_rows(
-    n: np.ndarray,
-    key: np.uint64,
-    alpha: float,
-    beta: float,
-    l2: float,
-    mask: int,
-    rows: np.ndarray,
-    ins: np.ndarray,
-    iraw: np.ndarray,
-    ix: np.ndarray,
-    pair_ns: np.ndarray,
-    pair_pre: np.ndarray,
-    pair_x: np.ndarray,
-) -> np.ndarray:
-    """Per catalog row: (w~ - w) · x over the item-side features and crosses, where
-    w~_i - w_i = z_i / sqrt(precision_i) with one z_i per coordinate for the whole request."""
-    out = np.empty(rows.shape[0], np.float64)
-    m = np.uint64(mask)
-    for k in range(rows.shape[0]):
-        r = rows[k]
-        s = 0.0
-        for c in range(ix.shape[1]):
-            x = ix[r, c]
-            if x == 0.0:
-                continue
-            h = np.uint64(iraw[r, c])
-            i = np.int64(h & m)
-            sd = math.sqrt(_inverse_precision(n[i], alpha, beta, l2))
-            s += x * sd * _coordinate_normal(key, i)
-            ns = ins[r, c]
-            for p in range(pair_ns.shape[0]):
-                if pair_ns[p] == ns:
-                    j = np.int64(_fmix(pair_pre[p] ^ h) & m)
-                    sd = math.sqrt(_inverse_precision(n[j], alpha, beta, l2))
-                    s += x * pair_x[p] * sd * _coordinate_normal(key, j)
-        out[k] = s
-    return out
-
-
-def weight_draw_offsets(
-    space: FeatureSpace,
-    user: BaseFeatures,
-    catalog: Catalog,
-    posterior: WeightPosterior | None,
-    rng: np.random.Generator,
-    rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """How much each row's logit moves (at scale 1) when the weights are replaced by one
-    draw from the posterior, shared by all rows: exact Thompson sampling under the
-    diagonal posterior, restricted to the item-dependent part of the score."""
-    post = _require_posterior(posterior)
-    p = post.params
-    if rows is None:
-        rows = np.arange(len(catalog))
-    key = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
-    return _weight_draw_rows(
-        post.n,
-        key,
-        p.alpha,
-        p.beta,
-        p.l2,
-        space.mask,
-        np.ascontiguousarray(rows, np.int64),
-        catalog.ns,
-        catalog.raw,
-        catalog.x,
-        *_cross_pairs(space, user),
-    )
-
-
 @dataclass(frozen=True)
 class ScoreUncertainty:
     """What a ranking request knows to draw its scores from the posterior (computed lazily,
@@ -274,11 +178,6 @@ class ScoreUncertainty:
 
     def variances(self) -> np.ndarray:
         return score_variances(self.space, self.user, self.catalog, self.posterior, self.rows)
-
-    def weight_draw(self, rng: np.random.Generator) -> np.ndarray:
-        return weight_draw_offsets(
-            self.space, self.user, self.catalog, self.posterior, rng, self.rows
-        )
 
 
 def thompson(logits: np.ndarray, variances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -297,14 +196,30 @@ def epsilon_greedy(
     slots = np.flatnonzero(rng.random(out.size) < epsilon)
     if slots.size == 0:
         return out
-    pool = np.setdiff1d(candidates, out)
+    taken = set(out.tolist())
+    free = candidates.size - int(np.isin(out, candidates).sum())
     for slot in slots:
-        if pool.size == 0:
+        if free == 0:
             break
-        pick = int(rng.integers(pool.size))
-        out[slot] = pool[pick]
-        pool = np.delete(pool, pick)
+        pick = _draw_untaken(candidates, taken, free, rng)
+        out[slot] = pick
+        taken.add(pick)
+        free -= 1
     return out
+
+
+def _draw_untaken(
+    candidates: np.ndarray, taken: set[int], free: int, rng: np.random.Generator
+) -> int:
+    """A uniform draw from the candidates not taken: by rejection while most are free (no
+    pass over the catalog), else from the explicit remainder."""
+    if free * 2 > candidates.size:
+        while True:
+            pick = int(candidates[rng.integers(candidates.size)])
+            if pick not in taken:
+                return pick
+    pool = candidates[~np.isin(candidates, np.fromiter(taken, np.int64, len(taken)))]
+    return int(pool[rng.integers(pool.size)])
 
 
 def _check(mode: str, scale: float, epsilon: float) -> None:
@@ -325,7 +240,6 @@ class ExplorationPolicy:
     scale: float = 1.0
     epsilon: float = 0.05
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
-    draw: str = "weights"
 
     def __post_init__(self) -> None:
         _check(self.mode, self.scale, self.epsilon)
@@ -361,9 +275,7 @@ class ExplorationPolicy:
         """The scores to rank by: a posterior draw under Thompson, else the logits themselves."""
         if self.mode != "thompson":
             return logits
-        if self.draw == "scores":
-            return thompson(logits, self.scale**2 * uncertainty.variances(), self.rng)
-        return logits + self.scale * uncertainty.weight_draw(self.rng)
+        return thompson(logits, self.scale**2 * uncertainty.variances(), self.rng)
 
     def substitute(self, ranking: np.ndarray, excluded: np.ndarray) -> np.ndarray:
         """The ranking to show: ε-greedy's replacements drawn from the positions not excluded."""

@@ -6,40 +6,52 @@ seed gives every policy the same world: the same arriving users, the same new
 items at the same rounds, the same drift and the same click uniforms per slot.
 
 Model: the embedded default (``Config()``: its hash bits, crosses and FTRL
-settings), built from the same pieces the System wires together
-(``Featurizer`` → ``expand`` → ``GradientAggregator.logistic_step`` →
-``apply_gradients``, one shard) and ranked by the System's own ``Ranker`` with
-the ``ExplorationPolicy`` under test, i.e. the code ``GET /v1/recommend?explore=``
-runs.  Items the user saw are not excluded (``exclude_seen = false``), so the
-best k items are well defined every round.
+settings), built from the pieces the System wires together (``Featurizer`` for
+items and profiles; ``expand`` → ``GradientAggregator.logistic_step`` →
+``apply_gradients`` for impressions, one shard) and ranked by the System's own
+``Ranker`` with the ``ExplorationPolicy`` under test: the code that
+``GET /v1/recommend?explore=`` runs.  Items the user saw are not excluded
+(``exclude_seen = false``), so the best k items are defined every round.
 
-Protocol, per seed and policy:
+Two worlds (``--worlds``): ``genres``, the simulator as it is (12 genres: an item's
+genres, known at once, predict much of its CTR for a user), and ``no-content``
+(``n_genres = 1``: every item has the same genre, so an item's CTR can only be
+learned from its own impressions: pure cold start).
 
-1. the catalog is loaded and ``--warmup`` organic events of the simulator
-   (its own noisy preference-driven choices) are learned;
+Protocol, per world, seed and policy:
+
+1. the catalog is loaded; the model starts empty (``--warmup 0``, the default: cold
+   start).  ``--warmup N`` first learns N organic events of the simulator, whose
+   own choices show a uniformly random item 30 % of the time, so that log is
+   itself heavily explored;
 2. each of ``--rounds`` rounds advances the simulator by one organic event (the
-   clock, drift and new-item arrivals; the organic event itself is dropped), takes
-   that event's user as the arriving user, asks the ranker for k items, draws
-   clicks from the TRUE CTRs of the shown items, and learns the k impressions
+   clock, drift and new-item arrivals; the event itself is dropped), takes that
+   event's user as the arriving user, asks the ranker for k items, draws clicks
+   from the TRUE CTRs of the shown items, and learns the k impressions
    (clicked = 1, not clicked = 0) in batches of ``--learn-every`` rounds;
 3. regret of a round = sum of the k best true CTRs of the current catalog for that
    user − sum of the true CTRs of the k shown items (expected clicks lost);
 4. time to learn a new item (one arriving during the rounds): every
-   ``--check-every`` rounds, the model's CTR of the item averaged over a fixed
-   panel of users is compared with its true CTR averaged over the same panel;
-   the item is learned at the first check where ``|predicted − true| <=
-   max(rel × true, abs)`` (default 20 % relative or 0.02 absolute).  Reported in
-   rounds and in impressions of that item since its arrival; items never within
-   the tolerance before the end are censored and counted.
+   ``--check-every`` rounds the model's CTR of the item is compared with its true
+   CTR, both averaged over its audience: the ``--audience`` share (25 %) of a fixed
+   panel of ``--panel`` users with the highest true CTR for it.  (Over all users
+   the comparison says little: a model that learns only from what it shows
+   over-predicts what it never shows, new or old.)  The item is learned at the first
+   check where ``|model − true| <= max(rel × true, abs)`` (20 % or 0.02), counted
+   in rounds and in impressions of the item since its arrival; items not learned
+   by the end are censored and counted.  ``learned within H rounds`` is the share
+   of the items that arrived at least H rounds before the end that were learned
+   within H rounds (free of censoring).
 
-    python bench/exploration.py            # 5 seeds x 9 policies, ~ 8 min on the 2-core box
-    python bench/exploration.py --seeds 0 --rounds 2000   # a quick look
+    python bench/exploration.py            # 2 worlds x 11 policies x 5 seeds, ~ 4 min idle
+    python bench/exploration.py --seeds 0 --rounds 1000 --policies off thompson
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -69,28 +81,27 @@ class PolicySpec:
     mode: str
     scale: float = 1.0
     epsilon: float = 0.0
-    draw: str = "weights"
 
     def build(self, seed: int) -> ExplorationPolicy:
-        policy = ExplorationPolicy.from_settings(self.mode, self.scale, self.epsilon, seed)
-        return replace(policy, draw=self.draw)
+        return ExplorationPolicy.from_settings(self.mode, self.scale, self.epsilon, seed)
 
 
 DEFAULT_POLICIES = (
     PolicySpec("off", "off"),
-    *(PolicySpec(f"thompson s={s:g}", "thompson", scale=s) for s in (0.5, 1.0, 2.0)),
+    *(PolicySpec(f"thompson s={s:g}", "thompson", scale=s) for s in (0.1, 0.25, 0.5, 1.0, 2.0)),
     *(PolicySpec(f"epsilon e={e:g}", "epsilon", epsilon=e) for e in (0.01, 0.02, 0.05, 0.1, 0.2)),
 )
 
 
 @dataclass(frozen=True)
 class Setup:
-    rounds: int = 6000
+    rounds: int = 4000
     k: int = 5
     n_users: int = 300
     n_items: int = 150
     new_item_rate: float = 0.01  # per round (the simulator's per-event rate)
     ctr_scale: float = 3.0  # weight of taste (vs the hidden item quality) in the true CTR
+    n_genres: int = 12  # 1: the genre says nothing, only an item's own impressions do
     warmup: int = 0
     learn_every: int = 4
     panel: int = 60
@@ -98,6 +109,7 @@ class Setup:
     check_every: int = 50
     tolerance_rel: float = 0.2
     tolerance_abs: float = 0.02
+    horizon: int = 1000  # rounds: the share of new items learned within it is censoring-free
 
 
 @dataclass
@@ -120,6 +132,7 @@ class RunResult:
     new_items: int
     learned: int
     censored: int
+    learned_within: float | None  # share of the items that arrived >= horizon rounds before the end
     rounds_to_learn_mean: float | None
     impressions_to_learn_mean: float | None
     new_item_impressions: int
@@ -219,6 +232,8 @@ class Run:
                 n_items=setup.n_items,
                 new_item_rate=setup.new_item_rate,
                 ctr_scale=setup.ctr_scale,
+                n_genres=setup.n_genres,
+                max_genres_per_item=min(3, setup.n_genres),
             )
         )
         self.learner = Learner(config, self.sim)
@@ -227,6 +242,7 @@ class Run:
         self.panel = [str(u) for u in np.random.default_rng([seed, 1]).choice(users, setup.panel)]
         self.clicks_rng = np.random.default_rng([seed, 2])
         self.new_items: list[NewItem] = []
+        self.new_by_row: dict[int, NewItem] = {}
         self.queue: tuple[list[str], list[int], list[int]] = ([], [], [])
         self.regret = self.best_total = 0.0
         self.clicks = 0
@@ -255,10 +271,7 @@ class Run:
 
     def _round(self, t: int) -> None:
         arriving = self.sim.next_batch(1)  # the clock, drift and new items; its event is dropped
-        upserts = [e for e in arriving if "user" not in e]
-        if upserts:
-            self.learner.upsert(upserts)
-            self.new_items += [NewItem(self.learner.catalog.rows[e["item"]], t) for e in upserts]
+        self._add_items([e for e in arriving if "user" not in e], t)
         user = arriving[-1]["user"]
         ranked = self.learner.ranker.recommend(user, self.setup.k, explore=self.policy)
         shown = np.array([self.learner.catalog.rows[entry["item"]] for entry in ranked], np.int64)
@@ -270,10 +283,20 @@ class Run:
         self.best_total += best
         clicked = self.clicks_rng.random(self.setup.k)[: shown.size] < expected
         self.clicks += int(clicked.sum())
-        for item in self.new_items:
-            item.impressions += int(np.count_nonzero(shown == item.row))
         for row, label in zip(shown, clicked, strict=True):
+            fresh = self.new_by_row.get(int(row))
+            if fresh is not None:
+                fresh.impressions += 1
             self._enqueue(user, int(row), int(label))
+
+    def _add_items(self, upserts: list[dict[str, Any]], t: int) -> None:
+        if not upserts:
+            return
+        self.learner.upsert(upserts)
+        for event in upserts:
+            item = NewItem(self.learner.catalog.rows[event["item"]], t)
+            self.new_items.append(item)
+            self.new_by_row[item.row] = item
 
     def _enqueue(self, user: str, row: int, label: int) -> None:
         self.queue[0].append(user)
@@ -304,6 +327,13 @@ class Run:
                 item.learned_round = now - item.arrived
                 item.learned_impressions = item.impressions
 
+    def _learned_within(self, horizon: int) -> float | None:
+        old_enough = [i for i in self.new_items if i.arrived + horizon <= self.setup.rounds]
+        if not old_enough:
+            return None
+        fast = [i for i in old_enough if i.learned_round is not None and i.learned_round <= horizon]
+        return len(fast) / len(old_enough)
+
     def _result(self, seconds: float) -> RunResult:
         reached = [item for item in self.new_items if item.learned_round is not None]
         return RunResult(
@@ -316,6 +346,7 @@ class Run:
             new_items=len(self.new_items),
             learned=len(reached),
             censored=len(self.new_items) - len(reached),
+            learned_within=self._learned_within(self.setup.horizon),
             rounds_to_learn_mean=_mean([i.learned_round for i in reached]),
             impressions_to_learn_mean=_mean([i.learned_impressions for i in reached]),
             new_item_impressions=sum(i.impressions for i in self.new_items),
@@ -340,7 +371,7 @@ def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
     present = np.array([v for v in values if v is not None], np.float64)
     if present.size == 0:
         return {"mean": None, "std": None}
-    std = float(present.std(ddof=1)) if present.size > 1 else 0.0
+    std = float(present.std(ddof=1)) if present.size > 1 else None
     return {"mean": float(present.mean()), "std": std}
 
 
@@ -362,6 +393,7 @@ def summarise(results: Sequence[RunResult], policies: Sequence[PolicySpec]) -> l
                 "clicks": _stats([r.clicks for r in mine]),
                 "new_items": _stats([r.new_items for r in mine]),
                 "censored": _stats([r.censored for r in mine]),
+                "learned_within": _stats([r.learned_within for r in mine]),
                 "rounds_to_learn": _stats([r.rounds_to_learn_mean for r in mine]),
                 "impressions_to_learn": _stats([r.impressions_to_learn_mean for r in mine]),
                 "new_item_impressions": _stats([r.new_item_impressions for r in mine]),
@@ -370,7 +402,16 @@ def summarise(results: Sequence[RunResult], policies: Sequence[PolicySpec]) -> l
     return rows
 
 
-def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def paired_difference(results: Sequence[RunResult], a: str, b: str) -> dict[str, float | None]:
+    """Regret of policy ``a`` minus policy ``b`` on the same seeds: mean, standard error."""
+    regret_b = {r.seed: r.regret for r in results if r.policy == b}
+    diffs = [r.regret - regret_b[r.seed] for r in results if r.policy == a and r.seed in regret_b]
+    stats = _stats(diffs)
+    se = None if stats["std"] is None else stats["std"] / math.sqrt(len(diffs))
+    return {"mean": stats["mean"], "se": se, "seeds_lower": sum(d < 0 for d in diffs)}
+
+
+def verdict(summary: Sequence[dict[str, Any]], results: Sequence[RunResult]) -> dict[str, Any]:
     """Target: the best Thompson scale below no exploration and below ε-greedy at its best ε."""
     by_mode: dict[str, list[dict[str, Any]]] = {"off": [], "thompson": [], "epsilon": []}
     for row in summary:
@@ -389,29 +430,47 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "thompson_regret": t,
         "epsilon_regret": e,
         "off_regret": o,
+        "thompson_minus_off": paired_difference(results, thompson["policy"], "off"),
+        "thompson_minus_best_epsilon": paired_difference(
+            results, thompson["policy"], epsilon["policy"]
+        ),
         "below_off": t < o,
         "below_best_epsilon": t < e,
         "met": t < o and t < e,
     }
 
 
-def _fmt(stat: dict[str, float | None], digits: int = 1) -> str:
+def _fmt(stat: dict[str, float | None], digits: int = 0) -> str:
     if stat["mean"] is None:
         return "—"
+    if stat["std"] is None:  # one seed with a value
+        return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def print_table(summary: Sequence[dict[str, Any]]) -> None:
+def _paired(row: dict[str, Any]) -> str:
+    """Mean paired difference against off ± its standard error."""
+    diff = row["regret_minus_off"]
+    if diff["mean"] is None or diff["std"] is None or row["policy"] == "off":
+        return "—"
+    return f"{diff['mean']:+.0f} ± {diff['std'] / math.sqrt(row['seeds']):.0f}"
+
+
+def print_table(summary: Sequence[dict[str, Any]], horizon: int) -> None:
+    """A markdown table (mean ± std over seeds, except the paired column: ± standard error)."""
     print(
-        f"{'policy':16s} {'regret':>16s} {'minus off':>16s} {'wins':>5s} {'clicks':>16s} "
-        f"{'censored':>12s} {'rounds to learn':>16s} {'impr. to learn':>14s}"
+        "| policy | regret | regret − off (± s.e.) | seeds below off | clicks "
+        f"| new items | censored | learned within {horizon} rounds "
+        "| rounds to learn | impressions to learn |"
     )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in summary:
         print(
-            f"{row['policy']:16s} {_fmt(row['regret']):>16s} {_fmt(row['regret_minus_off']):>16s} "
-            f"{row['wins_vs_off']:5d} {_fmt(row['clicks']):>16s} "
-            f"{_fmt(row['censored']) + '/' + _fmt(row['new_items'], 0).split()[0]:>12s} "
-            f"{_fmt(row['rounds_to_learn']):>16s} {_fmt(row['impressions_to_learn']):>14s}"
+            f"| {row['policy']} | {_fmt(row['regret'])} | {_paired(row)} "
+            f"| {row['wins_vs_off']}/{row['seeds']} | {_fmt(row['clicks'])} "
+            f"| {_fmt(row['new_items'], 1)} | {_fmt(row['censored'], 1)} "
+            f"| {_fmt(row['learned_within'], 2)} | {_fmt(row['rounds_to_learn'])} "
+            f"| {_fmt(row['impressions_to_learn'], 1)} |"
         )
 
 
@@ -424,50 +483,71 @@ def _policies(names: Sequence[str] | None) -> list[PolicySpec]:
     return chosen
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    sys.path.insert(0, str(BENCH_DIR))
-    from benchutil import machine
+WORLDS = {
+    # the simulator as it is: an item's genres predict much of its CTR for a user
+    "genres": Setup(),
+    # one genre for every item: an item's CTR is known only from its own impressions
+    "no-content": Setup(rounds=2000, n_users=100, n_items=50, n_genres=1),
+}
 
-    defaults = Setup()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--policies", nargs="*", help="names or modes (default: all)")
-    for name, value in asdict(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--json", type=Path, default=BENCH_DIR / "out" / "exploration.json")
-    args = parser.parse_args(argv)
-    setup = Setup(**{name: getattr(args, name) for name in asdict(defaults)})
-    policies = _policies(args.policies)
+
+def run_world(
+    name: str, setup: Setup, seeds: Sequence[int], policies: Sequence[PolicySpec]
+) -> dict[str, Any]:
+    print(f"world {name}: {asdict(setup)}", flush=True)
     results = []
-    for seed in args.seeds:
+    for seed in seeds:
         for spec in policies:
             result = run_policy(spec, seed, setup)
             results.append(result)
             print(
-                f"seed {seed} {spec.name:16s} regret {result.regret:8.1f} clicks {result.clicks:6d} "
-                f"censored {result.censored}/{result.new_items} ({result.seconds:.1f} s)",
+                f"  seed {seed} {spec.name:16s} regret {result.regret:8.1f} "
+                f"clicks {result.clicks:6d} censored {result.censored}/{result.new_items} "
+                f"({result.seconds:.1f} s)",
                 flush=True,
             )
     summary = summarise(results, policies)
     print()
-    print_table(summary)
-    outcome = verdict(summary)
-    print(json.dumps(outcome, indent=1))
+    print_table(summary, setup.horizon)
+    outcome = verdict(summary, results)
+    print(json.dumps(outcome, indent=1), flush=True)
+    return {
+        "setup": asdict(setup),
+        "summary": summary,
+        "verdict": outcome,
+        "runs": [asdict(r) for r in results],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sys.path.insert(0, str(BENCH_DIR))
+    from benchutil import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--policies", nargs="*", help="names or modes (default: all)")
+    for name, value in asdict(Setup()).items():
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, type=type(value), help="overrides every world's value")
+    parser.add_argument("--json", type=Path, default=BENCH_DIR / "out" / "exploration.json")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in asdict(Setup()) and v is not None}
+    policies = _policies(args.policies)
+    started = time.perf_counter()
+    worlds = {
+        name: run_world(name, replace(WORLDS[name], **overrides), args.seeds, policies)
+        for name in args.worlds
+    }
+    report = {
+        "seeds": args.seeds,
+        "worlds": worlds,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "setup": asdict(setup),
-                "seeds": args.seeds,
-                "summary": summary,
-                "verdict": outcome,
-                "runs": [asdict(r) for r in results],
-                "machine": machine(),
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {args.json}")
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"{report['seconds']} s; wrote {args.json}")
     return 0
 
 
