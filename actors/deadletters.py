@@ -17,10 +17,14 @@ MAX_REASON_KINDS = 200
 
 
 def reason_kind(reason: str) -> str:
-    """A short counter key for a reason: its text up to the first quoted value or number."""
+    """A short counter key for a reason: its text up to the first quoted value or comma (a
+    leading quoted field name, as in "'weight' must be ...", is part of the key)."""
+    start = 1
+    if reason[:1] in ("'", '"'):
+        start = max(reason.find(reason[0], 1) + 1, 1)
     cut = len(reason)
     for mark in ("'", '"', ","):
-        pos = reason.find(mark, 1)
+        pos = reason.find(mark, start)
         if pos > 0:
             cut = min(cut, pos)
     return reason[:cut].strip() or reason[:40]

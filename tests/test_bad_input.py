@@ -570,3 +570,10 @@ async def test_every_bad_kind_in_one_system_then_still_serving(h: Harness) -> No
     assert stats["dead_letters"]["records"] == rejected
     assert len(h.dead_letters()) == rejected
     await assert_still_serving(h)
+
+
+def test_reason_kind_keeps_a_leading_field_name() -> None:
+    """Counter keys name the field: "'weight' must be ...", not just "'weight"."""
+    assert reason_kind("'weight' must be in 0..1e+06, got -1") == "'weight' must be in 0..1e+06"
+    assert reason_kind("'label' must be 0 or 1, got 'x'") == "'label' must be 0 or 1"
+    assert reason_kind("an event must be an object, got list") == "an event must be an object"
