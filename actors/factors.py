@@ -387,12 +387,20 @@ class FactorScorer:
         iraw: np.ndarray,
         ix: np.ndarray,
         catalog_version: int,
-        rows: np.ndarray,
+        rows: np.ndarray | None,
     ) -> np.ndarray:
-        """Per catalog row in ``rows``: user term + item term + a_U · a_I."""
+        """Per catalog row in ``rows`` (all, in order, when None): user term + item term +
+        a_U · a_I (without ``rows``, no copy of the per-item sums is made)."""
         a_items, t_items = self.cache.get(self.store, iraw, ix, catalog_version)
         a_user, user_term = self.user_sums(user_raw, user_x)
-        return user_term + t_items[rows] + a_items[rows] @ a_user
+        if rows is None:
+            out: np.ndarray = a_items @ a_user
+            out += t_items
+        else:
+            out = a_items[rows] @ a_user
+            out += t_items[rows]
+        out += user_term
+        return out
 
 
 def pair_contributions(

@@ -409,6 +409,7 @@ def score_items(
     """
     user_idx = np.concatenate(([space.bias_index], space.index(user.raw)))
     base = float(w[user_idx] @ np.concatenate(([1.0], user.x)))
+    every_item = rows is None
     if rows is None:
         rows = np.arange(len(catalog))
     pair_ns, pair_pre, pair_x = [], [], []
@@ -434,7 +435,12 @@ def score_items(
         return linear
     n_items = len(catalog)
     return linear + factors.item_terms(
-        user.raw, user.x, catalog.raw[:n_items], catalog.x[:n_items], catalog.version, rows
+        user.raw,
+        user.x,
+        catalog.raw[:n_items],
+        catalog.x[:n_items],
+        catalog.version,
+        None if every_item else rows,
     )
 
 
