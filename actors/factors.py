@@ -280,7 +280,13 @@ def partial_sums(
     to the unsharded sums, which is why sharding the vectors leaves the model exact.
     """
     mine = fidx % shards == shard
-    vx = v[fidx[mine] // shards] * fx[mine, None]
+    return factor_sums(v, fidx[mine] // shards, fx[mine])
+
+
+def factor_sums(v: np.ndarray, fidx: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(a, q) = (sum_j v_j x_j, sum_j |v_j x_j|^2)`` of one row's entries; its pairwise
+    term is ``(a·a - q) / 2``."""
+    vx = v[fidx] * fx[:, None]
     return vx.sum(axis=0), float((vx * vx).sum())
 
 
@@ -376,9 +382,8 @@ class FactorScorer:
     def user_sums(self, user_raw: np.ndarray, user_x: np.ndarray) -> tuple[np.ndarray, float]:
         """``a_U`` and the user side's own pairwise term."""
         fidx = (user_raw & np.uint32(self.store.params.mask)).astype(np.int64)
-        vx = self.store.v[fidx] * np.asarray(user_x, np.float64)[:, None]
-        a_user = vx.sum(axis=0)
-        return a_user, 0.5 * float(a_user @ a_user - (vx * vx).sum())
+        a_user, q = factor_sums(self.store.v, fidx, np.asarray(user_x, np.float64))
+        return a_user, 0.5 * (float(a_user @ a_user) - q)
 
     def item_terms(
         self,
