@@ -32,7 +32,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from actors.events import IMPLICIT, IMPRESSION, OUTCOMES, Event
 from runtime.messages import NOT_EVALUATED
@@ -289,6 +289,8 @@ class DelayedLabelJoiner:
         }
 
     # -- snapshots ---------------------------------------------------------------
+
+    STATE_VERSION: ClassVar[int] = 1
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to go on after a restart: open impressions stay open."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from numba import njit
@@ -113,6 +114,23 @@ class FactorStore:
 
     def touched_rows(self) -> np.ndarray:
         return np.flatnonzero(self.active)
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        """The rows ever learned (the rest are zero)."""
+        rows = self.touched_rows()
+        return {"index": rows, "v": self.v[rows], "n": self.n[rows]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        rows = np.asarray(state["index"], np.int64)
+        self.v[:] = 0.0
+        self.n[:] = 0.0
+        self.active[:] = False
+        self.v[rows] = state["v"]
+        self.n[rows] = state["n"]
+        self.active[rows] = True
+        self.version += 1
 
 
 # --------------------------------------------------------------------------- kernels

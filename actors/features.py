@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from numba import njit
@@ -188,6 +189,32 @@ class Catalog:
         n = len(self.ids)
         return self.ns[:n], self.raw[:n], self.x[:n]
 
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        n = len(self.ids)
+        ns, raw, x = self.view()
+        return {
+            "ids": self.ids,
+            "ns": ns,
+            "raw": raw,
+            "x": x,
+            "first_seq": self.first_seq[:n],
+            "names": self.names,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Upsert every saved item in row order (an empty catalog keeps the saved rows)."""
+        for row, item in enumerate(state["ids"]):
+            self.upsert(
+                item,
+                int(state["first_seq"][row]),
+                np.array(state["ns"][row]),
+                np.array(state["raw"][row]),
+                np.array(state["x"][row]),
+                list(state["names"][row]),
+            )
+
 
 @dataclass
 class UserState:
@@ -202,6 +229,29 @@ class UserState:
 
     def seen(self, user: str) -> set[int]:
         return self.history.get(user, set())
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "history": {u: sorted(rows) for u, rows in self.history.items()},
+            "recent": self.recent,
+            "profiles": {
+                u: [p.ns, p.raw, p.x, self.profile_names.get(u, [])]
+                for u, p in self.profiles.items()
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = {user: set(rows) for user, rows in state["history"].items()}
+        keep = self.recent_len
+        self.recent = {u: list(rows)[-keep:] if keep else [] for u, rows in state["recent"].items()}
+        self.profiles, self.profile_names = {}, {}
+        for user, (ns, raw, x, names) in state["profiles"].items():
+            self.profiles[user] = BaseFeatures(
+                np.array([0, len(ns)], np.int64), np.array(ns), np.array(raw), np.array(x)
+            )
+            self.profile_names[user] = list(names)
 
     def add(self, user: str, item_row: int) -> None:
         self.history.setdefault(user, set()).add(item_row)

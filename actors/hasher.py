@@ -6,12 +6,22 @@ It is the single writer of the catalog and of user profiles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from actors.batching import csr_gather, slice_strings
-from actors.features import ITEM_NS, USER_NS, BaseFeatures, Catalog, FeatureSpace, UserState
+from actors.events import Feature
+from actors.features import (
+    ITEM_NS,
+    USER_NS,
+    BaseFeatures,
+    Catalog,
+    FeatureSpace,
+    UserState,
+    with_history,
+)
 from actors.hashing import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
 from runtime.messages import EventBatch, FeatureBatch, take_prescores
@@ -33,6 +43,18 @@ class Featurizer:
         self.catalog = catalog
         self.users = users
         self.upserts = 0
+
+    def user_row(self, user: str, user_side: Sequence[Feature]) -> BaseFeatures:
+        """One user's row as training builds it: user id, user/context features, recent items."""
+        space = self.space
+        entries = [(USER_NS, user, 1.0), *user_side]
+        row = BaseFeatures(
+            np.array([0, len(entries)], np.int64),
+            np.array([space.ns_hash(ns) for ns, _, _ in entries], np.uint32),
+            np.array([space.value_hash(ns, value) for ns, value, _ in entries], np.uint32),
+            np.array([x for _, _, x in entries], np.float64),
+        )
+        return with_history(space, self.catalog, self.users, user, row)[0]
 
     def _hash_ids(self, ids: list[str], namespace: str) -> np.ndarray:
         data, offsets = encode_strings(ids)

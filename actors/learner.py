@@ -9,7 +9,7 @@ replica: zero copies and zero staleness.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -51,6 +51,21 @@ class ParameterStore:
 
     def nonzero_weights(self) -> int:
         return int(np.count_nonzero(np.abs(self.z) > self.params.l1))
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        """The coordinates ever learned (``n > 0``); the replica ``w`` follows from them."""
+        touched = np.flatnonzero(self.n)
+        return {"index": touched, "z": self.z[touched], "n": self.n[touched]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        index = np.asarray(state["index"], np.int64)
+        self.z[:] = 0.0
+        self.n[:] = 0.0
+        self.z[index] = state["z"]
+        self.n[index] = state["n"]
+        self.refresh()
 
 
 @dataclass

@@ -17,7 +17,7 @@ snapshot can restore the metric exactly.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -908,3 +908,61 @@ class LatencyWindow:
             return {"count": 0, "p50_ms": None, "p99_ms": None}
         p50, p99 = np.percentile(kept, [50, 99]) * 1000.0
         return {"count": self.count, "p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
+
+
+class ProgressiveMetrics:
+    """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
+
+    def __init__(self, k: int = 10, popularity: bool = True, auc_window: int | None = None) -> None:
+        self.logloss = Logloss()
+        self.auc = ROCAUC(auc_window)
+        self.mean_ctr = RunningMeanCTR()
+        self.ranking = RankingMetrics(k)
+        self.popularity = PopularityBaseline(k) if popularity else None
+        self.popularity_ranking = RankingMetrics(k)
+        self.k = k
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.logloss.count:
+            out.update(
+                logloss=self.logloss.result(),
+                auc=self.auc.result(),
+                labelled=self.logloss.count,
+                baseline_mean_ctr_logloss=self.mean_ctr.result(),
+            )
+        if self.ranking.count:
+            out.update(
+                {
+                    f"hr@{self.k}": self.ranking.hit_rate(),
+                    f"ndcg@{self.k}": self.ranking.ndcg(),
+                    "rank_evaluated": self.ranking.count,
+                }
+            )
+            if self.popularity is not None:
+                out[f"baseline_popularity_hr@{self.k}"] = self.popularity_ranking.hit_rate()
+                out[f"baseline_popularity_ndcg@{self.k}"] = self.popularity_ranking.ndcg()
+        return out
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        state = {
+            "logloss": self.logloss.to_state(),
+            "auc": self.auc.to_state(),
+            "mean_ctr": self.mean_ctr.to_state(),
+            "ranking": self.ranking.to_state(),
+            "popularity_ranking": self.popularity_ranking.to_state(),
+        }
+        if self.popularity is not None:
+            state["popularity"] = self.popularity.to_state()
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.logloss = Logloss.from_state(state["logloss"])
+        self.auc = ROCAUC.from_state(state["auc"])
+        self.mean_ctr = RunningMeanCTR.from_state(state["mean_ctr"])
+        self.ranking = RankingMetrics.from_state(state["ranking"])
+        self.popularity_ranking = RankingMetrics.from_state(state["popularity_ranking"])
+        if "popularity" in state:
+            self.popularity = PopularityBaseline.from_state(state["popularity"])

@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from actors.factors import FactorAggregator, FactorScorer, FactorStore
+from actors.factors import FactorAggregator, FactorScorer
 from actors.features import (
     BaseFeatures,
-    Catalog,
-    FeatureSpace,
-    UserState,
     expand,
     expand_dense,
     expand_dense_factors,
@@ -31,75 +29,12 @@ from actors.features import (
 )
 from actors.ftrl import GradientAggregator
 from actors.hasher import take_rows
-from actors.learner import ParameterStore, split_by_shard
-from actors.metrics import (
-    ROCAUC,
-    LatencyWindow,
-    Logloss,
-    PopularityBaseline,
-    RankingMetrics,
-    RunningMeanCTR,
-    rank_of,
-)
+from actors.learner import split_by_shard
+from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of
+from actors.model import Model
 from runtime.actor import Actor
 from runtime.messages import FeatureBatch, GradBatch, WeightDelta
 from runtime.transport import Channel
-
-
-class ProgressiveMetrics:
-    """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
-
-    def __init__(self, k: int = 10, popularity: bool = True, auc_window: int | None = None) -> None:
-        self.logloss = Logloss()
-        self.auc = ROCAUC(auc_window)
-        self.mean_ctr = RunningMeanCTR()
-        self.ranking = RankingMetrics(k)
-        self.popularity = PopularityBaseline(k) if popularity else None
-        self.popularity_ranking = RankingMetrics(k)
-        self.k = k
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.logloss.count:
-            out.update(
-                logloss=self.logloss.result(),
-                auc=self.auc.result(),
-                labelled=self.logloss.count,
-                baseline_mean_ctr_logloss=self.mean_ctr.result(),
-            )
-        if self.ranking.count:
-            out.update(
-                {
-                    f"hr@{self.k}": self.ranking.hit_rate(),
-                    f"ndcg@{self.k}": self.ranking.ndcg(),
-                    "rank_evaluated": self.ranking.count,
-                }
-            )
-            if self.popularity is not None:
-                out[f"baseline_popularity_hr@{self.k}"] = self.popularity_ranking.hit_rate()
-                out[f"baseline_popularity_ndcg@{self.k}"] = self.popularity_ranking.ndcg()
-        return out
-
-    def to_state(self) -> dict[str, Any]:
-        state = {
-            "logloss": self.logloss.to_state(),
-            "auc": self.auc.to_state(),
-            "mean_ctr": self.mean_ctr.to_state(),
-            "ranking": self.ranking.to_state(),
-            "popularity_ranking": self.popularity_ranking.to_state(),
-        }
-        if self.popularity is not None:
-            state["popularity"] = self.popularity.to_state()
-        return state
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.logloss = Logloss.from_state(state["logloss"])
-        self.auc = ROCAUC.from_state(state["auc"])
-        self.mean_ctr = RunningMeanCTR.from_state(state["mean_ctr"])
-        self.ranking = RankingMetrics.from_state(state["ranking"])
-        self.popularity_ranking = RankingMetrics.from_state(state["popularity_ranking"])
-        if "popularity" in state:
-            self.popularity = PopularityBaseline.from_state(state["popularity"])
 
 
 @dataclass
@@ -129,6 +64,32 @@ def evaluation_rows(
     return np.where(known, row_prescore, probs), explicit & ~(known & (row_prescore < 0))
 
 
+def rows_with_negatives(
+    label: np.ndarray, item_rows: np.ndarray, known: int, negatives: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a batch is learned as: each implicit positive (``label < 0``) is followed by
+    ``negatives`` items drawn uniformly from the ``known`` catalog rows (a draw equal to the
+    positive moves to the next row).  Returns each row's event, item, label and whether
+    its label was given (explicit) rather than implied."""
+    implicit = label < 0
+    per_row = np.where(implicit & (item_rows >= 0) & (known > 1), 1 + negatives, 1)
+    origin = np.repeat(np.arange(len(label)), per_row)
+    rows = item_rows[origin].copy()
+    labels = np.where(implicit, 1.0, label.astype(np.float64))[origin]
+    explicit = ~implicit[origin]
+    first = np.zeros(len(label) + 1, np.int64)
+    np.cumsum(per_row, out=first[1:])
+    is_negative = np.ones(origin.size, bool)
+    is_negative[first[:-1]] = False
+    count = int(is_negative.sum())
+    if count:
+        drawn = rng.integers(0, max(known, 1), count)
+        positive = rows[is_negative]
+        rows[is_negative] = np.where(drawn == positive, (drawn + 1) % max(known, 1), drawn)
+        labels[is_negative] = 0.0
+    return origin, rows, labels, explicit
+
+
 class Watermark:
     """The highest batch sequence number learned by every shard; awaitable."""
 
@@ -136,6 +97,16 @@ class Watermark:
         self.value = value
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._counter = 0
+        self._failure: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """No sequence number will be reached any more: every waiter, now or later, gets
+        ``error``."""
+        self._failure = error
+        for _, _, future in self._waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
 
     def advance(self, seq: int) -> None:
         self.value = max(self.value, seq)
@@ -147,6 +118,8 @@ class Watermark:
     async def wait_for(self, seq: int) -> None:
         if seq <= self.value:
             return
+        if self._failure is not None:
+            raise self._failure
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._counter += 1
         heapq.heappush(self._waiters, (seq, self._counter, future))
@@ -158,54 +131,52 @@ class TrainerActor(Actor):
 
     def __init__(
         self,
-        space: FeatureSpace,
-        store: ParameterStore,
-        catalog: Catalog,
-        users: UserState,
+        model: Model,
         *,
-        negatives: int,
-        sync: bool,
-        max_staleness: int = 1,
-        exclude_seen: bool,
-        seed: int,
-        metrics: ProgressiveMetrics,
         inbox: Channel | None,
-        grads: list[Channel],
+        grads: Sequence[Channel],
         weights: Channel,
         name: str = "trainer-0",
         shared_replica: bool = True,
-        factors: FactorStore | None = None,
-        dense_factors: bool = False,
     ) -> None:
         super().__init__(name, inbox)
-        self.space = space
-        self.store = store
-        self.catalog = catalog
-        self.users = users
-        self.negatives = negatives
-        self.sync = sync
-        self.max_staleness = 0 if sync else max_staleness
-        self._acked = asyncio.Event()
-        self.exclude_seen = exclude_seen
-        self.seed = seed
-        self.metrics = metrics
+        t = model.config.training
+        self.model = model
+        self.space = model.space
+        self.store = model.store
+        self.catalog = model.catalog
+        self.users = model.users
+        self.metrics: ProgressiveMetrics = model.metrics
+        self.factors = model.factors
+        self.negatives = t.negatives
+        self.sync = t.sync
+        self.max_staleness = 0 if t.sync else t.max_staleness
+        self.exclude_seen = t.exclude_seen
+        self.seed = model.config.model.seed
+        self.dense_factors = model.config.model.factors_dense
         self.grads = grads
         self.weights = weights
         self.shared_replica = shared_replica
+        self._acked = asyncio.Event()
         self.freshness = LatencyWindow()
         self.staleness_sum = 0
         self.staleness_max = 0
         self.learned = Watermark()
-        self.aggregate = GradientAggregator(space.size)
-        self.factors = factors
-        self.dense_factors = dense_factors
-        self.factor_step = FactorAggregator(space.size, factors.params.size) if factors else None
-        self.scorer = FactorScorer(factors) if factors else None
+        self.aggregate = GradientAggregator(self.space.size)
+        size = self.factors.params.size if self.factors else 0
+        self.factor_step = FactorAggregator(self.space.size, size) if self.factors else None
+        self.scorer = FactorScorer(self.factors) if self.factors else None
         self._pending: dict[int, tuple[int, float]] = {}
-        self.events = 0
-        self.rows = 0
         self.batches = 0
         self.busy_seconds = 0.0
+
+    @property
+    def events(self) -> int:
+        return self.model.stream.events
+
+    @property
+    def rows(self) -> int:
+        return self.model.stream.rows
 
     async def start(self) -> None:
         if self._started:
@@ -248,7 +219,7 @@ class TrainerActor(Actor):
     def train_batch(self, batch: FeatureBatch) -> BatchGradients:
         """Score, evaluate and differentiate one batch; returns its summed gradients."""
         n = len(batch)
-        self.events += n
+        self.model.stream.events += n
         self.batches += 1
         if n == 0:
             return BatchGradients.empty()
@@ -293,33 +264,15 @@ class TrainerActor(Actor):
             self.metrics.logloss.update(scores[evaluated], labels[evaluated], weights[evaluated])
             self.metrics.auc.update(scores[evaluated], labels[evaluated])
             self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
-        self.rows += int(labels.size)
+        self.model.stream.rows += int(labels.size)
         return step
 
     def _rows_with_negatives(
         self, batch: FeatureBatch
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each implicit positive is followed by ``negatives`` items drawn from the catalog."""
-        implicit = batch.label < 0
+        rng = np.random.default_rng([self.seed, batch.seq])
         known = self.catalog.known_at(batch.seq)
-        per_row = np.where(implicit & (batch.item_rows >= 0) & (known > 1), 1 + self.negatives, 1)
-        origin = np.repeat(np.arange(len(batch)), per_row)
-        item_rows = batch.item_rows[origin].copy()
-        labels = np.where(implicit, 1.0, batch.label.astype(np.float64))[origin]
-        explicit = ~implicit[origin]
-        first = np.zeros(len(batch) + 1, np.int64)
-        np.cumsum(per_row, out=first[1:])
-        is_negative = np.ones(origin.size, bool)
-        is_negative[first[:-1]] = False
-        count = int(is_negative.sum())
-        if count:
-            rng = np.random.default_rng([self.seed, batch.seq])
-            drawn = rng.integers(0, max(known, 1), count)
-            positive = item_rows[is_negative]
-            drawn = np.where(drawn == positive, (drawn + 1) % max(known, 1), drawn)
-            item_rows[is_negative] = drawn
-            labels[is_negative] = 0.0
-        return origin, item_rows, labels, explicit
+        return rows_with_negatives(batch.label, batch.item_rows, known, self.negatives, rng)
 
     def _rank_and_remember(self, batch: FeatureBatch, user: BaseFeatures) -> BaseFeatures:
         """Rank flagged events against the catalog before learning them, then record history.
@@ -363,10 +316,7 @@ class TrainerActor(Actor):
         while True:
             delta: WeightDelta = await self.weights.recv()
             if not self.shared_replica:
-                self.store.w[delta.index] = delta.w
-                if self.factors is not None and delta.factor_index.size:
-                    self.factors.v[delta.factor_index] = delta.factor_v
-                    self.factors.version += 1
+                self.model.apply_delta(delta)
             if delta.trainer == self.name:
                 self._acknowledge(delta.seq)
 

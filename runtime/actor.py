@@ -1,20 +1,21 @@
-"""The actor base: one inbox, one ``handle()``, owned tasks, crashes that propagate.
+"""The actor base: one inbox, one ``handle()``, tasks owned by the process's supervisor.
 
-Modelled on aiokafka's owned background tasks and trio's rule that exceptions
-always propagate: every task an actor starts is tracked, cancelled and awaited
-on ``stop()``, and an exception in one is reported to the system (which fails
-loudly) instead of dying silently in the background.
+Every task an actor starts runs in its :class:`~runtime.supervisor.Supervisor`'s task
+group, so an exception in one fails the whole system loudly (logged once, every
+other task cancelled, every waiter failed) instead of dying in the background; the
+actor also tracks its own tasks so that ``stop()`` cancels and awaits them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from runtime.transport import Channel
 
-CrashHandler = Callable[["Actor", BaseException], None]
+if TYPE_CHECKING:
+    from runtime.supervisor import Supervisor
 
 
 class Actor:
@@ -24,10 +25,14 @@ class Actor:
         self.name = name
         self.inbox = inbox
         self.handled = 0
-        self.on_crash: CrashHandler | None = None
+        self.supervisor: Supervisor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._busy = False
+
+    def attach(self, supervisor: Supervisor) -> None:
+        """The supervisor that owns this actor's tasks (before ``start``)."""
+        self.supervisor = supervisor
 
     async def start(self) -> None:
         """Start the inbox loop (idempotent)."""
@@ -60,19 +65,14 @@ class Actor:
         return {"handled": self.handled, "inbox": self.inbox.qsize() if self.inbox else 0}
 
     def spawn(self, coro: Coroutine[Any, Any, Any], label: str) -> asyncio.Task[Any]:
-        """Start a task this actor owns; its exception reaches ``on_crash``."""
-        task = asyncio.create_task(coro, name=f"{self.name}:{label}")
+        """Start a task in the supervisor's group: its exception fails the system."""
+        if self.supervisor is None:
+            coro.close()
+            raise RuntimeError(f"{self.name}: started without a supervisor")
+        task = self.supervisor.spawn(coro, f"{self.name}:{label}")
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._tasks.discard)
         return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None and self.on_crash is not None:
-            self.on_crash(self, error)
 
     async def _inbox_loop(self) -> None:
         assert self.inbox is not None

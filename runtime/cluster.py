@@ -31,53 +31,29 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from actors.batching import batch_from_events, take_events
 from actors.events import EventLimits, InvalidEvent, validate_event
-from actors.factors import FactorStore
-from actors.features import Catalog, FeatureSpace, UserState
-from actors.ftrl import FTRLParams
-from actors.hasher import Featurizer
-from actors.learner import FactorShard, LearnerActor, ParameterStore
+from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
-from actors.ranker import Ranker
+from actors.model import Model, ShardModel, build_model, build_shard
 from actors.readers import Chunk
-from actors.trainer import ProgressiveMetrics, TrainerActor
+from actors.trainer import TrainerActor
+from runtime import snapshots
 from runtime.actor import Actor
-from runtime.codec import decode, encode
+from runtime.admission import Admission
 from runtime.config import Config
+from runtime.front import IngestResult, payload_text
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
 from runtime.replay import clean
-from runtime.system import (
-    IngestResult,
-    SystemFailed,
-    _payload_text,
-    factor_params,
-    write_atomically,
-)
+from runtime.supervisor import Service, Supervisor, SystemFailed
 
 log = logging.getLogger("freshrank.cluster")
-CHECKPOINT_VERSION = 1
-
-
-def feature_space(config: Config) -> FeatureSpace:
-    return FeatureSpace(
-        config.model.bits, config.model.seed, [(a, b) for a, b in config.model.crosses]
-    )
-
-
-def ftrl_params(config: Config) -> FTRLParams:
-    c = config.ftrl
-    return FTRLParams(c.alpha, c.beta, c.l1, c.l2)
-
-
-def shard_slots(bits: int, shards: int, shard: int) -> int:
-    """How many global indices ``i < 2^bits`` have ``i % shards == shard``."""
-    return len(range(shard, 1 << bits, shards))
+CHECKPOINT = "shard checkpoint"
 
 
 # --------------------------------------------------------------------------- shard
@@ -88,21 +64,21 @@ def checkpoint_path(config: Config, shard: int) -> Path:
 
 
 class ShardLearner(LearnerActor):
-    """A learner whose inbox is a Kafka partition; checkpoints with the offset it has applied."""
+    """A learner whose inbox is a Kafka partition; checkpoints its slice of the model
+    together with the grads offset it has applied (its own part, ``learner``)."""
 
-    def __init__(
-        self, config: Config, shard: int, store: ParameterStore, inbox: KafkaChannel, weights: Any
-    ) -> None:
-        fp = factor_params(config)
-        shards = config.training.shards
-        factors = None
-        if fp is not None:  # this shard's own rows j % shards == shard, contiguous
-            factors = FactorShard(FactorStore(fp, shard, shards), shard, shards, own=True)
-        super().__init__(
-            shard, shards, store.z, store.n, store.w, store.params, inbox, weights, factors
+    STATE_VERSION: ClassVar[int] = 1
+
+    def __init__(self, model: ShardModel, inbox: KafkaChannel, weights: Any) -> None:
+        store, shards = model.store, model.config.training.shards
+        factors = (
+            FactorShard(model.factors, model.shard, shards, own=True) if model.factors else None
         )
-        self.config = config
-        self.store = store
+        super().__init__(
+            model.shard, shards, store.z, store.n, store.w, store.params, inbox, weights, factors
+        )
+        self.model = model
+        self.config = model.config
         self.grads = inbox
         self.next_offset = 0
         self.since_checkpoint = 0
@@ -116,77 +92,36 @@ class ShardLearner(LearnerActor):
         if self.since_checkpoint >= self.config.cluster.checkpoint_every:
             self.write_checkpoint()
 
-    def write_checkpoint(self) -> None:
-        touched = np.flatnonzero(self.n)
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "shard": self.shard,
-            "shards": self.shards,
-            "bits": self.config.model.bits,
+    def to_state(self) -> dict[str, Any]:
+        return {
             "next_offset": self.next_offset,
             "applied_upto": {str(p): o for p, o in self.applied_upto.items()},
             "updates": self.updates,
             "batches": self.batches,
             "duplicates": self.duplicates,
-            "index": touched,
-            "z": self.z[touched],
-            "n": self.n[touched],
-            "factors": self._factor_state(),
-        }
-        write_atomically(checkpoint_path(self.config, self.shard), encode(state))
-        self.since_checkpoint = 0
-        self.checkpoints += 1
-
-    def _factor_state(self) -> dict[str, Any] | None:
-        if self.factors is None:
-            return None
-        rows = self.factors.store.touched_rows()
-        return {
-            "k": self.factors.params.k,
-            "bits": self.factors.params.bits,
-            "index": rows,
-            "v": self.factors.store.v[rows],
-            "n": self.factors.store.n[rows],
         }
 
-    def _restore_factors(self, path: Path, state: dict[str, Any] | None) -> None:
-        mine = (self.factors.params.k, self.factors.params.bits) if self.factors else None
-        found = (state["k"], state["bits"]) if state else None
-        if found != mine:
-            raise RuntimeError(
-                f"{path}: checkpoint of factors (k, bits) {found}, this process is {mine}"
-            )
-        if self.factors is not None and state is not None:
-            rows = np.asarray(state["index"], np.int64)
-            self.factors.store.v[rows] = state["v"]
-            self.factors.store.n[rows] = state["n"]
-            self.factors.store.active[rows] = True
-
-    def restore(self) -> bool:
-        path = checkpoint_path(self.config, self.shard)
-        if not path.exists():
-            return False
-        from runtime.system import SNAPSHOT_LIMITS
-
-        state = decode(path.read_bytes(), SNAPSHOT_LIMITS)
-        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise RuntimeError(f"{path}: not a shard checkpoint of version {CHECKPOINT_VERSION}")
-        expected = (self.shard, self.shards, self.config.model.bits)
-        found = (state["shard"], state["shards"], state["bits"])
-        if found != expected:
-            raise RuntimeError(
-                f"{path}: checkpoint of (shard, shards, bits) {found}, this process is {expected}"
-            )
-        self._restore_factors(path, state.get("factors"))
-        index = np.asarray(state["index"], np.int64)
-        self.z[index] = state["z"]
-        self.n[index] = state["n"]
-        self.store.refresh(index)
+    def load_state(self, state: dict[str, Any]) -> None:
         self.next_offset = int(state["next_offset"])
         self.applied_upto = {int(p): int(o) for p, o in state["applied_upto"].items()}
         self.updates = int(state["updates"])
         self.batches = int(state["batches"])
         self.duplicates = int(state["duplicates"])
+
+    def _parts(self) -> dict[str, Any]:
+        return {**self.model.parts(), "learner": self}
+
+    def write_checkpoint(self) -> None:
+        path = checkpoint_path(self.config, self.shard)
+        snapshots.save(path, CHECKPOINT, self.model.settings(), self._parts())
+        self.since_checkpoint = 0
+        self.checkpoints += 1
+
+    def restore(self) -> bool:
+        path = checkpoint_path(self.config, self.shard)
+        if not path.exists():
+            return False
+        snapshots.load(path, CHECKPOINT, self.model.settings(), self._parts())
         self.grads.seek(self.next_offset)
         return True
 
@@ -200,27 +135,15 @@ class ShardLearner(LearnerActor):
 
 async def run_shard(config: Config, shard: int) -> int:
     """One learner shard until SIGTERM; checkpoints on the way out."""
-    if not 0 <= shard < config.training.shards:
-        raise ValueError(f"shard id {shard} is outside 0..{config.training.shards - 1}")
+    model = build_shard(config, shard)
     transport = KafkaTransport(config)
     await transport.start()
-    store = ParameterStore(
-        shard_slots(config.model.bits, config.training.shards, shard), ftrl_params(config)
-    )
-    learner = ShardLearner(
-        config, shard, store, transport.channel(f"grads.{shard}"), transport.channel("weights")
-    )
+    channel = transport.channel
+    learner = ShardLearner(model, channel(f"grads.{shard}"), channel("weights"))
     restored = learner.restore()
-    log.info(
-        "shard %d: %s at grads offset %d",
-        shard,
-        "restored" if restored else "fresh",
-        learner.next_offset,
-    )
-    crashes = Crashes()
-    learner.on_crash = crashes.crashed
-    await learner.start()
-    code = await crashes.serve([learner], f"shard-{shard}", learner.statistics)
+    state = "restored" if restored else "fresh"
+    log.info("shard %d: %s at grads offset %d", shard, state, learner.next_offset)
+    code = await serve(f"shard-{shard}", [learner], learner.statistics)
     learner.write_checkpoint()
     await transport.stop()
     return code
@@ -232,9 +155,9 @@ async def run_shard(config: Config, shard: int) -> int:
 class ItemsFollower(Actor):
     """Keeps a catalog replica from the items topic; knows how far it has read."""
 
-    def __init__(self, featurizer: Featurizer, inbox: KafkaChannel) -> None:
+    def __init__(self, model: Model, inbox: KafkaChannel) -> None:
         super().__init__("items", inbox)
-        self.featurizer = featurizer
+        self.featurizer = model.featurizer()
         self.channel = inbox
         self.upto: dict[int, int] = {}
         self._progress = asyncio.Event()
@@ -257,14 +180,10 @@ class EventsWorker(Actor):
     """events record → featurize → train → gradients acknowledged → commit the offset."""
 
     def __init__(
-        self,
-        featurizer: Featurizer,
-        trainer: TrainerActor,
-        items: ItemsFollower,
-        inbox: KafkaChannel,
+        self, model: Model, trainer: TrainerActor, items: ItemsFollower, inbox: KafkaChannel
     ) -> None:
         super().__init__("events", inbox)
-        self.featurizer = featurizer
+        self.featurizer = model.featurizer()
         self.trainer = trainer
         self.items = items
         self.channel = inbox
@@ -279,47 +198,48 @@ class EventsWorker(Actor):
         self.records += 1
 
 
+class CaughtUp:
+    """A service that waits, at its place in the start order, until a topic is read."""
+
+    name = "caught-up"
+
+    def __init__(self, channel: KafkaChannel) -> None:
+        self.channel = channel
+
+    def attach(self, supervisor: Supervisor) -> None:
+        pass
+
+    async def start(self) -> None:
+        await self.channel.caught_up()
+
+    async def stop(self) -> None:
+        pass
+
+
 async def run_trainer(config: Config, index: int) -> int:
     """One trainer in the consumer group until SIGTERM."""
     name = f"trainer-{index}-{os.getpid()}"
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
-    space, catalog = feature_space(config), Catalog()
-    users = UserState(recent_len=config.model.history)
-    store = ParameterStore(space.size, ftrl_params(config))
-    fp = factor_params(config)
-    factors = FactorStore(fp) if fp else None
-    featurizer = Featurizer(space, catalog, users)
-    t = config.training
-    metrics = ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None)
+    model, channel = build_model(config), transport.channel
+    grads = [channel(f"grads.{k}") for k in range(config.training.shards)]
     trainer = TrainerActor(
-        space, store, catalog, users,
-        negatives=t.negatives, sync=t.sync, max_staleness=t.max_staleness, exclude_seen=t.exclude_seen, seed=config.model.seed,
-        metrics=metrics, inbox=None,
-        grads=[transport.channel(f"grads.{k}") for k in range(t.shards)],
-        weights=transport.channel("weights"), name=name, shared_replica=False, factors=factors,
-        dense_factors=config.model.factors_dense,
-    )  # fmt: skip
-    items = ItemsFollower(featurizer, transport.channel("items"))
-    events = EventsWorker(featurizer, trainer, items, transport.channel("events"))
+        model, inbox=None, grads=grads, weights=channel("weights"), name=name, shared_replica=False
+    )
+    items = ItemsFollower(model, channel("items"))
+    events = EventsWorker(model, trainer, items, channel("events"))
 
     def stats() -> dict[str, Any]:
         return {
             "trainer": trainer.statistics(),
             "events_records": events.records,
-            "catalog_items": len(catalog),
+            "catalog_items": len(model.catalog),
         }
 
-    crashes = Crashes()
-    for actor in (trainer, items, events):
-        actor.on_crash = crashes.crashed
-    await trainer.start()
-    await items.start()
-    await transport.channel("weights").caught_up()
-    await events.start()
-    code = await crashes.serve([events, items, trainer], name, stats)
+    services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events]
+    code = await serve(name, services, stats)
     stats_file = Path(config.cluster.checkpoint_dir) / f"trainer-{index}.json"
-    write_atomically(stats_file, json.dumps(clean(stats()), indent=2).encode())
+    snapshots.write_atomically(stats_file, json.dumps(clean(stats()), indent=2).encode())
     await transport.stop()
     return code
 
@@ -362,61 +282,46 @@ class Publisher:
 
 
 class ClusterFront:
-    """What the HTTP API needs (ingest, recommend, statistics) in a ranker process."""
+    """The :class:`~runtime.front.Front` of a ranker process: replicas of the weights,
+    catalog and user histories, fed from Kafka; events it is sent are published."""
+
+    exploration_available = False  # the replica has the weights, not the FTRL precisions
 
     def __init__(self, config: Config, index: int) -> None:
         self.config = config
         self.name = f"ranker-{index}"
         self.transport = KafkaTransport(config, group_id=None)
-        self.space = feature_space(config)
-        self.catalog = Catalog()
-        self.users = UserState(recent_len=config.model.history)
-        self.store = ParameterStore(self.space.size, ftrl_params(config))
-        fp = factor_params(config)
-        self.factors = FactorStore(fp) if fp else None
-        self.featurizer = Featurizer(self.space, self.catalog, self.users)
-        self.ranker = Ranker(
-            self.space,
-            self.store.w,
-            self.catalog,
-            self.users,
-            config.training.exclude_seen,
-            factors=self.factors,
-        )
+        self.model = build_model(config)
+        self.catalog, self.users = self.model.catalog, self.model.users
+        self.featurizer = self.model.featurizer()
+        self.ranker = self.model.ranker(exploration=False)
         self.limits = EventLimits(
-            max_string_len=config.ingest.max_string_len,
-            max_features=config.ingest.max_features_per_event,
+            config.ingest.max_string_len, config.ingest.max_features_per_event
         )
         self.publisher = Publisher(self.transport, config)
+        cfg = config.ingest  # events are pending here until published
+        self.admission = Admission(
+            cfg.max_pending_events, cfg.max_inflight_requests, cfg.retry_after_s
+        )
         self.freshness = LatencyWindow()
         self.deltas = 0
-        self.failure: BaseException | None = None
-        self.actors: list[Actor] = []
+        self.supervisor = Supervisor(self.name)
 
     async def start(self) -> None:
         await self.transport.start()
-        self.actors = [
-            _Follower("weights", self.transport.channel("weights"), self._apply_delta),
-            _Follower("items", self.transport.channel("items"), self._apply_items),
-            _Follower("history", self.transport.channel("events"), self._apply_events),
-        ]
-        for actor in self.actors:
-            actor.on_crash = self._crashed
-            await actor.start()
+        channel = self.transport.channel
+        await self.supervisor.start([
+            Follower("weights", channel("weights"), self._apply_delta),
+            Follower("items", channel("items"), self._apply_items),
+            Follower("history", channel("events"), self._apply_events),
+        ])  # fmt: skip
 
     async def stop(self) -> None:
-        for actor in self.actors:
-            await actor.stop()
+        await self.supervisor.stop()
         await self.transport.stop()
 
-    def _crashed(self, actor: Actor, error: BaseException) -> None:
-        self.failure = self.failure or error
-
     async def _apply_delta(self, delta: WeightDelta) -> None:
-        self.store.w[delta.index] = delta.w
-        if self.factors is not None and delta.factor_index.size:
-            self.factors.v[delta.factor_index] = delta.factor_v
-            self.factors.version += 1
+        self.model.apply_delta(delta)
         self.deltas += 1
         if delta.created_at and delta.index.size:
             self.freshness.add(time.time() - delta.created_at)
@@ -430,9 +335,12 @@ class ClusterFront:
             if user and row >= 0:
                 self.users.add(user, int(row))
 
+    def _check(self) -> None:
+        if self.supervisor.failure is not None:
+            raise SystemFailed(f"a follower crashed: {self.supervisor.failure!r}")
+
     async def ingest(self, events: Any, *, wait: bool = True, source: str = "api") -> IngestResult:
-        if self.failure is not None:
-            raise SystemFailed(f"a follower crashed: {self.failure!r}")
+        self._check()
         result = IngestResult()
         good, rejected = [], []
         for index, obj in enumerate(events):
@@ -440,7 +348,7 @@ class ClusterFront:
                 good.append(validate_event(obj, self.limits))
             except InvalidEvent as error:
                 result.errors.append({"index": index, "reason": str(error)})
-                rejected.append((str(error), _payload_text(obj)))
+                rejected.append((str(error), payload_text(obj)))
         result.accepted, result.rejected = len(good), len(rejected)
         if rejected:
             await self.reject(rejected, source)
@@ -450,26 +358,36 @@ class ClusterFront:
         return result
 
     async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
-        letters = DeadLetters(
-            source=source,
-            reasons=[r for r, _ in rejected],
-            payloads=[p for _, p in rejected],
-            ts=time.time(),
-        )
+        reasons, payloads = [r for r, _ in rejected], [p for _, p in rejected]
+        letters = DeadLetters(source=source, reasons=reasons, payloads=payloads, ts=time.time())
         await self.transport.channel("dlq").send(letters)
 
-    async def recommend(self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
-                        context: dict[str, Any] | None = None, explain: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-        if self.failure is not None:
-            raise SystemFailed(f"a follower crashed: {self.failure!r}")
+    async def recommend(
+        self,
+        user: str,
+        k: int = 10,
+        candidates: Sequence[str] | None = None,
+        context: dict[str, Any] | None = None,
+        explain: bool = False,
+        explore: str | None = None,
+        scale: float | None = None,
+        epsilon: float | None = None,
+    ) -> list[dict[str, Any]]:
+        self._check()
         features = []
         if context:
-            features = validate_event(
-                {"item": "-", "user": user, "context": context}, self.limits
-            ).features
+            event = validate_event({"item": "-", "user": user, "context": context}, self.limits)
+            features = event.features
         return self.ranker.recommend(user, k, candidates, features, explain)
 
+    def health(self) -> dict[str, Any]:
+        failure = self.supervisor.failure
+        if failure is not None:
+            return {"status": "failed", "error": repr(failure)}
+        return {"status": "ok", "seq": self.publisher.seq, "learned_seq": None}
+
     def statistics(self) -> dict[str, Any]:
+        failure = self.supervisor.failure
         return {
             "role": self.name,
             "seq": self.publisher.seq,
@@ -480,12 +398,11 @@ class ClusterFront:
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),
             "published": self.publisher.published,
-            "trainer": {"learned_seq": None},
-            "failed": repr(self.failure) if self.failure else None,
+            "failed": repr(failure) if failure else None,
         }
 
 
-class _Follower(Actor):
+class Follower(Actor):
     """Applies every message of a replicated topic with one callback."""
 
     def __init__(self, name: str, inbox: KafkaChannel, apply: Any) -> None:
@@ -507,10 +424,10 @@ async def run_ranker(config: Config, index: int) -> int:
     configure_logging(config.http.log_format, secrets=[token])
     front = ClusterFront(config, index)
     await front.start()
-    runner = await start_site(make_app(front), config.http)  # type: ignore[arg-type]
+    runner = await start_site(make_app(front), config.http)
     host, port = runner.addresses[0][:2]
     print(f"freshrank ranker ready http://{host}:{port}", flush=True)
-    code = await _wait_for_signal(front.name)
+    code = await _until_signal_or_crash(front.name, front.supervisor)
     await runner.cleanup()
     await front.stop()
     return code
@@ -548,37 +465,30 @@ async def publish_log(config: Config, chunks: Iterator[Chunk]) -> dict[str, Any]
 # --------------------------------------------------------------------------- process plumbing
 
 
-async def _wait_for_signal(name: str) -> int:
+async def _until_signal_or_crash(name: str, supervisor: Supervisor) -> int:
+    """0 after SIGTERM/SIGINT, 1 after a crash (the supervisor has logged it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(supervisor.failed.wait())
+    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopping, failing):
+        task.cancel()
+    if supervisor.failure is not None:
+        return 1
     log.info("%s: stopping", name)
     return 0
 
 
-class Crashes:
-    """Collects the first actor crash of a process; ``serve`` runs until it or SIGTERM."""
-
-    def __init__(self) -> None:
-        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    def crashed(self, actor: Actor, error: BaseException) -> None:
-        if not self.failed.done():
-            self.failed.set_result(error)
-
-    async def serve(self, actors: Sequence[Actor], name: str, stats: Callable[[], Any]) -> int:
-        """Until SIGTERM (exit 0, actors stopped) or a crash (exit 1)."""
-        print(f"freshrank {name} ready pid={os.getpid()}", flush=True)
-        stopping: asyncio.Future[Any] = asyncio.ensure_future(_wait_for_signal(name))
-        waiting: set[asyncio.Future[Any]] = {stopping, self.failed}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        for actor in actors:
-            await actor.stop()
-        if self.failed.done():
-            stopping.cancel()
-            log.error("%s: crashed: %r", name, self.failed.result())
-            return 1
+async def serve(name: str, services: Sequence[Service], stats: Callable[[], Any]) -> int:
+    """Run ``services`` under one supervisor until SIGTERM (exit 0) or a crash (exit 1)."""
+    supervisor = Supervisor(name)
+    await supervisor.start(services)
+    print(f"freshrank {name} ready pid={os.getpid()}", flush=True)
+    code = await _until_signal_or_crash(name, supervisor)
+    await supervisor.stop()
+    if code == 0:
         log.info("%s: stopped %s", name, stats())
-        return 0
+    return code

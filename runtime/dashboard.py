@@ -32,8 +32,7 @@ import numpy as np
 from aiohttp import web
 
 from actors.features import ITEM_NS, Catalog
-from actors.metrics import PopularityBaseline
-from actors.trainer import ProgressiveMetrics
+from actors.metrics import PopularityBaseline, ProgressiveMetrics
 
 log = logging.getLogger("freshrank.dashboard")
 

@@ -22,6 +22,7 @@ from actors.ranker import UnknownCandidates
 from runtime.admission import Admission, Overload, Ticket
 from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
+from runtime.front import Front
 from runtime.http_middleware import (
     METRICS_KEY,
     MIDDLEWARES,
@@ -33,9 +34,9 @@ from runtime.http_middleware import (
 from runtime.openapi import build_openapi
 from runtime.prometheus import HTTPMetrics
 from runtime.replay import clean
-from runtime.system import System, SystemFailed
+from runtime.supervisor import SystemFailed
 
-SYSTEM_KEY = web.AppKey("system", System)
+SYSTEM_KEY = web.AppKey("system", Front)
 ADMISSION_KEY = web.AppKey("admission", Admission)
 USER_RE = re.compile(r"^.{1,256}$", re.DOTALL)
 
@@ -177,12 +178,12 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-def _exploration_params(request: web.Request, system: System) -> dict[str, Any]:
+def _exploration_params(request: web.Request, system: Front) -> dict[str, Any]:
     """The request's ``explore``, ``scale`` and ``epsilon`` (the system's policy checks them)."""
     given = [name for name in ("explore", "scale", "epsilon") if name in request.query]
     if not given:
         return {}
-    if not hasattr(system, "exploration"):  # a cluster ranker holds weights, no policy
+    if not system.exploration_available:
         raise ExplorationError("exploration is not available on this server")
     params: dict[str, Any] = {}
     for name in given:
@@ -240,13 +241,8 @@ async def get_recommend(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    system = request.app[SYSTEM_KEY]
-    stats = system.statistics()
-    if stats["failed"]:
-        return _json({"status": "failed", "error": stats["failed"]}, 503)
-    return _json(
-        {"status": "ok", "seq": stats["seq"], "learned_seq": stats["trainer"]["learned_seq"]}
-    )
+    health = request.app[SYSTEM_KEY].health()
+    return _json(health, 503 if health["status"] == "failed" else 200)
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -263,16 +259,7 @@ async def get_openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(request.app[SYSTEM_KEY].config))
 
 
-def _admission_for(system: System) -> Admission:
-    """The System's own (its /v1/stats counts it); a front without one gets its own."""
-    own = getattr(system, "admission", None)
-    if isinstance(own, Admission):
-        return own
-    cfg = system.config.ingest  # e.g. a cluster ranker: events are pending until published
-    return Admission(cfg.max_pending_events, cfg.max_inflight_requests, cfg.retry_after_s)
-
-
-def make_app(system: System) -> web.Application:
+def make_app(system: Front) -> web.Application:
     """The aiohttp application; request bodies over ``ingest.max_body_bytes`` get a 413.
 
     The token comes from ``http.token`` or $FRESHRANK_TOKEN (see http_middleware).
@@ -285,7 +272,7 @@ def make_app(system: System) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = HTTPMetrics(system.statistics)
     app[SYSTEM_KEY] = system
-    app[ADMISSION_KEY] = _admission_for(system)
+    app[ADMISSION_KEY] = system.admission
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/recommend", get_recommend)
     app.router.add_get("/v1/healthz", get_health)

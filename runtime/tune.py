@@ -61,7 +61,8 @@ import tomli_w
 from actors.readers import Chunk
 from runtime.config import Config, ConfigError, ModelConfig
 from runtime.replay import FORMATS, clean, open_log, replay
-from runtime.system import System, write_atomically
+from runtime.snapshots import write_atomically
+from runtime.system import System
 
 Space = dict[str, list[Any]]
 Settings = dict[str, Any]

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from actors.readers import read_movielens
+from runtime import snapshots
 from runtime.cluster import publish_log
-from runtime.codec import decode
 from runtime.config import Config
 from runtime.kafka import shards_answered, wait_until_consumed
 from runtime.replay import replay
-from runtime.system import SNAPSHOT_LIMITS, System
+from runtime.system import System
 from tests.conftest import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,12 @@ async def processes(config: Path, *roles: tuple[str, int]) -> AsyncIterator[dict
                 await proc.process.wait()
 
 
+def flat_checkpoint(path: Path) -> dict[str, Any]:
+    """A shard checkpoint's weights and learner offsets as one dict."""
+    parts = snapshots.read(path)["parts"]
+    return {**parts["weights"]["state"], **parts["learner"]["state"]}
+
+
 def model_from_checkpoints(config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     shards = config.training.shards
     z = np.zeros(1 << config.model.bits)
@@ -129,7 +135,7 @@ def model_from_checkpoints(config: Config) -> tuple[np.ndarray, np.ndarray, dict
     counts = {"updates": 0, "batches": 0}
     for k in range(shards):
         path = Path(config.cluster.checkpoint_dir) / f"shard-{k}.msgpack"
-        state: Any = decode(path.read_bytes(), SNAPSHOT_LIMITS)
+        state = flat_checkpoint(path)
         index = np.asarray(state["index"], np.int64) * shards + k
         z[index] = state["z"]
         n[index] = state["n"]
@@ -280,7 +286,7 @@ def shard_states(config: Config) -> list[dict[str, Any]]:
     out = []
     for k in range(config.training.shards):
         path = Path(config.cluster.checkpoint_dir) / f"shard-{k}.msgpack"
-        out.append(decode(path.read_bytes(), SNAPSHOT_LIMITS))  # type: ignore[arg-type]
+        out.append(flat_checkpoint(path))
     return out
 
 

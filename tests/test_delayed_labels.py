@@ -20,6 +20,7 @@ from actors.trainer import evaluation_rows
 from runtime.codec import decode, decode_message, encode, encode_message
 from runtime.config import Config, ConfigError
 from runtime.http import make_app
+from runtime.labels import LabelStage
 from runtime.messages import NOT_EVALUATED, EventBatch
 from runtime.system import System
 
@@ -423,7 +424,7 @@ async def test_system_learns_clicked_impressions_as_positives_and_the_rest_as_ne
     prescores = {"u0": 0.2, "u1": 0.3, "u2": 0.4, "u3": 0.6, "u4": 0.7, "u5": 0.8}
     # a fixed prediction per user at impression time: the metrics must use exactly these
     monkeypatch.setattr(
-        System, "_prescores", lambda self, events: [prescores[e.user] for e in events]
+        LabelStage, "prescores", lambda self, events: [prescores[e.user] for e in events]
     )
     clock = FakeClock(5000.0)
     async with System(labelled_config(tmp_path), clock=clock) as system:

@@ -71,21 +71,26 @@ async def test_start_and_stop_are_idempotent() -> None:
         await system.ingest([{"user": "a", "item": "x"}])
 
 
-async def test_actor_crash_propagates_to_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with System(quiet_config()) as system:
-        await system.ingest([{"user": "a", "item": "x"}])
+async def test_actor_crash_propagates_to_the_caller(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(SystemFailed, match="learner state corrupted"):  # out of the block too
+        async with System(quiet_config()) as system:
+            await system.ingest([{"user": "a", "item": "x"}])
 
-        def explode(batch: Any) -> Any:
-            raise RuntimeError("learner state corrupted")
+            def explode(batch: Any) -> Any:
+                raise RuntimeError("learner state corrupted")
 
-        monkeypatch.setattr(system.trainer, "train_batch", explode)
-        with pytest.raises(SystemFailed, match="learner state corrupted"):
-            await system.ingest([{"user": "a", "item": "y"}])
-        assert "learner state corrupted" in system.statistics()["failed"]
-        with pytest.raises(SystemFailed):
-            await system.recommend("a")
-        crash = await system.wait_failed()
-        assert isinstance(crash, RuntimeError)
+            monkeypatch.setattr(system.trainer, "train_batch", explode)
+            with pytest.raises(SystemFailed, match="learner state corrupted"):
+                await system.ingest([{"user": "a", "item": "y"}])
+            assert "learner state corrupted" in system.statistics()["failed"]
+            with pytest.raises(SystemFailed):
+                await system.recommend("a")
+            crash = await system.wait_failed()
+            assert isinstance(crash, RuntimeError)
+    logged = [r for r in caplog.records if "learner state corrupted" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # once, with its traceback
 
 
 async def test_snapshot_round_trip_in_process(tmp_path: Any) -> None:

@@ -1,0 +1,202 @@
+"""The model, assembled once: the learned state and the pure parts that read it.
+
+:func:`build_model` is the one place that turns a config into the model's parts
+(feature space, FTRL store, factor vectors, catalog, user state, progressive
+metrics, delayed-label joiner, stream position).  The embedded System, the cluster
+trainer and the cluster ranker are wirings of this one model; a cluster shard owns
+a slice of its parameters (:func:`build_shard`).  Snapshots and shard checkpoints
+are compositions of :meth:`Model.parts` (see ``actors/state.py``), so adding a
+stateful part is adding it to ``parts()``.  Pure, synchronous code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from actors.delayed import DelayedLabelJoiner
+from actors.exploration import WeightPosterior
+from actors.factors import FactorParams, FactorStore
+from actors.features import Catalog, FeatureSpace, UserState
+from actors.ftrl import FTRLParams
+from actors.hasher import Featurizer
+from actors.learner import ParameterStore
+from actors.metrics import ProgressiveMetrics
+from actors.ranker import Ranker
+from actors.state import Stateful
+from runtime.config import Config
+from runtime.messages import WeightDelta
+
+
+def feature_space(config: Config) -> FeatureSpace:
+    m = config.model
+    return FeatureSpace(m.bits, m.seed, [(a, b) for a, b in m.crosses])
+
+
+def ftrl_params(config: Config) -> FTRLParams:
+    f = config.ftrl
+    return FTRLParams(f.alpha, f.beta, f.l1, f.l2)
+
+
+def factor_params(config: Config) -> FactorParams | None:
+    """The factorization settings of a config (None: linear model only)."""
+    m, f = config.model, config.ftrl
+    if m.factors == 0:
+        return None
+    return FactorParams(
+        k=m.factors,
+        bits=min(m.factor_bits, m.bits),
+        alpha=f.factor_alpha,
+        beta=f.beta,
+        l2=f.factor_l2,
+        init_std=m.factor_init,
+        seed=m.seed,
+    )
+
+
+def model_settings(config: Config) -> dict[str, Any]:
+    """What saved state means: restoring it under other settings would load garbage."""
+    fp = factor_params(config)
+    return {
+        "bits": config.model.bits,
+        "seed": config.model.seed,
+        "crosses": [list(c) for c in config.model.crosses],
+        "factors": fp.k if fp else 0,
+        "factor_bits": fp.bits if fp else 0,
+    }
+
+
+@dataclass
+class StreamPosition:
+    """How far the stream has come: the last batch sequence number queued, the
+    interactions counted for evaluation sampling, and the events and rows learned."""
+
+    seq: int = -1
+    interactions: int = 0
+    events: int = 0
+    rows: int = 0
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    def to_state(self) -> dict[str, Any]:
+        return {"seq": self.seq, "interactions": self.interactions, "events": self.events,
+                "rows": self.rows}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.seq = int(state["seq"])
+        self.interactions = int(state["interactions"])
+        self.events = int(state["events"])
+        self.rows = int(state["rows"])
+
+
+@dataclass
+class Model:
+    """Every part of the model one process holds, built by :func:`build_model`."""
+
+    config: Config
+    space: FeatureSpace
+    params: FTRLParams
+    store: ParameterStore
+    factors: FactorStore | None
+    catalog: Catalog
+    users: UserState
+    metrics: ProgressiveMetrics
+    labels: DelayedLabelJoiner
+    stream: StreamPosition = field(default_factory=StreamPosition)
+
+    def parts(self) -> dict[str, Stateful]:
+        """The stateful parts by name: what a snapshot saves and restores."""
+        parts: dict[str, Stateful] = {
+            "weights": self.store,
+            "catalog": self.catalog,
+            "users": self.users,
+            "metrics": self.metrics,
+            "labels": self.labels,
+            "stream": self.stream,
+        }
+        if self.factors is not None:
+            parts["factors"] = self.factors
+        return parts
+
+    def settings(self) -> dict[str, Any]:
+        return model_settings(self.config)
+
+    def featurizer(self) -> Featurizer:
+        return Featurizer(self.space, self.catalog, self.users)
+
+    def ranker(self, exploration: bool = True) -> Ranker:
+        """A ranker over this model's weights (``exploration``: Thompson sampling needs the
+        FTRL precisions, which a replica of the weights alone does not have)."""
+        return Ranker(
+            self.space,
+            self.store.w,
+            self.catalog,
+            self.users,
+            self.config.training.exclude_seen,
+            factors=self.factors,
+            posterior=WeightPosterior(self.store.n, self.params) if exploration else None,
+        )
+
+    def apply_delta(self, delta: WeightDelta) -> None:
+        """Bring a replica's weights up to a learner's published values."""
+        self.store.w[delta.index] = delta.w
+        if self.factors is not None and delta.factor_index.size:
+            self.factors.v[delta.factor_index] = delta.factor_v
+            self.factors.version += 1
+
+
+def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model:
+    """The whole model of a config; ``clock`` times events without ``ts`` (delayed labels)."""
+    space = feature_space(config)
+    params = ftrl_params(config)
+    fp = factor_params(config)
+    t, lab = config.training, config.labels
+    return Model(
+        config=config,
+        space=space,
+        params=params,
+        store=ParameterStore(space.size, params),
+        factors=FactorStore(fp) if fp is not None else None,
+        catalog=Catalog(),
+        users=UserState(recent_len=config.model.history),
+        metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
+        labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
+    )
+
+
+def shard_slots(bits: int, shards: int, shard: int) -> int:
+    """How many global indices ``i < 2^bits`` have ``i % shards == shard``."""
+    return len(range(shard, 1 << bits, shards))
+
+
+@dataclass
+class ShardModel:
+    """A cluster shard's slice of the parameters: global index ``i % shards == shard``
+    at local slot ``i // shards``, and its own rows of the factor vectors."""
+
+    config: Config
+    shard: int
+    store: ParameterStore
+    factors: FactorStore | None
+
+    def parts(self) -> dict[str, Stateful]:
+        parts: dict[str, Stateful] = {"weights": self.store}
+        if self.factors is not None:
+            parts["factors"] = self.factors
+        return parts
+
+    def settings(self) -> dict[str, Any]:
+        shards = self.config.training.shards
+        return {**model_settings(self.config), "shard": self.shard, "shards": shards}
+
+
+def build_shard(config: Config, shard: int) -> ShardModel:
+    shards = config.training.shards
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard id {shard} is outside 0..{shards - 1}")
+    fp = factor_params(config)
+    store = ParameterStore(shard_slots(config.model.bits, shards, shard), ftrl_params(config))
+    factors = FactorStore(fp, shard, shards) if fp is not None else None
+    return ShardModel(config, shard, store, factors)

@@ -1,0 +1,79 @@
+"""The front: what the HTTP API and the dashboard need of a serving process.
+
+The embedded :class:`~runtime.system.System` and the cluster ranker's
+:class:`~runtime.cluster.ClusterFront` both implement :class:`Front`, so
+``runtime/http.py`` depends on this small typed interface and never probes what it
+was given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from actors.events import Unparsable
+from actors.features import Catalog
+from runtime.admission import Admission
+from runtime.config import Config
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    rejected: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    learned: bool = False
+    seq: int = -1  # sequence number of the last batch queued (-1: none); not in the response
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "errors": self.errors,
+            "learned": self.learned,
+        }
+
+
+def payload_text(obj: Any) -> str:
+    """A rejected input as the dead-letter record keeps it (at most 8 KiB)."""
+    if isinstance(obj, Unparsable):
+        return obj.payload
+    try:
+        return json.dumps(obj, ensure_ascii=False, default=repr)[:8192]
+    except (TypeError, ValueError):
+        return repr(obj)[:8192]
+
+
+class Front(Protocol):
+    """Ingest, recommend, statistics and health of one serving process."""
+
+    config: Config
+    admission: Admission
+    catalog: Catalog
+    exploration_available: bool
+
+    async def ingest(
+        self, events: Iterable[Any], *, wait: bool = True, source: str = "api"
+    ) -> IngestResult: ...
+
+    async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None: ...
+
+    async def recommend(
+        self,
+        user: str,
+        k: int = 10,
+        candidates: Sequence[str] | None = None,
+        context: dict[str, Any] | None = None,
+        explain: bool = False,
+        explore: str | None = None,
+        scale: float | None = None,
+        epsilon: float | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", ...}`` or ``{"status": "failed", "error": ...}``."""
+        ...

@@ -1,0 +1,150 @@
+"""The ingest side of delayed labels: impressions wait in the model's
+:class:`~actors.delayed.DelayedLabelJoiner` for their clicks, and are learned once
+their label is known (clicked, window closed, evicted).
+
+:class:`LabelStage` scores each impression when it arrives (its prescore is what
+the metrics evaluate), and owns the timer that closes windows while no events flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from actors.batching import batch_from_events
+from actors.delayed import Resolved
+from actors.events import FEATURE_GROUPS, IMPRESSION, Event, Feature
+from actors.features import score_items
+from actors.ftrl import sigmoid
+from actors.hasher import Featurizer
+from actors.model import Model
+from actors.ranker import Ranker
+from runtime.messages import EventBatch
+from runtime.supervisor import Supervisor, SystemFailed
+
+ITEM_SIDE = FEATURE_GROUPS["item_features"]  # namespace prefix of item-side features
+Delayed = tuple[int, Event, Any]  # (index in the request, validated event, the input)
+Refusal = tuple[int, str, Any]  # (index in the request, reason, the input)
+
+
+class LabelStage:
+    """Joins impressions and outcomes; a service whose timer closes idle windows."""
+
+    name = "labels"
+
+    def __init__(
+        self,
+        model: Model,
+        ranker: Ranker,
+        submit: Callable[[EventBatch], Awaitable[int]],
+        wait_learned: Callable[[int], Awaitable[None]],
+        learn: Callable[[list[Event], list[float]], Awaitable[int | None]],
+    ) -> None:
+        self.joiner = model.labels
+        self.catalog = model.catalog
+        self.space = model.space
+        self.featurizer = Featurizer(model.space, model.catalog, model.users)
+        self.ranker = ranker
+        self.window_s = model.config.labels.window_s
+        self._submit = submit
+        self._wait_learned = wait_learned
+        self._learn = learn
+        self._supervisor: Supervisor | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def attach(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def start(self) -> None:
+        assert self._supervisor is not None
+        self._stop.clear()
+        self._timer = self._supervisor.spawn(self._close_idle_windows(), "labels:expiry")
+
+    async def stop(self) -> None:
+        """Stopped by an event rather than cancelled, so a flush is never cut off between
+        taking impressions out of the joiner and queueing them."""
+        if self._timer is None:
+            return
+        self._stop.set()
+        await asyncio.gather(self._timer, return_exceptions=True)
+        self._timer = None
+
+    async def join(self, delayed: Sequence[Delayed]) -> tuple[list[Resolved], list[Refusal]]:
+        """The impressions whose label is known now, and the outcomes the joiner refuses."""
+        impressions = [e for _, e, _ in delayed if e.event == IMPRESSION]
+        await self._catalog_new_items(impressions)
+        prescores = iter(self.prescores(impressions))  # no await from here: weights stay put
+        resolved: list[Resolved] = []
+        refused: list[Refusal] = []
+        for index, event, obj in delayed:
+            if event.event == IMPRESSION:
+                step = self.joiner.add_impression(event, next(prescores))
+            else:
+                step = self.joiner.add_outcome(event)
+            resolved += step.resolved
+            if step.rejected is not None:
+                refused.append((index, step.rejected, obj))
+        return resolved, refused
+
+    async def _catalog_new_items(self, impressions: Sequence[Event]) -> None:
+        """Put the items first seen in impressions into the catalog, so they can be scored."""
+        new: dict[str, Event] = {}
+        for event in impressions:
+            if event.item not in self.catalog.rows and event.item not in new:
+                item_side = [f for f in event.features if f[0].startswith(ITEM_SIDE)]
+                new[event.item] = Event(None, event.item, event.ts, features=item_side)
+        if new:
+            await self._wait_learned(await self._submit(batch_from_events(list(new.values()))))
+
+    def prescores(self, impressions: Sequence[Event]) -> list[float]:
+        """The model's probability for each impression now (NaN: its item is unknown), from
+        the row the trainer would learn it with; one scoring pass per user context."""
+        contexts: dict[tuple[str, tuple[Feature, ...]], list[int]] = {}
+        for i, event in enumerate(impressions):
+            user_side = tuple(f for f in event.features if not f[0].startswith(ITEM_SIDE))
+            contexts.setdefault((event.user or "", user_side), []).append(i)
+        prescores = [math.nan] * len(impressions)
+        for (user, user_side), members in contexts.items():
+            known = [(i, self.catalog.rows.get(impressions[i].item, -1)) for i in members]
+            known = [(i, row) for i, row in known if row >= 0]
+            if not known:
+                continue
+            logits = score_items(
+                self.space,
+                self.featurizer.user_row(user, user_side),
+                self.catalog,
+                self.ranker.weights,
+                np.array([row for _, row in known], np.int64),
+                self.ranker.scorer,
+            )
+            for (i, _), p in zip(known, sigmoid(logits), strict=True):
+                prescores[i] = float(p)
+        return prescores
+
+    async def flush(self, now: float | None = None) -> int | None:
+        """Learn as negatives the impressions whose window closed before ``now`` (default:
+        the stream time); the last queued batch's sequence number (None: nothing closed)."""
+        resolved = self.joiner.expire(self.joiner.stream_time() if now is None else now)
+        return await self._learn([r.event for r in resolved], [r.prescore for r in resolved])
+
+    async def _close_idle_windows(self) -> None:
+        """Without new events, windows still close: once no event has moved the stream time
+        for a tick (a second at most), it moves on with the clock.  While events flow, only
+        their times close windows, so a replay learns the same whatever its speed."""
+        tick = min(1.0, max(0.05, self.window_s / 10))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), tick)
+            if self._stop.is_set():
+                return
+            if self.joiner.pending and self.joiner.idle_s() >= tick:
+                try:
+                    await self.flush()
+                except SystemFailed:
+                    return  # the supervisor reports the task that failed

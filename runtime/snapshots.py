@@ -1,0 +1,50 @@
+"""Snapshot and checkpoint files: a composition of the model's parts (``actors/state.py``)
+written atomically, so a reader sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from actors.state import StateError, Stateful, compose, decode_state, encode_state, restore
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(path: Path, kind: str, settings: Mapping[str, Any], parts: Mapping[str, Stateful]) -> Path:
+    write_atomically(path, encode_state(compose(kind, settings, parts)))
+    return path
+
+
+def read(path: Path) -> Any:
+    """The document in a state file (StateError when it is damaged or unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise StateError(f"{path}: {error.strerror}") from error
+    return decode_state(data, str(path))
+
+
+def load(path: Path, kind: str, settings: Mapping[str, Any], parts: Mapping[str, Stateful]) -> None:
+    """Restore ``parts`` from the file at ``path`` (errors name the file)."""
+    document = read(path)
+    try:
+        restore(document, kind, settings, parts)
+    except StateError as error:
+        raise StateError(f"{path}: {error}") from error
