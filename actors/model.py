@@ -11,10 +11,13 @@ stateful part is adding it to ``parts()``.  Pure, synchronous code.
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
 
 from actors.delayed import DelayedLabelJoiner
 from actors.exploration import WeightPosterior
@@ -27,7 +30,10 @@ from actors.metrics import ProgressiveMetrics
 from actors.ranker import Ranker
 from actors.state import Stateful
 from runtime.config import Config
+from runtime.errors import FreshrankError
 from runtime.messages import WeightDelta
+
+RESERVED_PARTS = ("weights", "factors", "catalog", "users", "metrics", "labels", "stream")
 
 
 def feature_space(config: Config) -> FeatureSpace:
@@ -68,6 +74,47 @@ def model_settings(config: Config) -> dict[str, Any]:
     }
 
 
+class Component(Protocol):
+    """An extra stateful part of the model (``model.components``): saved and restored with
+    the rest, told about every learned interaction, and reported in the statistics."""
+
+    name: str
+    STATE_VERSION: ClassVar[int]
+
+    def to_state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+    def observe(self, users: Sequence[str], item_rows: np.ndarray) -> None:
+        """Interactions learned, in stream order (``item_rows[i] == -1``: no item)."""
+        ...
+
+    def statistics(self) -> dict[str, Any]: ...
+
+
+class ComponentError(FreshrankError, ValueError):
+    """A ``model.components`` entry that cannot be imported or built."""
+
+    http_status = 500
+    exit_code = 2
+
+
+def load_components(config: Config) -> dict[str, Component]:
+    """Build every ``model.components`` entry, by name."""
+    built: dict[str, Component] = {}
+    for path in config.model.components:
+        module_name, factory_name = path.split(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), factory_name)
+        except (ImportError, AttributeError) as error:
+            raise ComponentError(f"model.components: cannot import {path!r}: {error}") from None
+        component = factory(config)
+        if component.name in built or component.name in RESERVED_PARTS:
+            raise ComponentError(f"model.components: the name {component.name!r} is taken")
+        built[component.name] = component
+    return built
+
+
 @dataclass
 class StreamPosition:
     """How far the stream has come: the last batch sequence number queued, the
@@ -105,6 +152,7 @@ class Model:
     metrics: ProgressiveMetrics
     labels: DelayedLabelJoiner
     stream: StreamPosition = field(default_factory=StreamPosition)
+    components: dict[str, Component] = field(default_factory=dict)
 
     def parts(self) -> dict[str, Stateful]:
         """The stateful parts by name: what a snapshot saves and restores."""
@@ -118,7 +166,15 @@ class Model:
         }
         if self.factors is not None:
             parts["factors"] = self.factors
-        return parts
+        return {**parts, **self.components}
+
+    def observe(self, users: Sequence[str], item_rows: np.ndarray) -> None:
+        """Tell every component about interactions just learned."""
+        for component in self.components.values():
+            component.observe(users, item_rows)
+
+    def component_statistics(self) -> dict[str, Any]:
+        return {name: c.statistics() for name, c in self.components.items()}
 
     def settings(self) -> dict[str, Any]:
         return model_settings(self.config)
@@ -163,6 +219,7 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         users=UserState(recent_len=config.model.history),
         metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
         labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
+        components=load_components(config),
     )
 
 

@@ -236,6 +236,7 @@ class TrainerActor(Actor):
             user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
             if batch.item_rows.size and (batch.item_rows >= 0).any():
                 user = self._rank_and_remember(batch, user)
+            self.model.observe(batch.users, batch.item_rows)
             origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
             weights = batch.weight[origin]
             rows_user = take_rows(user, origin)

@@ -234,6 +234,7 @@ async def run_trainer(config: Config, index: int) -> int:
             "trainer": trainer.statistics(),
             "events_records": events.records,
             "catalog_items": len(model.catalog),
+            "components": model.component_statistics(),
         }
 
     services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events]
@@ -334,6 +335,7 @@ class ClusterFront:
         for user, row in zip(features.users, features.item_rows, strict=False):
             if user and row >= 0:
                 self.users.add(user, int(row))
+        self.model.observe(features.users, features.item_rows)
 
     def _check(self) -> None:
         if self.supervisor.failure is not None:
@@ -398,6 +400,7 @@ class ClusterFront:
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),
             "published": self.publisher.published,
+            "components": self.model.component_statistics(),
             "failed": repr(failure) if failure else None,
         }
 

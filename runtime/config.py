@@ -38,8 +38,18 @@ class ModelConfig:
     # factor terms also between the columns of CTR files (the replay fast path); off by
     # default: on the 7,200-row Criteo sample they made logloss worse (bench/README.md)
     factors_dense: bool = False
+    # extra stateful parts, "module:factory" (factory(config) -> component): see
+    # docs/architecture.md, "Adding a model component"
+    components: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        for path in self.components:
+            _require(
+                isinstance(path, str) and path.count(":") == 1 and all(path.split(":")),
+                "model.components",
+                "must be a list of 'module:factory' import paths",
+                path,
+            )
         _require(1 <= self.bits <= 30, "model.bits", "must be in 1..30", self.bits)
         _require(0 <= self.factors <= 256, "model.factors", "must be in 0..256", self.factors)
         _require(

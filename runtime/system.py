@@ -327,6 +327,7 @@ class System:
             "simulator": self.simulator.statistics() if self.simulator else None,
             "admission": self.admission.statistics(),
             "labels": self.labels.statistics(),
+            "components": self.model.component_statistics(),
             "failed": repr(failure) if failure else None,
         }
 
