@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from runtime.transport import Channel
+from runtime.transport import Channel, Envelope
 
 if TYPE_CHECKING:
     from runtime.supervisor import Supervisor
@@ -56,6 +56,10 @@ class Actor:
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
 
+    async def handle_envelope(self, envelope: Envelope) -> None:
+        """Handle a received message; actors that need its log position override this."""
+        await self.handle(envelope.message)
+
     @property
     def idle(self) -> bool:
         """No message in the inbox and none being handled."""
@@ -77,10 +81,10 @@ class Actor:
     async def _inbox_loop(self) -> None:
         assert self.inbox is not None
         while True:
-            message = await self.inbox.recv()
+            envelope = await self.inbox.receive()
             self._busy = True
             try:
-                await self.handle(message)
+                await self.handle_envelope(envelope)
             finally:
                 self._busy = False
             self.handled += 1

@@ -51,6 +51,7 @@ from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
 from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
+from runtime.transport import Envelope
 
 log = logging.getLogger("freshrank.cluster")
 CHECKPOINT = "shard checkpoint"
@@ -84,10 +85,11 @@ class ShardLearner(LearnerActor):
         self.since_checkpoint = 0
         self.checkpoints = 0
 
-    async def handle(self, message: GradBatch) -> None:
-        await super().handle(message)
-        assert self.grads.position is not None
-        self.next_offset = self.grads.position[1] + 1
+    async def handle_envelope(self, envelope: Envelope) -> None:
+        message: GradBatch = envelope.message
+        await self.handle(message)
+        assert envelope.position is not None
+        self.next_offset = envelope.position[1] + 1
         self.since_checkpoint += 1
         if self.since_checkpoint >= self.config.cluster.checkpoint_every:
             self.write_checkpoint()
@@ -162,10 +164,10 @@ class ItemsFollower(Actor):
         self.upto: dict[int, int] = {}
         self._progress = asyncio.Event()
 
-    async def handle(self, message: EventBatch) -> None:
-        self.featurizer.featurize(message)
-        assert self.channel.position is not None
-        partition, offset = self.channel.position
+    async def handle_envelope(self, envelope: Envelope) -> None:
+        self.featurizer.featurize(envelope.message)
+        assert envelope.position is not None
+        partition, offset = envelope.position
         self.upto[partition] = offset
         self._progress.set()
 
@@ -189,12 +191,13 @@ class EventsWorker(Actor):
         self.channel = inbox
         self.records = 0
 
-    async def handle(self, message: EventBatch) -> None:
-        assert self.channel.position is not None
-        message.source_partition, message.source_offset = self.channel.position
+    async def handle_envelope(self, envelope: Envelope) -> None:
+        message: EventBatch = envelope.message
+        assert envelope.position is not None
+        message.source_partition, message.source_offset = envelope.position
         await self.items.wait_for(message.items_upto)
         await self.trainer.handle(self.featurizer.featurize(message))
-        await self.channel.commit()
+        await self.channel.commit(envelope.position)
         self.records += 1
 
 

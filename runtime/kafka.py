@@ -35,7 +35,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from runtime.codec import CodecError, decode_message, encode_message
 from runtime.config import Config
-from runtime.transport import Channel, Transport
+from runtime.transport import Channel, Envelope, Transport
 
 log = logging.getLogger("freshrank.kafka")
 T = TypeVar("T")
@@ -216,7 +216,7 @@ class KafkaChannel(Channel):
         self.sent += 1
         self.bytes += len(data)
 
-    async def recv(self) -> Any:
+    async def receive(self) -> Envelope:
         consumer = await self._consumer_started()
         while True:
             record = await consumer.getone()
@@ -230,7 +230,7 @@ class KafkaChannel(Channel):
                 await self.transport.corrupt(self, record.partition, record.offset, error)
                 continue
             self.received += 1
-            return message
+            return Envelope(message, (record.partition, record.offset))
 
     async def caught_up(self) -> None:
         """Wait until this channel has received every record present when called
@@ -240,11 +240,11 @@ class KafkaChannel(Channel):
             self._received.clear()
             await self._received.wait()
 
-    async def commit(self) -> None:
-        """Commit the group offset past the last received record (group channels only)."""
-        if self._consumer is None or self.position is None or self.transport.group_id is None:
+    async def commit(self, position: tuple[int, int]) -> None:
+        """Commit the group offset past the record at ``position`` (group channels only)."""
+        if self._consumer is None or self.transport.group_id is None:
             return
-        partition, offset = self.position
+        partition, offset = position
         await self._consumer.commit({TopicPartition(self.topic, partition): offset + 1})
 
     async def end_offsets(self) -> dict[int, int]:

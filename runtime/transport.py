@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 from runtime.codec import decode_message, encode_message
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A received message and where it was in its log: ``(partition, offset)`` on Kafka,
+    None in memory.  Offsets travel with the message, never as channel state."""
+
+    message: Any
+    position: tuple[int, int] | None = None
 
 
 class Channel(ABC):
@@ -25,7 +35,12 @@ class Channel(ABC):
         """Queue ``message``; ``key`` picks the partition of a partitioned topic (Kafka)."""
 
     @abstractmethod
-    async def recv(self) -> Any: ...
+    async def receive(self) -> Envelope:
+        """The next message with its position."""
+
+    async def recv(self) -> Any:
+        """The next message alone (for readers that do not need its position)."""
+        return (await self.receive()).message
 
     @abstractmethod
     def qsize(self) -> int: ...
@@ -65,9 +80,9 @@ class MemoryChannel(Channel):
         await self._queue.put(message)
         self.sent += 1
 
-    async def recv(self) -> Any:
+    async def receive(self) -> Envelope:
         message = await self._queue.get()
-        return decode_message(message) if self._roundtrip else message
+        return Envelope(decode_message(message) if self._roundtrip else message)
 
     def qsize(self) -> int:
         return self._queue.qsize()
