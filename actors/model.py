@@ -131,6 +131,16 @@ class StreamPosition:
         return {"seq": self.seq, "interactions": self.interactions, "events": self.events,
                 "rows": self.rows}  # fmt: skip
 
+    def rank_flags(self, events: Sequence[Any], every: int) -> np.ndarray:
+        """Which of ``events`` the progressive ranking evaluates: every ``every``-th
+        interaction of the stream (0: none)."""
+        flags = np.zeros(len(events), bool)
+        for i, event in enumerate(events if every else ()):
+            if event.user is not None:
+                self.interactions += 1
+                flags[i] = self.interactions % every == 0
+        return flags
+
     def load_state(self, state: dict[str, Any]) -> None:
         self.seq = int(state["seq"])
         self.interactions = int(state["interactions"])

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from actors.batching import batch_from_events, take_events
-from actors.events import EventLimits, InvalidEvent, validate_event
+from actors.events import EventLimits
 from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
 from actors.model import Model, ShardModel, build_model, build_shard
@@ -46,7 +46,7 @@ from runtime import snapshots
 from runtime.actor import Actor
 from runtime.admission import Admission
 from runtime.config import Config
-from runtime.front import IngestResult, payload_text
+from runtime.front import IngestResult, context_features, payload_text, split_events
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
 from runtime.replay import clean
@@ -346,20 +346,14 @@ class ClusterFront:
 
     async def ingest(self, events: Any, *, wait: bool = True, source: str = "api") -> IngestResult:
         self._check()
-        result = IngestResult()
-        good, rejected = [], []
-        for index, obj in enumerate(events):
-            try:
-                good.append(validate_event(obj, self.limits))
-            except InvalidEvent as error:
-                result.errors.append({"index": index, "reason": str(error)})
-                rejected.append((str(error), payload_text(obj)))
-        result.accepted, result.rejected = len(good), len(rejected)
-        if rejected:
-            await self.reject(rejected, source)
+        split = split_events(events, self.limits)  # no joiner here: impressions are refused
+        result = IngestResult(accepted=len(split.plain), rejected=len(split.refused))
+        result.errors = [{"index": i, "reason": reason} for i, reason, _ in split.refused]
+        if split.refused:
+            await self.reject([(r, payload_text(obj)) for _, r, obj in split.refused], source)
         size = self.config.training.batch_size
-        for lo in range(0, len(good), size):
-            await self.publisher.publish(batch_from_events(good[lo : lo + size]))
+        for lo in range(0, len(split.plain), size):
+            await self.publisher.publish(batch_from_events(split.plain[lo : lo + size]))
         return result
 
     async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
@@ -379,10 +373,7 @@ class ClusterFront:
         epsilon: float | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
-        features = []
-        if context:
-            event = validate_event({"item": "-", "user": user, "context": context}, self.limits)
-            features = event.features
+        features = context_features(user, context, self.limits)
         return self.ranker.recommend(user, k, candidates, features, explain)
 
     def health(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.events import Unparsable
+from actors.events import Event, EventLimits, Feature, InvalidEvent, Unparsable, validate_event
 from actors.features import Catalog
 from runtime.admission import Admission
 from runtime.config import Config
@@ -44,6 +44,46 @@ def payload_text(obj: Any) -> str:
         return json.dumps(obj, ensure_ascii=False, default=repr)[:8192]
     except (TypeError, ValueError):
         return repr(obj)[:8192]
+
+
+Delayed = tuple[int, Event, Any]  # (index in the request, validated event, the input)
+Refusal = tuple[int, str, Any]  # (index in the request, reason, the input)
+
+
+@dataclass
+class SplitEvents:
+    """A request's events after validation: learn now, join with labels, or refuse."""
+
+    count: int = 0
+    plain: list[Event] = field(default_factory=list)
+    delayed: list[Delayed] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+def split_events(events: Iterable[Any], limits: EventLimits) -> SplitEvents:
+    """Validate every input; impressions and outcomes go to ``delayed``."""
+    split = SplitEvents()
+    for index, obj in enumerate(events):
+        split.count += 1
+        try:
+            event = validate_event(obj, limits)
+        except InvalidEvent as error:
+            split.refused.append((index, str(error), obj))
+            continue
+        if event.event is None:
+            split.plain.append(event)
+        else:
+            split.delayed.append((index, event, obj))
+    return split
+
+
+def context_features(
+    user: str, context: dict[str, Any] | None, limits: EventLimits
+) -> list[Feature]:
+    """A request's context as features, validated like an event's."""
+    if not context:
+        return []
+    return validate_event({"item": "-", "user": user, "context": context}, limits).features
 
 
 class Front(Protocol):

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -24,12 +23,11 @@ from actors.ftrl import sigmoid
 from actors.hasher import Featurizer
 from actors.model import Model
 from actors.ranker import Ranker
+from runtime.front import Delayed, Refusal
 from runtime.messages import EventBatch
 from runtime.supervisor import Supervisor, SystemFailed
 
 ITEM_SIDE = FEATURE_GROUPS["item_features"]  # namespace prefix of item-side features
-Delayed = tuple[int, Event, Any]  # (index in the request, validated event, the input)
-Refusal = tuple[int, str, Any]  # (index in the request, reason, the input)
 
 
 class LabelStage:

@@ -23,25 +23,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from actors.batching import batch_from_events
-from actors.deadletters import DeadLetterSink
-from actors.events import Event, EventLimits, InvalidEvent, validate_event
+from actors.events import Event, EventLimits
 from actors.exploration import ExplorationPolicy
-from actors.hasher import HasherActor
-from actors.learner import FactorShard, LearnerActor
-from actors.model import Model, build_model
+from actors.model import build_model
 from actors.simulator import SimulatorConfig
 from actors.sources import SimulatorSource
 from actors.state import STATE_LIMITS, StateError
-from actors.trainer import TrainerActor
 from runtime import snapshots
 from runtime.admission import Admission
 from runtime.config import Config
-from runtime.front import IngestResult, payload_text
-from runtime.labels import Delayed, LabelStage, Refusal
+from runtime.front import IngestResult, context_features, payload_text, split_events
+from runtime.labels import LabelStage
 from runtime.messages import DeadLetters, EventBatch
+from runtime.pipeline import Pipeline
 from runtime.supervisor import Service, Supervisor, SystemFailed
 from runtime.transport import MemoryTransport, Transport
 
@@ -63,8 +58,7 @@ class System:
     ) -> None:
         self.config = c = config or Config()
         self.transport = transport or MemoryTransport(roundtrip=c.queues.codec_roundtrip)
-        self.model = build_model(c, clock)
-        m = self.model
+        self.model = m = build_model(c, clock)
         self.space, self.store, self.factors, self.catalog = m.space, m.store, m.factors, m.catalog
         self.users, self.metrics, self.labels = m.users, m.metrics, m.labels
         self.limits = EventLimits(
@@ -75,18 +69,26 @@ class System:
         self.ranker = m.ranker()
         e = c.exploration
         self.exploration = ExplorationPolicy.from_settings(e.mode, e.scale, e.epsilon, e.seed)
+        self.pipeline = p = Pipeline(m, self.transport)
+        self.hasher, self.trainer, self.learners = p.hasher, p.trainer, p.learners
+        self.dead_letters = p.dead_letters
+        self.label_stage = LabelStage(m, self.ranker, self.submit, self.wait_learned, self._learn)
+        self.services: list[Service] = [*p.services, self.label_stage]
+        self.simulator: SimulatorSource | None = None
+        if c.simulator.enabled:
+            s = c.simulator
+            sim = SimulatorConfig(seed=s.seed, n_users=s.n_users, n_items=s.n_items)
+            self.simulator = SimulatorSource(sim, self._simulated, s.rate, s.batch)
+            self.services.append(self.simulator)
         self.supervisor = Supervisor("system")
         self.supervisor.on_failure(lambda error: self.trainer.learned.fail(_failed(error)))
+        i = c.ingest  # the HTTP ingest bound: events are pending until learned
+        learned = self.trainer.learned
+        self.admission = Admission(i.max_pending_events, i.max_inflight_requests,
+                                   i.retry_after_s, learned_seq=lambda: learned.value)  # fmt: skip
         self.started_at = time.time()
         self._submit_lock = asyncio.Lock()
         self._started = False
-        self._wire(m)
-        self.admission = Admission(
-            c.ingest.max_pending_events,
-            c.ingest.max_inflight_requests,
-            c.ingest.retry_after_s,
-            learned_seq=lambda: self.trainer.learned.value,
-        )
 
     @classmethod
     def from_config(
@@ -98,33 +100,6 @@ class System:
         elif isinstance(config, dict):
             config = Config.from_dict(config)
         return cls(config, **kwargs)
-
-    def _wire(self, m: Model) -> None:
-        t, size, shards = self.transport, self.config.queues.maxsize, self.config.training.shards
-        self.events_channel = t.channel("events", size)
-        features = t.channel("features", size)
-        grads = [t.channel(f"grads.{k}", size) for k in range(shards)]
-        weights = t.channel("weights", 0)
-        self.dead_letter_channel = t.channel("dead_letters", size)
-        self.hasher = HasherActor(m.featurizer(), self.events_channel, features)
-        self.trainer = TrainerActor(m, inbox=features, grads=grads, weights=weights)
-        self.learners = [
-            LearnerActor(k, shards, *m.store.shard_view(k, shards), m.params, grads[k], weights,
-                         FactorShard(m.factors, k, shards) if m.factors else None)
-            for k in range(shards)
-        ]  # fmt: skip
-        self.dead_letters = DeadLetterSink(
-            self.config.ingest.dead_letter_path or None, self.dead_letter_channel
-        )
-        self.label_stage = LabelStage(m, self.ranker, self.submit, self.wait_learned, self._learn)
-        self.services: list[Service] = [self.dead_letters, *self.learners, self.trainer,
-                                        self.hasher, self.label_stage]  # fmt: skip
-        self.simulator: SimulatorSource | None = None
-        if self.config.simulator.enabled:
-            s = self.config.simulator
-            sim = SimulatorConfig(seed=s.seed, n_users=s.n_users, n_items=s.n_items)
-            self.simulator = SimulatorSource(sim, self._simulated, s.rate, s.batch)
-            self.services.append(self.simulator)
 
     async def _simulated(self, events: list[Any]) -> None:
         await self.ingest(events, source="simulator", wait=False)
@@ -186,63 +161,34 @@ class System:
         written to the dead-letter sink, and the good events of the same call are learned.
         """
         self.supervisor.check()
-        count, good, delayed, refused = self._validate(events)
-        prescores = [math.nan] * len(good)
-        resolved, refused_outcomes = await self.label_stage.join(delayed)
-        good += [r.event for r in resolved]
-        prescores += [r.prescore for r in resolved]
-        refused = sorted(refused + refused_outcomes, key=lambda r: int(r[0]))
-        result = IngestResult(accepted=count - len(refused), rejected=len(refused))
+        split = split_events(events, self.limits)
+        resolved, refused_outcomes = await self.label_stage.join(split.delayed)
+        good = split.plain + [r.event for r in resolved]
+        prescores = [math.nan] * len(split.plain) + [r.prescore for r in resolved]
+        refused = sorted(split.refused + refused_outcomes, key=lambda r: int(r[0]))
+        result = IngestResult(accepted=split.count - len(refused), rejected=len(refused))
         result.errors = [{"index": i, "reason": reason} for i, reason, _ in refused]
         if refused:
             await self.reject([(reason, payload_text(obj)) for _, reason, obj in refused], source)
-        last = await self._learn(good, prescores if delayed else None)
+        last = await self._learn(good, prescores if split.delayed else None)
         result.seq = -1 if last is None else last
         if wait and last is not None:
             await self.wait_learned(last)
             result.learned = True
         return result
 
-    def _validate(
-        self, events: Iterable[Any]
-    ) -> tuple[int, list[Event], list[Delayed], list[Refusal]]:
-        """(inputs, events to learn now, impressions and outcomes, refusals)."""
-        good: list[Event] = []
-        delayed: list[Delayed] = []
-        refused: list[Refusal] = []
-        count = 0
-        for index, obj in enumerate(events):
-            count += 1
-            try:
-                event = validate_event(obj, self.limits)
-            except InvalidEvent as error:
-                refused.append((index, str(error), obj))
-                continue
-            if event.event is None:
-                good.append(event)
-            else:
-                delayed.append((index, event, obj))
-        return count, good, delayed, refused
-
-    async def _learn(self, events: Sequence[Any], prescores: Sequence[float] | None) -> int | None:
+    async def _learn(
+        self, events: Sequence[Event], prescores: Sequence[float] | None
+    ) -> int | None:
         """Queue events in batches; the last batch's sequence number (None: no events)."""
         last = None
         size = self.config.training.batch_size
         for lo in range(0, len(events), size):
             chunk = events[lo : lo + size]
             scores = prescores[lo : lo + size] if prescores is not None else None
-            last = await self.submit(batch_from_events(chunk, self._rank_flags(chunk), -1, scores))
+            flags = self.model.stream.rank_flags(chunk, self.config.training.rank_eval_every)
+            last = await self.submit(batch_from_events(chunk, flags, -1, scores))
         return last
-
-    def _rank_flags(self, events: Sequence[Any]) -> np.ndarray:
-        every = self.config.training.rank_eval_every
-        flags = np.zeros(len(events), bool)
-        stream = self.model.stream
-        for i, event in enumerate(events if every else ()):
-            if event.user is not None:
-                stream.interactions += 1
-                flags[i] = stream.interactions % every == 0
-        return flags
 
     async def flush_labels(self, now: float | None = None) -> int | None:
         self.supervisor.check()
@@ -252,7 +198,7 @@ class System:
         """Send (reason, payload) pairs to the dead-letter sink."""
         reasons, payloads = [r for r, _ in rejected], [p for _, p in rejected]
         letters = DeadLetters(source=source, reasons=reasons, payloads=payloads, ts=time.time())
-        await self.supervisor.guard(self.dead_letter_channel.send(letters))
+        await self.supervisor.guard(self.pipeline.dead_letter_channel.send(letters))
 
     async def submit(self, batch: EventBatch) -> int:
         """Queue an already-built batch (file replay fast path); returns its sequence number."""
@@ -262,7 +208,7 @@ class System:
             stream.seq += 1
             batch.seq = stream.seq
             batch.created_at = batch.created_at or time.time()
-            await self.supervisor.guard(self.events_channel.send(batch))
+            await self.supervisor.guard(self.pipeline.events.send(batch))
         return batch.seq
 
     async def wait_learned(self, seq: int) -> None:
@@ -295,10 +241,7 @@ class System:
         """
         self.supervisor.check()
         policy = self.exploration.override(explore, scale, epsilon)
-        features = []
-        if context:
-            event = validate_event({"item": "-", "user": user, "context": context}, self.limits)
-            features = event.features
+        features = context_features(user, context, self.limits)
         active = policy if policy.active else None
         return self.ranker.recommend(user, k, candidates, features, explain, active)
 
@@ -318,10 +261,7 @@ class System:
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
             "metrics": self.metrics.summary(),
-            "hasher": self.hasher.statistics(),
-            "trainer": self.trainer.statistics(),
-            "learners": [learner.statistics() for learner in self.learners],
-            "dead_letters": self.dead_letters.statistics(),
+            **self.pipeline.statistics(),
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),
             "simulator": self.simulator.statistics() if self.simulator else None,
@@ -354,8 +294,3 @@ def _failed(error: BaseException) -> SystemFailed:
     failure = SystemFailed(f"system: a task crashed: {error!r}")
     failure.__cause__ = error
     return failure
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: report a metric that is not defined yet as null."""
-    return value if math.isfinite(value) else None
