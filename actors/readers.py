@@ -1,4 +1,5 @@
-"""Log readers for replay: JSONL events, MovieLens ``u.data``, Criteo / generic CTR TSV.
+"""Log readers for replay: JSONL events, MovieLens ``u.data``, MovieTweetings, ReChorus
+(Amazon) interaction logs, Criteo / generic CTR TSV.
 
 Pure and synchronous: each yields :class:`Chunk`s, a columnar batch plus the
 rejected records (with reasons) met while reading it; nothing is dropped silently.
@@ -99,6 +100,125 @@ def read_movielens(
         yield Chunk(
             batch_from_events(events, flags[lo : lo + batch_size]), interactions=len(events)
         )
+
+
+@dataclass
+class InteractionLog:
+    """A recommendation log before batching: the catalog, then interactions in replay order.
+
+    ``items[r]`` is (item id, item features); interaction n is ``users[n]`` on ``item_ids[n]``
+    at ``ts[n]``, already sorted by time with file order breaking ties.
+    """
+
+    items: list[tuple[str, list[tuple[str, str, float]]]]
+    users: list[str]
+    item_ids: list[str]
+    ts: np.ndarray
+
+
+def _time_order(users: list[str], items: list[str], ts: list[int]) -> InteractionLog:
+    order = np.argsort(np.asarray(ts, np.int64), kind="stable")
+    return InteractionLog(
+        [],
+        [users[n] for n in order],
+        [items[n] for n in order],
+        np.asarray(ts, np.float64)[order],
+    )
+
+
+def movietweetings_log(path: str | Path) -> InteractionLog:
+    """MovieTweetings: ``movies.dat`` (``movie::title (year)::genre|genre``) as the catalog and
+    ``ratings.dat`` (``user::movie::rating::unix_ts``) as interactions; ids stay strings
+    because IMDb movie ids carry leading zeros."""
+    base = Path(path)
+    folder = base if base.is_dir() else base.parent
+    ratings = base / "ratings.dat" if base.is_dir() else base
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    for line in ratings.read_text(encoding="utf-8").splitlines():
+        if line:
+            user, item, _rating, stamp = line.split("::")
+            users.append(user)
+            items.append(item)
+            ts.append(int(stamp))
+    log = _time_order(users, items, ts)
+    movies = folder / "movies.dat"
+    if movies.exists():
+        for line in movies.read_text(encoding="utf-8").splitlines():
+            if not line:
+                continue
+            movie, title, genres = line.split("::")
+            year = title[-5:-1] if title.endswith(")") and title[-6:-5] == "(" else "unknown"
+            features = [("i.genre", g, 1.0) for g in genres.split("|") if g]
+            log.items.append((movie, [*features, ("i.year", year, 1.0)]))
+    return log
+
+
+def rechorus_log(path: str | Path) -> InteractionLog:
+    """A ReChorus preparation (e.g. Amazon Grocery): ``train.csv`` (tab-separated, header
+    ``user_id item_id time``) as interactions and ``item_meta.csv``'s ``i_category`` as the
+    catalog's one feature (0 is ReChorus' "unknown")."""
+    base = Path(path)
+    folder = base if base.is_dir() else base.parent
+    train = base / "train.csv" if base.is_dir() else base
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    lines = train.read_text(encoding="utf-8").splitlines()
+    columns = lines[0].split("\t")
+    user_col, item_col, time_col = (columns.index(c) for c in ("user_id", "item_id", "time"))
+    for line in lines[1:]:
+        if line:
+            fields = line.split("\t")
+            users.append(fields[user_col])
+            items.append(fields[item_col])
+            ts.append(int(fields[time_col]))
+    log = _time_order(users, items, ts)
+    meta = folder / "item_meta.csv"
+    if meta.exists():
+        meta_lines = meta.read_text(encoding="utf-8").splitlines()
+        header = meta_lines[0].split("\t")
+        id_col, category_col = header.index("item_id"), header.index("i_category")
+        for line in meta_lines[1:]:
+            if line:
+                fields = line.split("\t")
+                category = fields[category_col] if fields[category_col] != "0" else "unknown"
+                log.items.append((fields[id_col], [("i.category", category, 1.0)]))
+    return log
+
+
+def log_chunks(
+    log: InteractionLog, batch_size: int = 256, warmup: float = 0.2, every: int = 20
+) -> Iterator[Chunk]:
+    """Item upserts first, then the interactions as implicit positives with the protocol's flags."""
+    upserts = [Event(None, item, features=features) for item, features in log.items]
+    for lo in range(0, len(upserts), batch_size):
+        yield Chunk(batch_from_events(upserts[lo : lo + batch_size]))
+    flags = protocol_flags(len(log.users), warmup, every)
+    for lo in range(0, len(log.users), batch_size):
+        hi = lo + batch_size
+        events = [
+            Event(user, item, ts=float(t))
+            for user, item, t in zip(
+                log.users[lo:hi], log.item_ids[lo:hi], log.ts[lo:hi], strict=True
+            )
+        ]
+        yield Chunk(batch_from_events(events, flags[lo:hi]), interactions=len(events))
+
+
+def read_movietweetings(
+    path: str | Path, batch_size: int = 256, warmup: float = 0.2, every: int = 20
+) -> Iterator[Chunk]:
+    """MovieTweetings: movies (genres, year) first, then every rating as an implicit positive."""
+    return log_chunks(movietweetings_log(path), batch_size, warmup, every)
+
+
+def read_rechorus(
+    path: str | Path, batch_size: int = 256, warmup: float = 0.2, every: int = 20
+) -> Iterator[Chunk]:
+    """A ReChorus log: items (category) first, then the interactions in time order."""
+    return log_chunks(rechorus_log(path), batch_size, warmup, every)
 
 
 def _count_lines(path: Path) -> int:

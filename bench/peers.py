@@ -453,3 +453,411 @@ class RtrecSLIMPeer:
         for example in examples:
             if example.label == 1:
                 self._buffer.append((example.user, self.ids[example.item_row], example.ts, 1.0))
+
+
+# ----------------------------------------------------------------------------- sequence-aware
+
+DENSE_ITEM_LIMIT = 4096
+"""Catalogs up to this many items keep item×item counts dense (134 MB in float64 at the
+limit); larger ones (MovieTweetings' 10,506 movies) keep one dict per row, because a user
+touches few items there and a dense matrix per peer would not fit beside the others."""
+
+
+class ItemCounts:
+    """A growing item×item matrix of counts, dense for small catalogs, dict rows for large."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        self.dense = np.zeros((n_items, n_items)) if n_items <= DENSE_ITEM_LIMIT else None
+        self.rows: dict[int, dict[int, float]] = {}
+
+    def add_column(self, sources: np.ndarray, weights: np.ndarray, target: int) -> None:
+        """counts[sources[i], target] += weights[i] (sources may repeat)."""
+        if self.dense is not None:
+            np.add.at(self.dense[:, target], sources, weights)
+            return
+        for source, weight in zip(sources.tolist(), weights.tolist(), strict=True):
+            row = self.rows.setdefault(source, {})
+            row[target] = row.get(target, 0.0) + weight
+
+    def add_row(self, source: int, targets: np.ndarray, weights: np.ndarray) -> None:
+        """counts[source, targets[i]] += weights[i]."""
+        if self.dense is not None:
+            np.add.at(self.dense[source], targets, weights)
+            return
+        row = self.rows.setdefault(source, {})
+        for target, weight in zip(targets.tolist(), weights.tolist(), strict=True):
+            row[target] = row.get(target, 0.0) + weight
+
+    def weighted_sum(self, sources: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Σ_i weights[i] · counts[sources[i], :], one value per item."""
+        if self.dense is not None:
+            return np.asarray(weights @ self.dense[sources], np.float64)
+        keys: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for source, weight in zip(sources.tolist(), weights.tolist(), strict=True):
+            row = self.rows.get(source)
+            if row:
+                keys.append(np.fromiter(row.keys(), np.int64, len(row)))
+                values.append(np.fromiter(row.values(), np.float64, len(row)) * weight)
+        if not keys:
+            return np.zeros(self.n_items)
+        return np.bincount(
+            np.concatenate(keys), np.concatenate(values), minlength=self.n_items
+        ).astype(np.float64)
+
+
+def positive_of(examples: Sequence[Example]) -> Example | None:
+    """The interaction's positive (the protocol sends it first, then the negatives)."""
+    return next((e for e in examples if e.label == 1), None)
+
+
+def recency_weights(
+    history: Sequence[int], half_life: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The user's distinct items and 2^(−age/half_life) each, age = the user's events after the
+    latest one on the item (1 for every item when ``half_life`` is None)."""
+    items, ages = np.unique(np.asarray(history[::-1], np.int64), return_index=True)
+    if half_life is None:
+        return items, np.ones(len(items))
+    return items, np.exp2(-ages / half_life)
+
+
+class UserHistories:
+    """Each user's positives in order, and the set of distinct items among them."""
+
+    def __init__(self) -> None:
+        self.sequence: dict[str, list[int]] = {}
+        self.seen: dict[str, set[int]] = {}
+
+    def add(self, user: str, item_row: int) -> bool:
+        """Record the interaction; True when the item is new for the user."""
+        self.sequence.setdefault(user, []).append(item_row)
+        seen = self.seen.setdefault(user, set())
+        new = item_row not in seen
+        seen.add(item_row)
+        return new
+
+
+class ItemKNNPeer:
+    """Cosine item-kNN over co-occurrence counts, the user's items weighted by recency.
+
+    ``C[l, j]`` counts the users who interacted with both l and j, ``n[l]`` the users of l.
+    A user scores j as Σ_l w_l C[l, j] / sqrt(n_l n_j) over their distinct items l, with
+    w_l = 2^(−age/h) and age the number of the user's events after their latest on l.
+    ``half_life`` None (h = ∞) is plain item-kNN.
+    """
+
+    def __init__(self, n_items: int, half_life: float | None, name: str | None = None) -> None:
+        label = "∞" if half_life is None else f"{half_life:g}"
+        self.name = name or f"item-kNN cosine, recency h={label}"
+        self.settings: dict[str, Any] = {"half_life_events": half_life}
+        self.half_life = half_life
+        self.cooccur = ItemCounts(n_items)
+        self.users_of = np.zeros(n_items)
+        self.histories = UserHistories()
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        history = self.histories.sequence.get(user)
+        if not history:
+            return np.zeros(len(candidates))
+        items, weights = recency_weights(history, self.half_life)
+        totals = self.cooccur.weighted_sum(items, weights / np.sqrt(self.users_of[items]))
+        return (totals / np.sqrt(np.maximum(self.users_of, 1.0)))[candidates]
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        positive = positive_of(examples)
+        if positive is None:
+            return
+        row = positive.item_row
+        before = self.histories.seen.get(positive.user, set())
+        if row not in before and before:
+            others = np.fromiter(before, np.int64, len(before))
+            ones = np.ones(len(others))
+            self.cooccur.add_column(others, ones, row)
+            self.cooccur.add_row(row, others, ones)
+        if self.histories.add(positive.user, row):
+            self.users_of[row] += 1
+
+
+class MarkovChainPeer:
+    """A decayed Markov chain over each user's sequence of items.
+
+    ``T[a, b]`` grows by decay^(d−1) when b is the user's next item and a the item d events
+    before it (d ≤ ``order``).  A user scores j as Σ_d decay^(d−1) T[last_d, j] / rowsum(last_d)
+    over their last ``order`` items (last_1 the most recent).
+    """
+
+    def __init__(self, n_items: int, order: int, decay: float, name: str | None = None) -> None:
+        self.name = name or f"Markov chain k={order}, decay {decay:g}"
+        self.settings: dict[str, Any] = {"order": order, "decay": decay}
+        self.order = order
+        self.decay = decay
+        self.transitions = ItemCounts(n_items)
+        self.row_sums = np.zeros(n_items)
+        self.histories = UserHistories()
+
+    def _recent(self, user: str) -> tuple[np.ndarray, np.ndarray]:
+        sequence = self.histories.sequence.get(user, [])
+        recent = np.asarray(sequence[-self.order :][::-1], np.int64)
+        return recent, self.decay ** np.arange(len(recent), dtype=np.float64)
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        recent, weights = self._recent(user)
+        if not len(recent):
+            return np.zeros(len(candidates))
+        weights = weights / np.maximum(self.row_sums[recent], 1e-12)
+        return self.transitions.weighted_sum(recent, weights)[candidates]
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        positive = positive_of(examples)
+        if positive is None:
+            return
+        recent, weights = self._recent(positive.user)
+        if len(recent):
+            self.transitions.add_column(recent, weights, positive.item_row)
+            np.add.at(self.row_sums, recent, weights)
+        self.histories.add(positive.user, positive.item_row)
+
+
+class BlendPeer:
+    """A Markov chain and an item-kNN, each divided by its maximum over the items the user may
+    be recommended (candidates not yet seen), mixed ``markov_share`` : 1 − ``markov_share``."""
+
+    def __init__(
+        self, markov: MarkovChainPeer, knn: ItemKNNPeer, markov_share: float = 0.5
+    ) -> None:
+        knn_h = knn.settings["half_life_events"]
+        self.name = (
+            f"blend {markov_share:g} Markov({markov.order}, {markov.decay:g})"
+            f" + {1 - markov_share:g} kNN(h={'∞' if knn_h is None else f'{knn_h:g}'})"
+        )
+        self.settings: dict[str, Any] = {
+            "markov": markov.settings,
+            "knn": knn.settings,
+            "markov_share": markov_share,
+        }
+        self.markov = markov
+        self.knn = knn
+        self.markov_share = markov_share
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        seen = self.knn.histories.seen.get(user, set())
+        allowed = np.ones(len(candidates), bool)
+        if seen:
+            allowed &= ~np.isin(candidates, np.fromiter(seen, np.int64, len(seen)))
+        mixed = np.zeros(len(candidates))
+        for share, peer in ((self.markov_share, self.markov), (1 - self.markov_share, self.knn)):
+            scores = peer.score(user, features, candidates)
+            top = scores[allowed].max() if allowed.any() else 0.0
+            mixed += share * (scores / top if top > 0 else scores)
+        return mixed
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        self.markov.learn(examples)
+        self.knn.learn(examples)
+
+
+class Interactions:
+    """Distinct (user, item) pairs so far as a users × items matrix, for batch refits."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        self.user_index: dict[str, int] = {}
+        self.user_rows: list[int] = []
+        self.item_rows: list[int] = []
+        self.histories = UserHistories()
+        self.events = 0
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        positive = positive_of(examples)
+        if positive is None:
+            return
+        self.events += 1
+        if self.histories.add(positive.user, positive.item_row):
+            index = self.user_index.setdefault(positive.user, len(self.user_index))
+            self.user_rows.append(index)
+            self.item_rows.append(positive.item_row)
+
+    def matrix(self) -> Any:
+        from scipy import sparse
+
+        shape = (max(len(self.user_index), 1), self.n_items)
+        data = np.ones(len(self.user_rows), np.float32)
+        return sparse.csr_matrix((data, (self.user_rows, self.item_rows)), shape=shape)
+
+
+EASE_MAX_ITEMS = 2000
+"""EASE inverts an items × items matrix at every refit: over the 2,000 most interacted items
+(all of ML-100K's 1,682) one inverse costs ~0.6 s here, 3,000 would cost ~2.3 s."""
+
+
+class EASEFits:
+    """EASE weights by (data, λ): a plain and a recency-weighted peer learn the same
+    interactions, so a refit over the same events is computed once and shared."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[float, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def fit(self, data: Interactions, lam: float, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows of the model, B) for ``data`` as it is now."""
+        key = (lam, max_items, data.events)
+        if key not in self.cache:
+            self.cache = {k: v for k, v in self.cache.items() if k[2] == data.events}
+            self.cache[key] = ease_weights(data.matrix(), lam, max_items)
+        return self.cache[key]
+
+
+def ease_weights(matrix: Any, lam: float, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steck (2019): P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag P) (zero diagonal), over the
+    ``max_items`` items with most users (ties to the lower row)."""
+    users_of = np.asarray(matrix.sum(axis=0)).ravel()
+    active = np.flatnonzero(users_of)
+    if len(active) > max_items:
+        order = np.argsort(-users_of[active], kind="stable")[:max_items]
+        active = np.sort(active[order])
+    sub = matrix[:, active]
+    gram = np.asarray((sub.T @ sub).toarray(), np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    inverse = np.linalg.inv(gram)
+    weights = inverse / -np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return active, weights
+
+
+class EASEPeer:
+    """EASE, refitted on every interaction so far once ``refit_every`` events have arrived
+    since the last fit (checked when ranking).  A user's row is their items, each weighted
+    2^(−age/h) when ``half_life`` is set (age as in :class:`ItemKNNPeer`).  Items outside the
+    fitted ones score −inf."""
+
+    def __init__(
+        self,
+        n_items: int,
+        lam: float,
+        refit_every: int,
+        half_life: float | None = None,
+        fits: EASEFits | None = None,
+        max_items: int = EASE_MAX_ITEMS,
+    ) -> None:
+        recency = "" if half_life is None else f", user row recency h={half_life:g}"
+        self.name = f"EASE λ {lam:g}, refit every {refit_every:,}{recency}"
+        self.settings: dict[str, Any] = {
+            "lambda": lam,
+            "refit_every": refit_every,
+            "half_life_events": half_life,
+            "max_items": max_items,
+        }
+        self.lam, self.refit_every, self.half_life = lam, refit_every, half_life
+        self.max_items = max_items
+        self.data = Interactions(n_items)
+        self.fits = fits or EASEFits()
+        self.model: tuple[np.ndarray, np.ndarray] | None = None
+        self.fitted_at = 0
+        self.position = np.full(n_items, -1, np.int64)
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        if self.model is None or self.data.events - self.fitted_at >= self.refit_every:
+            self.model = self.fits.fit(self.data, self.lam, self.max_items)
+            self.fitted_at = self.data.events
+            self.position[:] = -1
+            self.position[self.model[0]] = np.arange(len(self.model[0]))
+        active, weights = self.model
+        scores = np.full(self.data.n_items, -np.inf)
+        history = self.data.histories.sequence.get(user)
+        if history:
+            items, recency = recency_weights(history, self.half_life)
+            rows = self.position[items]
+            known = rows >= 0
+            scores[active] = recency[known] @ weights[rows[known]]
+        else:
+            scores[active] = 0.0
+        return scores[candidates]
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        self.data.learn(examples)
+
+
+class IALSPeer:
+    """``implicit``'s AlternatingLeastSquares (iALS), refitted on every interaction so far
+    once ``refit_every`` events have arrived since the last fit (checked when ranking).
+    The user's factors are recomputed from their current items against the fitted item
+    factors (``recalculate_user``), so interactions since the fit count."""
+
+    def __init__(
+        self,
+        n_items: int,
+        factors: int,
+        refit_every: int,
+        regularization: float = 0.01,
+        alpha: float = 1.0,
+        iterations: int = 15,
+    ) -> None:
+        self.name = (
+            f"iALS (implicit) {factors} factors, L2 {regularization:g}, refit every {refit_every:,}"
+        )
+        self.settings: dict[str, Any] = {
+            "factors": factors,
+            "refit_every": refit_every,
+            "regularization": regularization,
+            "alpha": alpha,
+            "iterations": iterations,
+        }
+        self.options = {
+            "factors": factors,
+            "regularization": regularization,
+            "alpha": alpha,
+            "iterations": iterations,
+        }
+        self.refit_every = refit_every
+        self.data = Interactions(n_items)
+        self.model: Any = None
+        self.fitted_at = 0
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        from scipy import sparse
+
+        if self.model is None or self.data.events - self.fitted_at >= self.refit_every:
+            from implicit.cpu.als import AlternatingLeastSquares
+
+            self.model = AlternatingLeastSquares(
+                **self.options, random_state=0, num_threads=1, calculate_training_loss=False
+            )
+            self.model.fit(self.data.matrix(), show_progress=False)
+            self.fitted_at = self.data.events
+        seen = self.data.histories.seen.get(user)
+        if not seen:
+            return np.zeros(len(candidates))
+        items = np.fromiter(seen, np.int64, len(seen))
+        row = sparse.csr_matrix(
+            (np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)),
+            shape=(1, self.data.n_items),
+        )
+        factors = self.model.recalculate_user(0, row)
+        return np.asarray(self.model.item_factors[candidates] @ factors, np.float64)
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        self.data.learn(examples)
+
+
+class PopularityTieBreakPeer:
+    """Another peer's ranking with its ties (e.g. every item of a user without history)
+    broken by global popularity: a strictly lexicographic order, the peer's scores first."""
+
+    def __init__(self, peer: Any, n_items: int) -> None:
+        self.name = f"{peer.name}, ties by popularity"
+        self.settings: dict[str, Any] = {"peer": dict(getattr(peer, "settings", {}))}
+        self.peer = peer
+        self.popularity = PopularityPeer(n_items)
+
+    def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
+        scores = np.asarray(self.peer.score(user, features, candidates), np.float64)
+        counts = self.popularity.score(user, features, candidates)
+        levels = np.unique(scores[np.isfinite(scores)])
+        gap = float(np.diff(levels).min()) if len(levels) > 1 else 1.0
+        # below half the smallest gap between the peer's own scores: never reorders them
+        return scores + 0.5 * gap * counts / (counts.max() + 1.0)
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        self.peer.learn(examples)
+        self.popularity.learn(examples)

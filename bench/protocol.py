@@ -30,7 +30,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from actors.metrics import ROCAUC, Logloss, RankingMetrics, rank_of
-from actors.readers import ML_GENRES, _age_bucket, protocol_flags, read_ctr_tsv
+from actors.readers import (
+    ML_GENRES,
+    InteractionLog,
+    _age_bucket,
+    movietweetings_log,
+    protocol_flags,
+    read_ctr_tsv,
+    rechorus_log,
+)
 
 Feature = tuple[str, str]
 """A categorical feature: (freshrank namespace, value), e.g. ("u.age", "25-34")."""
@@ -304,6 +312,40 @@ def _movielens_profiles(path: Path) -> dict[str, list[Feature]]:
                 ("u.occupation", occupation),
             ]
     return profiles
+
+
+def stream_of_log(log: InteractionLog, where: Path) -> RankingStream:
+    """A reader's :class:`InteractionLog` as peers see it: the same order, features and flags
+    as ``actors.readers.log_chunks`` gives freshrank (every item known from the start)."""
+    ids = [item for item, _features in log.items]
+    features = [
+        [("item", item), *((ns, value) for ns, value, _x in item_features)]
+        for item, item_features in log.items
+    ]
+    row_of = {item: r for r, item in enumerate(ids)}
+    missing = sorted(set(log.item_ids) - row_of.keys())
+    if missing:
+        raise ValueError(
+            f"{where}: {len(missing)} items are not in the catalog, e.g. {missing[:3]}"
+        )
+    return RankingStream(
+        items=ItemTable(ids, features, np.zeros(len(ids), np.int64)),
+        profiles={},
+        users=list(log.users),
+        item_rows=np.array([row_of[i] for i in log.item_ids], np.int64),
+        ts=np.asarray(log.ts, np.float64),
+        evaluate=protocol_flags(len(log.users)),
+    )
+
+
+def load_movietweetings(folder: Path) -> RankingStream:
+    """MovieTweetings as ``freshrank replay --format movietweetings`` sees it."""
+    return stream_of_log(movietweetings_log(folder), folder)
+
+
+def load_rechorus(folder: Path) -> RankingStream:
+    """A ReChorus log (Amazon Grocery) as ``freshrank replay --format rechorus`` sees it."""
+    return stream_of_log(rechorus_log(folder), folder)
 
 
 def load_criteo(paths: Iterable[Path]) -> CTRRows:

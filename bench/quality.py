@@ -49,12 +49,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.benchutil import machine, venv_tool  # noqa: E402
+from bench.benchutil import machine  # noqa: E402
 from bench.peers import (  # noqa: E402
+    BlendPeer,
     DecayedPopularityPeer,
+    EASEFits,
+    EASEPeer,
     FunkMFPeer,
+    IALSPeer,
+    ItemKNNPeer,
+    MarkovChainPeer,
     MeanCTRPeer,
     PopularityPeer,
+    PopularityTieBreakPeer,
     RiverLRCTRPeer,
     RiverLRRankingPeer,
     RtrecSLIMPeer,
@@ -67,8 +74,11 @@ from bench.protocol import (  # noqa: E402
     CTRResult,
     RankingPeer,
     RankingResult,
+    RankingStream,
     load_criteo,
     load_movielens,
+    load_movietweetings,
+    load_rechorus,
     ratio,
     run_ctr,
     run_ranking,
@@ -80,11 +90,58 @@ from runtime.system import System  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_JSON = ROOT / "bench" / "out" / "quality.json"
 CRITEO_FILES = ("train.csv", "dev.csv", "test.csv")
-PEER_GROUPS = ("popularity", "vw", "river", "funkmf", "rtrec")
+PEER_GROUPS = (
+    "popularity",
+    "knn",
+    "markov",
+    "blend",
+    "ease",
+    "ials",
+    "vw",
+    "river",
+    "funkmf",
+    "rtrec",
+)
+# refit a whole model every N events: minutes per data set, left out by --quick
+HEAVY_GROUPS = ("ease", "ials")
 # too slow for all 100,000 ML-100K ratings in the time budget: run on the capped table only
 SLOW_GROUPS = ("river", "rtrec")
 DEFAULT_CAPPED_ROWS = 20_000
 HALF_LIVES_DAYS = (1.0, 7.0, 30.0)
+
+
+class RecommendationSet:
+    """A recommendation data set: its folder, ``freshrank replay`` format and peer stream."""
+
+    def __init__(self, title: str, folder: str, fmt: str, first_file: str, load: Any) -> None:
+        self.title, self.folder, self.fmt, self.first_file = title, folder, fmt, first_file
+        self.load = load
+
+
+RECOMMENDATION_SETS = {
+    "ml100k": RecommendationSet("ML-100K", "ml-100k", "movielens", "u.data", load_movielens),
+    "movietweetings": RecommendationSet(
+        "MovieTweetings 100K",
+        "movietweetings-100k",
+        "movietweetings",
+        "ratings.dat",
+        load_movietweetings,
+    ),
+    "rechorus": RecommendationSet(
+        "Amazon Grocery (ReChorus)",
+        "amazon-grocery-rechorus",
+        "rechorus",
+        "train.csv",
+        load_rechorus,
+    ),
+}
+DATA_SETS = (*RECOMMENDATION_SETS, "criteo")
+KNN_HALF_LIVES = (None, 3.0, 10.0)  # events; None: plain item-kNN
+MARKOV_SETTINGS = ((3, 0.5), (5, 0.7), (10, 0.8))  # (previous items, decay)
+BLEND_SETTINGS = (((5, 0.7), 10.0), ((10, 0.8), 3.0))  # (Markov, kNN half-life)
+# (λ, refit every N events, user-row recency half-life in events or None)
+EASE_SETTINGS = ((1000.0, 1000, None), (1000.0, 1000, 10.0), (300.0, 1000, 10.0))
+IALS_SETTINGS = ((64, 5000, 0.01), (64, 5000, 10.0))  # (factors, refit every N, L2)
 
 VW_BASE = ["--loss_function", "logistic", "-b", "22"]
 VW_FTRL_MATCHED = "--ftrl --ftrl_alpha 0.1 --ftrl_beta 1 --l1 0 --l2 0"
@@ -172,19 +229,21 @@ def freshrank_in_process(config: Config, paths: Sequence[Path], fmt: str) -> dic
 
 
 def freshrank_cli(path: Path, fmt: str, settings: dict[str, Any], tmp: str) -> dict[str, Any]:
-    """``freshrank replay`` as a subprocess, with the same config; its JSON result."""
+    """``freshrank replay`` (``python -m runtime``) as a subprocess, with the same config."""
     config_path = Path(tmp) / "freshrank.toml"
     config_path.write_text(to_toml(settings), encoding="utf-8")
     out = Path(tmp) / "replay.json"
-    command = [venv_tool("freshrank"), "replay", str(path), "--format", fmt, "--no-progress"]
-    command += ["--config", str(config_path), "--json", str(out)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    # this checkout's code: the venv's `freshrank` script may point at another work tree
+    command = [sys.executable, "-m", "runtime", "replay", str(path), "--format", fmt]
+    command += ["--no-progress", "--config", str(config_path), "--json", str(out)]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=tmp, env=env)
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     result["command"] = " ".join(command)
     return result
 
 
-# ----------------------------------------------------------------------------- ML-100K
+# ----------------------------------------------------------------------------- recommendation
 
 
 def truncated_movielens(folder: Path, rows: int, tmp: str) -> Path:
@@ -206,15 +265,17 @@ def ranking_peers(
     stack: contextlib.ExitStack,
     args: argparse.Namespace,
     config: Config,
-    stream: Any,
+    stream: RankingStream,
     groups: set[str],
 ) -> list[RankingPeer]:
     items, profiles = stream.items, stream.profiles
     crosses = config.model.crosses
+    n = len(items)
     peers: list[RankingPeer] = []
     if "popularity" in groups:
-        peers.append(PopularityPeer(len(items)))
-        peers += [DecayedPopularityPeer(len(items), d * 86400.0) for d in HALF_LIVES_DAYS]
+        peers.append(PopularityPeer(n))
+        peers += [DecayedPopularityPeer(n, d * 86400.0) for d in HALF_LIVES_DAYS]
+    peers += sequence_peers(n, groups)
     if "vw" in groups:
         settings = args.vw_ml or list(VW_ML_SETTINGS.values())
         names = list(VW_ML_SETTINGS) if not args.vw_ml else [f"VW {s}" for s in args.vw_ml]
@@ -236,25 +297,56 @@ def ranking_peers(
     return peers
 
 
-def run_movielens(
+def sequence_peers(n_items: int, groups: set[str]) -> list[RankingPeer]:
+    """The recency-aware peers of issue 10 (item-kNN, Markov chain, their blend, EASE, iALS)."""
+    peers: list[RankingPeer] = []
+    if "knn" in groups:
+        peers += [ItemKNNPeer(n_items, h) for h in KNN_HALF_LIVES]
+    if "markov" in groups:
+        peers += [MarkovChainPeer(n_items, order, decay) for order, decay in MARKOV_SETTINGS]
+    if "blend" in groups:
+        peers += [
+            BlendPeer(MarkovChainPeer(n_items, order, decay), ItemKNNPeer(n_items, h))
+            for (order, decay), h in BLEND_SETTINGS
+        ]
+    if "markov" in groups and "popularity" in groups:
+        # cold users score 0 everywhere: how much a popularity fallback adds on sparse sets
+        (order, decay), h = BLEND_SETTINGS[0]
+        peers += [
+            PopularityTieBreakPeer(MarkovChainPeer(n_items, order, decay), n_items),
+            PopularityTieBreakPeer(
+                BlendPeer(MarkovChainPeer(n_items, order, decay), ItemKNNPeer(n_items, h)),
+                n_items,
+            ),
+        ]
+    if "ease" in groups:
+        fits = EASEFits()
+        peers += [EASEPeer(n_items, lam, every, h, fits) for lam, every, h in EASE_SETTINGS]
+    if "ials" in groups:
+        peers += [IALSPeer(n_items, f, every, l2) for f, every, l2 in IALS_SETTINGS]
+    return peers
+
+
+def run_recommendation(
     args: argparse.Namespace,
     overrides: dict[str, dict[str, Any]],
+    data_set: RecommendationSet,
     rows: int | None,
     groups: set[str],
 ) -> dict[str, Any]:
-    """freshrank and the peer ``groups`` on the first ``rows`` ratings (all when None)."""
-    folder = args.data / "ml-100k"
-    if not (folder / "u.data").exists():
-        print(f"ML-100K: skipped, {folder / 'u.data'} does not exist")
-        return {"skipped": f"{folder / 'u.data'} does not exist"}
+    """freshrank and the peer ``groups`` on one recommendation set (first ``rows`` of ML-100K)."""
+    folder = args.data / data_set.folder
+    if not (folder / data_set.first_file).exists():
+        print(f"{data_set.title}: skipped, {folder / data_set.first_file} does not exist")
+        return {"skipped": f"{folder / data_set.first_file} does not exist"}
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         source = folder if rows is None else truncated_movielens(folder, rows, tmp)
         settings = freshrank_settings(overrides, tmp)
         config = Config.from_dict(settings)
-        print(f"\nML-100K ({source}): freshrank replay ...", flush=True)
-        fresh = freshrank_in_process(config, [source], "movielens")
-        cli = None if args.no_cli_check else freshrank_cli(source, "movielens", settings, tmp)
-        stream = load_movielens(source)
+        print(f"\n{data_set.title} ({source}): freshrank replay ...", flush=True)
+        fresh = freshrank_in_process(config, [source], data_set.fmt)
+        cli = None if args.no_cli_check else freshrank_cli(source, data_set.fmt, settings, tmp)
+        stream = data_set.load(source)
         with contextlib.ExitStack() as stack:
             peers = ranking_peers(stack, args, config, stream, groups)
             print(f"  {len(peers)} peers through the shared driver ...", flush=True)
@@ -268,7 +360,7 @@ def run_movielens(
                 exclude_seen=config.training.exclude_seen,
                 progress=_progress(len(stream), started),
             )
-    return ranking_report(fresh, cli, results, len(stream))
+    return ranking_report(data_set.title, fresh, cli, results, len(stream))
 
 
 def _progress(total: int, started: float) -> Any:
@@ -284,6 +376,7 @@ def _progress(total: int, started: float) -> Any:
 
 
 def ranking_report(
+    title: str,
     fresh: dict[str, Any],
     cli: dict[str, Any] | None,
     results: list[RankingResult],
@@ -304,10 +397,13 @@ def ranking_report(
     verdict = ratio(hr, best.hr) if best else math.nan
     rows = [("freshrank", hr, ndcg, fresh.get("rank_evaluated"), fresh["wall_seconds"])]
     rows += [(r.name, r.hr, r.ndcg, r.evaluated, r.seconds) for r in results]
-    print(f"\nML-100K: {events:,} interactions, HR@10 / NDCG@10 of the evaluated ones")
-    print(f"{'system':<62} {'HR@10':>7} {'NDCG@10':>8} {'evaluated':>9} {'s':>7} {'fr ÷':>6}")
+    width = max([62, *(len(r.name) for r in results)])
+    print(f"\n{title}: {events:,} interactions, HR@10 / NDCG@10 of the evaluated ones")
+    print(f"{'system':<{width}} {'HR@10':>7} {'NDCG@10':>8} {'evaluated':>9} {'s':>7} {'fr ÷':>6}")
     for name, h, n, count, seconds in rows:
-        print(f"{name:<62} {h:>7.4f} {n:>8.4f} {count!s:>9} {seconds:>7.1f} {ratio(hr, h):>6.2f}")
+        print(
+            f"{name:<{width}} {h:>7.4f} {n:>8.4f} {count!s:>9} {seconds:>7.1f} {ratio(hr, h):>6.2f}"
+        )
     if best is not None:
         met = "MET" if verdict >= 1.2 else "MISSED"
         print(f"best peer: {best.name} ({best.hr:.4f}); freshrank ÷ best = {verdict:.3f}")
@@ -413,10 +509,40 @@ def ctr_report(fresh: dict[str, Any], results: list[CTRResult], n: int) -> dict[
 # ----------------------------------------------------------------------------- main
 
 
+def print_summary(out: dict[str, Any]) -> None:
+    """One line per recommendation set: freshrank, the best peer, and their ratio."""
+    done = [(RECOMMENDATION_SETS[k].title, out[k]) for k in RECOMMENDATION_SETS if k in out]
+    done = [(title, report) for title, report in done if "peers" in report]
+    if not done:
+        return
+    print(
+        f"\n{'data set':<28} {'freshrank':>9} {'best peer HR@10':>15}  {'fr ÷ best':>9}  best peer"
+    )
+    for title, report in done:
+        best = max(report["peers"], key=lambda r: r["hr"], default=None)
+        fresh_hr = report["freshrank"].get("hr@10", math.nan)
+        best_hr = best["hr"] if best else math.nan
+        best_name = best["name"] if best else "-"
+        print(
+            f"{title:<28} {fresh_hr:>9.4f} {best_hr:>15.4f}  {ratio(fresh_hr, best_hr):>9.3f}"
+            f"  {best_name}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the data sets")
-    parser.add_argument("--only", choices=("ml100k", "criteo"), action="append", help="data sets")
+    parser.add_argument(
+        "--only", choices=DATA_SETS, action="append", help="data sets (default: all four)"
+    )
+    parser.add_argument(
+        "--recommendation",
+        action="store_true",
+        help=f"the recommendation sets only ({', '.join(RECOMMENDATION_SETS)}), same as --only each",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"skip the refitted peers ({', '.join(HEAVY_GROUPS)})"
+    )
     parser.add_argument(
         "--freshrank-set",
         action="append",
@@ -465,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"quality.py: freshrank config error: {error}", file=sys.stderr)
         return 2
-    only = set(args.only or ("ml100k", "criteo"))
+    only = set(args.only or ()) | (set(RECOMMENDATION_SETS) if args.recommendation else set())
+    only = only or set(DATA_SETS)
     started = time.perf_counter()
     out: dict[str, Any] = {
         "command": " ".join(["python bench/quality.py", *(argv or sys.argv[1:])])
@@ -473,12 +600,23 @@ def main(argv: list[str] | None = None) -> int:
     out["freshrank_overrides"] = overrides
     if "criteo" in only:
         out["criteo"] = run_criteo(args, overrides)
-    groups = set(PEER_GROUPS) - set(args.skip)
-    if "ml100k" in only:
-        full_groups = groups if args.slow_full else groups - set(SLOW_GROUPS)
-        out["ml100k"] = run_movielens(args, overrides, args.ml_rows, full_groups)
-        if args.capped_rows and groups & set(SLOW_GROUPS) and not args.slow_full:
-            out["ml100k_capped"] = run_movielens(args, overrides, args.capped_rows, groups)
+    groups = set(PEER_GROUPS) - set(args.skip) - (set(HEAVY_GROUPS) if args.quick else set())
+    full_groups = groups if args.slow_full else groups - set(SLOW_GROUPS)
+    for key, data_set in RECOMMENDATION_SETS.items():
+        if key not in only:
+            continue
+        rows = args.ml_rows if key == "ml100k" else None
+        out[key] = run_recommendation(args, overrides, data_set, rows, full_groups)
+        if (
+            key == "ml100k"
+            and args.capped_rows
+            and groups & set(SLOW_GROUPS)
+            and not args.slow_full
+        ):
+            out["ml100k_capped"] = run_recommendation(
+                args, overrides, data_set, args.capped_rows, groups
+            )
+    print_summary(out)
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["machine"] = machine()
     args.json.parent.mkdir(parents=True, exist_ok=True)

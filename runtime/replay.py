@@ -8,16 +8,27 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.readers import Chunk, read_ctr_tsv, read_jsonl, read_movielens
+from actors.readers import (
+    Chunk,
+    read_ctr_tsv,
+    read_jsonl,
+    read_movielens,
+    read_movietweetings,
+    read_rechorus,
+)
 from runtime.system import System
 
-FORMATS = ("movielens", "criteo", "tsv", "jsonl")
+FORMATS = ("movielens", "movietweetings", "rechorus", "criteo", "tsv", "jsonl")
 
 
 def open_log(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
     """The reader for a log format."""
     if fmt == "movielens":
         return read_movielens(path, batch_size)
+    if fmt == "movietweetings":
+        return read_movietweetings(path, batch_size)
+    if fmt == "rechorus":
+        return read_rechorus(path, batch_size)
     if fmt == "criteo":
         return read_ctr_tsv(path, criteo=True, batch_size=batch_size)
     if fmt == "tsv":

@@ -1,0 +1,456 @@
+"""Online item-to-item statistics: co-occurrence (item-kNN) and transitions (Markov).
+
+Pure numeric code, no asyncio: the trainer learns it per event and the ranker reads
+it for whole-catalog scores, candidates and "similar items".
+
+Items are catalog rows ``0..n-1``; the arrays grow as rows appear.  An event is a
+user whose previous items are ``recent`` (oldest first) interacting with ``item``.
+
+* **kNN** (cosine item-kNN, Sarwar et al., "Item-based collaborative filtering
+  recommendation algorithms", WWW 2001; recency weighting as in Ding & Li, "Time
+  weight collaborative filtering", CIKM 2005).  ``C[l, j]`` counts the events in
+  which ``j`` followed ``l`` or ``l`` followed ``j`` within the user's last
+  ``window`` items, and ``n[j]`` counts ``j``'s interactions.  A user scores
+
+      knn(j) = sum_l 2^(-age_l / half_life) C[l, j] / sqrt(n_l n_j)
+
+  over the last ``window`` recent items ``l``, ``age_l`` being the number of the
+  user's events after ``l`` (0 for the last one).
+* **Markov** (a decayed variable-distance transition model, in the spirit of the
+  session-kNN / sequential rules baselines of Ludewig & Jannach, "Evaluation of
+  session-based recommendation algorithms", UMUAI 2018).  ``T[a, b]`` adds
+  ``decay^(d-1)`` each time ``b`` comes ``d <= markov_order`` events after ``a``,
+  ``R[a]`` is the sum of ``a``'s row, and a user scores
+
+      markov(j) = sum_{d=1..order} decay^(d-1) T[last_d, j] / R[last_d].
+
+A self pair (``l == j``) is never counted: a neighbour list is about other items,
+and whether to show an item again is the ranker's business.
+
+**Bounded memory.**  Every item keeps at most ``neighbours`` entries per
+statistic, a row of a Filtered Space-Saving summary (Metwally, Agrawal & El
+Abbadi, "Efficient computation of frequent and top-k elements in data streams",
+ICDT 2005; the filter of Homem & Carvalho, "Finding top-k elements in data
+streams", Information Sciences 2010).  A weight for a neighbour already kept is
+added to its count; a new neighbour takes a free slot.  When the row is full, the
+new neighbour's weight goes to one of ``admission_counters`` hashed counters,
+which bound the weight of every neighbour not kept; only when that bound exceeds
+the row's smallest count does the neighbour replace the weakest entry, starting
+from the bound (its ``err``).  Without the filter every one-off pair would evict
+the weakest entry, and on a dense log (ML-100K) the mid-strength neighbours would
+cycle through the weakest slots and never build up a count.  Each entry brackets
+its true count: ``count - err <= true <= count``, and the scores use the lower,
+guaranteed part, so a newcomer is not credited with the weight it inherited.
+While no row is full the counts are exact.
+
+**Scores.**  Each signal is divided by its maximum over every row the statistics
+know, so 1 is the user's strongest candidate and 0 means no evidence.  The
+accumulation is sparse (the recent items' neighbour lists), so its cost is
+``window x neighbours``, independent of the catalog size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+STATE_VERSION = 1
+SIGNALS = ("knn", "markov")
+
+
+@dataclass(frozen=True)
+class ItemStatsParams:
+    """How far back a user's items reach and how much each statistic may keep."""
+
+    window: int = 20
+    half_life: float = 5.0
+    markov_order: int = 5
+    markov_decay: float = 0.7
+    neighbours: int = 100
+    admission_counters: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("window", "markov_order", "neighbours", "admission_counters"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and 1 <= value <= 100_000):
+                raise ValueError(f"itemstats {name} must be an int in 1..100000, got {value!r}")
+        if not (self.half_life > 0 and math.isfinite(self.half_life)):
+            raise ValueError(f"itemstats half_life must be > 0, got {self.half_life}")
+        if not 0 < self.markov_decay <= 1:
+            raise ValueError(f"itemstats markov_decay must be in (0, 1], got {self.markov_decay}")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bucket(other: int, buckets: int) -> int:
+    """Knuth's multiplicative hash of a neighbour row onto a row's admission counters."""
+    return ((other * 2654435761) & 0xFFFFFFFF) % buckets
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _first_minimum(counts: np.ndarray) -> int:
+    weakest = 0
+    for s in range(1, counts.shape[0]):
+        if counts[s] < counts[weakest]:
+            weakest = s
+    return weakest
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add(
+    nbr: np.ndarray,
+    cnt: np.ndarray,
+    err: np.ndarray,
+    fill: np.ndarray,
+    weakest: np.ndarray,
+    gate: np.ndarray,
+    row: int,
+    other: int,
+    w: float,
+) -> None:
+    """Filtered Space-Saving update of ``row``'s summary with weight ``w`` for ``other``.
+
+    ``weakest[row]`` is the slot of the full row's smallest count, recomputed only when
+    that entry changes, so a newcomer the gate turns away costs no pass over the row.
+    """
+    used = fill[row]
+    full = nbr.shape[1]
+    for s in range(used):
+        if nbr[row, s] == other:
+            cnt[row, s] += w
+            if used == full and s == weakest[row]:
+                weakest[row] = _first_minimum(cnt[row])
+            return
+    if used < full:
+        nbr[row, used] = other
+        cnt[row, used] = w
+        err[row, used] = 0.0
+        fill[row] = used + 1
+        if used + 1 == full:
+            weakest[row] = _first_minimum(cnt[row])
+        return
+    low = weakest[row]
+    buckets = gate.shape[1]
+    bucket = _bucket(other, buckets)
+    unmonitored = gate[row, bucket]
+    if unmonitored + w <= cnt[row, low]:
+        gate[row, bucket] = unmonitored + w
+        return
+    evicted = _bucket(nbr[row, low], buckets)
+    gate[row, evicted] = max(gate[row, evicted], cnt[row, low])
+    nbr[row, low] = other
+    cnt[row, low] = unmonitored + w
+    err[row, low] = unmonitored
+    weakest[row] = _first_minimum(cnt[row])
+
+
+@njit(cache=True, nogil=True)
+def _learn_events(
+    recent_ptr: np.ndarray,
+    recent_rows: np.ndarray,
+    items: np.ndarray,
+    window: int,
+    order: int,
+    decay: float,
+    knn_nbr: np.ndarray,
+    knn_cnt: np.ndarray,
+    knn_err: np.ndarray,
+    knn_fill: np.ndarray,
+    knn_weakest: np.ndarray,
+    knn_gate: np.ndarray,
+    mk_nbr: np.ndarray,
+    mk_cnt: np.ndarray,
+    mk_err: np.ndarray,
+    mk_fill: np.ndarray,
+    mk_weakest: np.ndarray,
+    mk_gate: np.ndarray,
+    item_count: np.ndarray,
+    mk_total: np.ndarray,
+) -> None:
+    """Learn events in order (CSR ``recent_ptr``/``recent_rows``), as the module docstring."""
+    for e in range(items.shape[0]):
+        item = items[e]
+        lo = recent_ptr[e]
+        hi = recent_ptr[e + 1]
+        for p in range(max(lo, hi - window), hi):
+            other = recent_rows[p]
+            if other != item:
+                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, other, item, 1.0)
+                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, item, other, 1.0)
+        w = 1.0
+        for p in range(hi - 1, max(lo, hi - order) - 1, -1):
+            prev = recent_rows[p]
+            if prev != item:
+                _add(mk_nbr, mk_cnt, mk_err, mk_fill, mk_weakest, mk_gate, prev, item, w)
+                mk_total[prev] += w
+            w *= decay
+        item_count[item] += 1.0
+
+
+@njit(cache=True, nogil=True)
+def _accumulate(
+    recent: np.ndarray,
+    window: int,
+    half_life: float,
+    order: int,
+    decay: float,
+    knn_nbr: np.ndarray,
+    knn_cnt: np.ndarray,
+    knn_err: np.ndarray,
+    knn_fill: np.ndarray,
+    mk_nbr: np.ndarray,
+    mk_cnt: np.ndarray,
+    mk_err: np.ndarray,
+    mk_fill: np.ndarray,
+    item_count: np.ndarray,
+    mk_total: np.ndarray,
+    out: np.ndarray,
+    touched: np.ndarray,
+) -> np.ndarray:
+    """Add both signals' raw scores into ``out`` (zero on entry, one row per signal).
+
+    Returns how many rows each signal touched; their indices are ``touched[s, :count]``,
+    so a caller can read the maxima and clear a reused buffer without a full pass.
+    """
+    counts = np.zeros(2, np.int64)
+    last = recent.shape[0]
+    for p in range(max(0, last - window), last):
+        row = recent[p]
+        w = 2.0 ** (-(last - 1 - p) / half_life) / math.sqrt(max(item_count[row], 1.0))
+        for s in range(knn_fill[row]):
+            j = knn_nbr[row, s]
+            if out[0, j] == 0.0:
+                touched[0, counts[0]] = j
+                counts[0] += 1
+            out[0, j] += (
+                w * (knn_cnt[row, s] - knn_err[row, s]) / math.sqrt(max(item_count[j], 1.0))
+            )
+    w = 1.0
+    for p in range(last - 1, max(0, last - order) - 1, -1):
+        row = recent[p]
+        if mk_total[row] > 0.0:
+            scale = w / mk_total[row]
+            for s in range(mk_fill[row]):
+                j = mk_nbr[row, s]
+                if out[1, j] == 0.0:
+                    touched[1, counts[1]] = j
+                    counts[1] += 1
+                out[1, j] += scale * (mk_cnt[row, s] - mk_err[row, s])
+        w *= decay
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def _maxima(out: np.ndarray, touched: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each signal's largest score over the rows it touched (0 when it touched none)."""
+    best = np.zeros(out.shape[0])
+    for s in range(out.shape[0]):
+        for t in range(counts[s]):
+            best[s] = max(best[s], out[s, touched[s, t]])
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _read_and_clear(
+    out: np.ndarray, touched: np.ndarray, counts: np.ndarray, items: np.ndarray, raw: bool
+) -> np.ndarray:
+    """Scores of ``items`` (normalised unless ``raw``), then ``out`` back to zero."""
+    best = _maxima(out, touched, counts)
+    result = np.zeros((out.shape[0], items.shape[0]))
+    for s in range(out.shape[0]):
+        if best[s] > 0.0:
+            scale = 1.0 if raw else best[s]
+            for i in range(items.shape[0]):
+                item = items[i]
+                if 0 <= item < out.shape[1]:
+                    result[s, i] = out[s, item] / scale
+        for t in range(counts[s]):
+            out[s, touched[s, t]] = 0.0
+    return result
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ItemStats:
+    """Bounded online kNN and Markov neighbour lists over catalog rows (module docstring)."""
+
+    names: tuple[str, ...] = SIGNALS
+
+    def __init__(self, params: ItemStatsParams | None = None, capacity: int = 1024) -> None:
+        self.params = params or ItemStatsParams()
+        self.n_items = 0
+        self._allocate(max(int(capacity), 1))
+
+    def _allocate(self, capacity: int) -> None:
+        k, gates = self.params.neighbours, self.params.admission_counters
+        self.knn_nbr = np.full((capacity, k), -1, np.int32)
+        self.knn_cnt = np.zeros((capacity, k))
+        self.knn_err = np.zeros((capacity, k))
+        self.knn_fill = np.zeros(capacity, np.int32)
+        self.knn_weakest = np.zeros(capacity, np.int32)
+        self.knn_gate = np.zeros((capacity, gates))
+        self.mk_nbr = np.full((capacity, k), -1, np.int32)
+        self.mk_cnt = np.zeros((capacity, k))
+        self.mk_err = np.zeros((capacity, k))
+        self.mk_fill = np.zeros(capacity, np.int32)
+        self.mk_weakest = np.zeros(capacity, np.int32)
+        self.mk_gate = np.zeros((capacity, gates))
+        self.item_count = np.zeros(capacity)
+        self.mk_total = np.zeros(capacity)
+        self._out = np.zeros((len(SIGNALS), capacity))
+        self._touched = np.zeros((len(SIGNALS), self._touched_size()), np.int64)
+
+    def _touched_size(self) -> int:
+        p = self.params
+        return max(p.window, p.markov_order) * p.neighbours
+
+    @property
+    def capacity(self) -> int:
+        return int(self.item_count.shape[0])
+
+    def _grow(self, rows_needed: int) -> None:
+        """Make room for rows ``0..rows_needed-1`` (capacity doubles, so growth is amortised)."""
+        self.n_items = max(self.n_items, rows_needed)
+        if rows_needed <= self.capacity:
+            return
+        old = {name: getattr(self, name) for name in _ROW_ARRAYS}
+        capacity = self.capacity
+        while capacity < rows_needed:
+            capacity *= 2
+        self._allocate(capacity)
+        for name, array in old.items():
+            getattr(self, name)[: len(array)] = array
+
+    # ------------------------------------------------------------------ learning
+
+    def learn(self, recent: np.ndarray, item: int) -> None:
+        """A user whose previous items are ``recent`` (oldest first) interacted with ``item``."""
+        rows = np.asarray(recent, np.int64)
+        self.learn_batch(np.array([0, len(rows)], np.int64), rows, np.array([item], np.int64))
+
+    def learn_batch(
+        self, recent_ptr: np.ndarray, recent_rows: np.ndarray, items: np.ndarray
+    ) -> None:
+        """Events in order: event e's previous items are ``recent_rows[recent_ptr[e]:recent_ptr[e+1]]``."""
+        ptr = np.ascontiguousarray(recent_ptr, np.int64)
+        rows = np.ascontiguousarray(recent_rows, np.int64)
+        targets = np.ascontiguousarray(items, np.int64)
+        if ptr.shape != (len(targets) + 1,) or ptr[0] != 0 or ptr[-1] != len(rows):
+            raise ValueError(
+                "recent_ptr must have len(items) + 1 offsets from 0 to len(recent_rows)"
+            )
+        if np.any(np.diff(ptr) < 0):
+            raise ValueError("recent_ptr must be non-decreasing")
+        if len(targets) == 0:
+            return
+        lowest = min(int(targets.min()), int(rows.min()) if len(rows) else 0)
+        if lowest < 0:
+            raise ValueError(f"item rows must be >= 0, got {lowest}")
+        self._grow(max(int(targets.max()), int(rows.max()) if len(rows) else 0) + 1)
+        p = self.params
+        _learn_events(
+            ptr, rows, targets, p.window, p.markov_order, p.markov_decay,
+            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill, self.knn_weakest, self.knn_gate,
+            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill, self.mk_weakest, self.mk_gate,
+            self.item_count, self.mk_total,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ scoring
+
+    def _accumulate_into_buffer(self, recent: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(recent, np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_items)]
+        p = self.params
+        return _accumulate(
+            rows, p.window, p.half_life, p.markov_order, p.markov_decay,
+            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill,
+            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill,
+            self.item_count, self.mk_total, self._out, self._touched,
+        )  # fmt: skip
+
+    def scores(self, recent: np.ndarray, n_items: int, *, raw: bool = False) -> np.ndarray:
+        """``(len(names), n_items)``: every row's score, each signal divided by its maximum.
+
+        The maximum is over every row the statistics know (also past ``n_items``), so
+        these are exactly the values :meth:`scores_at` gives.  ``raw``: undivided sums.
+        """
+        return self.scores_at(recent, np.arange(int(n_items), dtype=np.int64), raw=raw)
+
+    def scores_at(self, recent: np.ndarray, items: np.ndarray, *, raw: bool = False) -> np.ndarray:
+        """``(len(names), len(items))``: the values :meth:`scores` gives ``items``."""
+        counts = self._accumulate_into_buffer(recent)
+        wanted = np.ascontiguousarray(items, np.int64)
+        return _read_and_clear(self._out, self._touched, counts, wanted, raw)
+
+    def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` kNN neighbours of ``item`` by cosine, best first (ties: lower row)."""
+        if not 0 <= item < self.n_items or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        used = int(self.knn_fill[item])
+        rows = self.knn_nbr[item, :used].astype(np.int64)
+        norms = np.sqrt(np.maximum(self.item_count[rows], 1.0) * max(self.item_count[item], 1.0))
+        cosine = (self.knn_cnt[item, :used] - self.knn_err[item, :used]) / norms
+        best = np.lexsort((rows, -cosine))[:k]
+        return rows[best], cosine[best]
+
+    # ------------------------------------------------------------------ state
+
+    def to_state(self) -> dict[str, Any]:
+        """msgpack-encodable snapshot (``runtime.codec.encode``) of the first ``n_items`` rows."""
+        n = self.n_items
+        state: dict[str, Any] = {"version": STATE_VERSION, "params": asdict(self.params)}
+        state["n_items"] = n
+        for name in _ROW_ARRAYS:
+            state[name] = np.ascontiguousarray(getattr(self, name)[:n])
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace everything learned with ``state`` (from :meth:`to_state`), params included."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"itemstats state version {state.get('version')!r} is not {STATE_VERSION}"
+            )
+        params = ItemStatsParams(**state["params"])
+        n = int(state["n_items"])
+        arrays = {name: np.asarray(state[name]) for name in _ROW_ARRAYS}
+        for name, array in arrays.items():
+            if len(array) != n:
+                raise ValueError(f"itemstats state {name} has {len(array)} rows, expected {n}")
+        self.params = params
+        self.n_items = 0
+        self._allocate(max(n, 1))
+        self.n_items = n
+        for name, array in arrays.items():
+            getattr(self, name)[:n] = array
+
+    def statistics(self) -> dict[str, Any]:
+        """Sizes for dashboards and capacity planning: entries kept and bytes allocated.
+
+        ``bytes_per_item`` is what every catalog row costs (the arrays grow by rows);
+        ``scratch_bytes`` are the scoring buffers.
+        """
+        row_bytes = sum(getattr(self, name).nbytes for name in _ROW_ARRAYS)
+        return {
+            "items": self.n_items,
+            "capacity": self.capacity,
+            "knn_entries": int(self.knn_fill[: self.n_items].sum()),
+            "markov_entries": int(self.mk_fill[: self.n_items].sum()),
+            "bytes": int(row_bytes + self._out.nbytes + self._touched.nbytes),
+            "bytes_per_item": row_bytes / self.capacity,
+            "scratch_bytes": int(self._out.nbytes + self._touched.nbytes),
+        }
+
+
+_ROW_ARRAYS = (
+    "knn_nbr", "knn_cnt", "knn_err", "knn_fill", "knn_weakest", "knn_gate",
+    "mk_nbr", "mk_cnt", "mk_err", "mk_fill", "mk_weakest", "mk_gate",
+    "item_count", "mk_total",
+)  # fmt: skip
+"""The per-row arrays (state and growth); the scoring buffers are scratch."""

@@ -1,0 +1,153 @@
+"""The MovieTweetings and ReChorus readers: catalog first, then interactions in time order
+(file order breaking ties) with the recommendation protocol's flags, as read_movielens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from actors.batching import slice_strings
+from actors.readers import (
+    Chunk,
+    protocol_flags,
+    read_movielens,
+    read_movietweetings,
+    read_rechorus,
+)
+from runtime.replay import FORMATS, open_log
+from tests.conftest import data_path
+
+
+@dataclass
+class Replayed:
+    """What a reader hands the pipeline, flattened: upserts (with features), then interactions."""
+
+    upserts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    flags: list[bool] = field(default_factory=list)
+    upsert_after_interaction: bool = False
+
+
+def flatten(chunks: list[Chunk]) -> Replayed:
+    out = Replayed()
+    for chunk in chunks:
+        batch = chunk.batch
+        assert batch is not None and not chunk.rejected
+        values = slice_strings(batch.feat_data, batch.feat_off, 0, len(batch.feat_ns))
+        for r in range(len(batch.items)):
+            if batch.kind[r] == 1:
+                out.upsert_after_interaction |= bool(out.users)
+                lo, hi = int(batch.feat_ptr[r]), int(batch.feat_ptr[r + 1])
+                out.upserts[batch.items[r]] = [
+                    (batch.namespaces[int(batch.feat_ns[f])], values[f]) for f in range(lo, hi)
+                ]
+            else:
+                out.users.append(batch.users[r])
+                out.items.append(batch.items[r])
+                out.ts.append(float(batch.ts[r]))
+                out.flags.append(bool(batch.rank_eval[r]))
+        assert chunk.interactions == int((batch.kind == 0).sum())
+    return out
+
+
+def assert_time_order_keeps_file_order(got: Replayed, rows: list[tuple[str, str, int]]) -> None:
+    """Interactions are the file's rows sorted by time, equal times in file order."""
+    order = sorted(range(len(rows)), key=lambda n: rows[n][2])  # Python's sort is stable
+    assert got.users == [rows[n][0] for n in order]
+    assert got.items == [rows[n][1] for n in order]
+    assert got.ts == [float(rows[n][2]) for n in order]
+    assert (np.diff(got.ts) >= 0).all()
+
+
+def test_movietweetings_small_log(tmp_path: Path) -> None:
+    (tmp_path / "movies.dat").write_text(
+        "0002844::Fantômas (1913)::Crime|Drama\n0000001::No year::\n0012345::Solo (2013)::\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "ratings.dat").write_text(
+        "1::0012345::7::300\n2::0002844::8::100\n3::0000001::5::300\n1::0002844::9::100\n",
+        encoding="utf-8",
+    )
+    got = flatten(list(read_movietweetings(tmp_path, batch_size=2)))
+    assert not got.upsert_after_interaction
+    assert got.upserts == {
+        "0002844": [("i.genre", "Crime"), ("i.genre", "Drama"), ("i.year", "1913")],
+        "0000001": [("i.year", "unknown")],
+        "0012345": [("i.year", "2013")],
+    }
+    assert got.users == ["2", "1", "1", "3"]  # ts 100, 100, 300, 300 in file order
+    assert got.items == ["0002844", "0002844", "0012345", "0000001"]
+    assert got.flags == protocol_flags(4).tolist()
+
+
+def test_rechorus_small_log(tmp_path: Path) -> None:
+    (tmp_path / "item_meta.csv").write_text(
+        "item_id\ti_category\tr_complement\tr_substitute\n1\t0\t[2]\t[]\n2\t21\t[]\t[1]\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "train.csv").write_text(
+        "user_id\titem_id\ttime\n5\t2\t200\n4\t1\t100\n6\t1\t200\n4\t2\t100\n", encoding="utf-8"
+    )
+    got = flatten(list(read_rechorus(tmp_path)))
+    assert got.upserts == {"1": [("i.category", "unknown")], "2": [("i.category", "21")]}
+    assert list(zip(got.users, got.items, strict=True)) == [
+        ("4", "1"),
+        ("4", "2"),
+        ("5", "2"),
+        ("6", "1"),
+    ]
+
+
+def test_new_formats_are_replay_formats(tmp_path: Path) -> None:
+    assert {"movielens", "movietweetings", "rechorus"} <= set(FORMATS)
+    (tmp_path / "train.csv").write_text("user_id\titem_id\ttime\n1\t9\t5\n", encoding="utf-8")
+    got = flatten(list(open_log(tmp_path, "rechorus", 256)))
+    assert (got.users, got.items, got.upserts) == (["1"], ["9"], {})
+
+
+def test_movietweetings_real_data() -> None:
+    folder = data_path("movietweetings-100k")
+    rows = [
+        (user, item, int(ts))
+        for user, item, _rating, ts in (
+            line.split("::") for line in (folder / "ratings.dat").read_text().splitlines()
+        )
+    ]
+    got = flatten(list(read_movietweetings(folder)))
+    assert len(got.upserts) == 10_506 and not got.upsert_after_interaction
+    assert got.upserts["0002844"] == [
+        ("i.genre", "Crime"),
+        ("i.genre", "Drama"),
+        ("i.year", "1913"),
+    ]
+    assert set(got.items) <= got.upserts.keys()
+    assert len(got.users) == 100_000 and len(set(got.users)) == 16_554
+    assert_time_order_keeps_file_order(got, rows)
+    assert np.flatnonzero(got.flags).tolist() == list(range(20_000, 100_000, 20))
+
+
+def test_rechorus_real_data() -> None:
+    folder = data_path("amazon-grocery-rechorus")
+    lines = (folder / "train.csv").read_text().splitlines()
+    assert lines[0].split("\t") == ["user_id", "item_id", "time"]
+    rows = [(u, i, int(t)) for u, i, t in (line.split("\t") for line in lines[1:])]
+    got = flatten(list(read_rechorus(folder)))
+    assert len(got.upserts) == 8_713 and not got.upsert_after_interaction
+    assert len(set(got.items)) == 8_687 and set(got.items) <= got.upserts.keys()
+    categories = {features[0][1] for features in got.upserts.values()}
+    assert len(categories) == 57 and "unknown" in categories and "0" not in categories
+    assert len(got.users) == 121_892
+    assert len(set(got.ts)) < len(got.ts) / 10  # day granularity: ties are the rule
+    assert_time_order_keeps_file_order(got, rows)
+    assert np.flatnonzero(got.flags).tolist() == list(range(24_378, 121_892, 20))
+
+
+def test_movielens_reader_has_the_same_shape() -> None:
+    got = flatten(list(read_movielens(data_path("ml-100k"))))
+    assert len(got.upserts) == 1_682 and not got.upsert_after_interaction
+    assert len(got.users) == 100_000
+    assert np.flatnonzero(got.flags).tolist() == list(range(20_000, 100_000, 20))
