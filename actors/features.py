@@ -226,6 +226,9 @@ class UserState:
     profile_names: dict[str, list[str]] = field(default_factory=dict)
     recent_len: int = 0
     recent: dict[str, list[int]] = field(default_factory=dict)
+    # the last ``sequence_len`` items of each user in order, for the item-to-item signals
+    sequence_len: int = 0
+    sequences: dict[str, list[int]] = field(default_factory=dict)
 
     def seen(self, user: str) -> set[int]:
         return self.history.get(user, set())
@@ -236,6 +239,7 @@ class UserState:
         return {
             "history": {u: sorted(rows) for u, rows in self.history.items()},
             "recent": self.recent,
+            "sequences": self.sequences,
             "profiles": {
                 u: [p.ns, p.raw, p.x, self.profile_names.get(u, [])]
                 for u, p in self.profiles.items()
@@ -246,6 +250,9 @@ class UserState:
         self.history = {user: set(rows) for user, rows in state["history"].items()}
         keep = self.recent_len
         self.recent = {u: list(rows)[-keep:] if keep else [] for u, rows in state["recent"].items()}
+        longest = self.sequence_len
+        saved = state["sequences"].items()
+        self.sequences = {u: list(rows)[-longest:] if longest else [] for u, rows in saved}
         self.profiles, self.profile_names = {}, {}
         for user, (ns, raw, x, names) in state["profiles"].items():
             self.profiles[user] = BaseFeatures(
@@ -261,6 +268,14 @@ class UserState:
                 recent.remove(item_row)
             recent.append(item_row)
             del recent[: -self.recent_len]
+        if self.sequence_len:
+            sequence = self.sequences.setdefault(user, [])
+            sequence.append(item_row)
+            del sequence[: -self.sequence_len]
+
+    def sequence(self, user: str) -> np.ndarray:
+        """The user's last ``sequence_len`` items, oldest first."""
+        return np.array(self.sequences.get(user, ()) if user else (), np.int64)
 
 
 def with_history(
@@ -503,10 +518,12 @@ def explain(
     w: np.ndarray,
     top: int = 5,
     factors: FactorStore | None = None,
+    signals: Sequence[tuple[str, float]] = (),
 ) -> list[dict[str, object]]:
     """The terms that contributed most to one item's score, with readable names: linear
-    weights (|w·x|, ``part: "linear"``) and, with ``factors``, factor pairs
-    (<v_i, v_j> x_i x_j, ``part: "factor"``)."""
+    weights (|w·x|, ``part: "linear"``), with ``factors`` factor pairs
+    (<v_i, v_j> x_i x_j, ``part: "factor"``), and the given sequence-signal terms
+    (``part: "signal"``)."""
     names = ["bias", *user_names]
     idx = [space.bias_index, *space.index(user.raw)]
     xs = [1.0, *user.x]
@@ -536,6 +553,10 @@ def explain(
             names.append(f"{names[i + 1]} ~ {names[j + 1]}")
             contributions.append(float(term))
             parts.append("factor")
+    for name, term in signals:
+        names.append(name)
+        contributions.append(term)
+        parts.append("signal")
     values = np.asarray(contributions)
     order = np.argsort(-np.abs(values), kind="stable")[:top]
     return [

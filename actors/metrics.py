@@ -920,7 +920,15 @@ class ProgressiveMetrics:
         self.ranking = RankingMetrics(k)
         self.popularity = PopularityBaseline(k) if popularity else None
         self.popularity_ranking = RankingMetrics(k)
+        self.signals: dict[str, RankingMetrics] = {}  # each sequence signal ranking alone
         self.k = k
+
+    def signal(self, name: str) -> RankingMetrics:
+        """The ranking metrics of one signal alone (what it adds, next to the model's)."""
+        metrics = self.signals.get(name)
+        if metrics is None:
+            metrics = self.signals[name] = RankingMetrics(self.k)
+        return metrics
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -942,6 +950,9 @@ class ProgressiveMetrics:
             if self.popularity is not None:
                 out[f"baseline_popularity_hr@{self.k}"] = self.popularity_ranking.hit_rate()
                 out[f"baseline_popularity_ndcg@{self.k}"] = self.popularity_ranking.ndcg()
+            for name, metrics in self.signals.items():
+                out[f"signal_{name}_hr@{self.k}"] = metrics.hit_rate()
+                out[f"signal_{name}_ndcg@{self.k}"] = metrics.ndcg()
         return out
 
     STATE_VERSION: ClassVar[int] = 1
@@ -953,6 +964,7 @@ class ProgressiveMetrics:
             "mean_ctr": self.mean_ctr.to_state(),
             "ranking": self.ranking.to_state(),
             "popularity_ranking": self.popularity_ranking.to_state(),
+            "signals": {name: m.to_state() for name, m in self.signals.items()},
         }
         if self.popularity is not None:
             state["popularity"] = self.popularity.to_state()
@@ -964,5 +976,6 @@ class ProgressiveMetrics:
         self.mean_ctr = RunningMeanCTR.from_state(state["mean_ctr"])
         self.ranking = RankingMetrics.from_state(state["ranking"])
         self.popularity_ranking = RankingMetrics.from_state(state["popularity_ranking"])
+        self.signals = {n: RankingMetrics.from_state(s) for n, s in state["signals"].items()}
         if "popularity" in state:
             self.popularity = PopularityBaseline.from_state(state["popularity"])

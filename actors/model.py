@@ -25,15 +25,19 @@ from actors.factors import FactorParams, FactorStore
 from actors.features import Catalog, FeatureSpace, UserState
 from actors.ftrl import FTRLParams
 from actors.hasher import Featurizer
+from actors.itemstats import ItemStatsParams
 from actors.learner import ParameterStore
 from actors.metrics import ProgressiveMetrics
 from actors.ranker import Ranker
+from actors.signals import SequenceSignals
 from actors.state import Stateful
 from runtime.config import Config
 from runtime.errors import FreshrankError
 from runtime.messages import WeightDelta
 
-RESERVED_PARTS = ("weights", "factors", "catalog", "users", "metrics", "labels", "stream")
+RESERVED_PARTS = (
+    "weights", "factors", "catalog", "users", "metrics", "labels", "stream", "sequence"
+)  # fmt: skip
 
 
 def feature_space(config: Config) -> FeatureSpace:
@@ -62,15 +66,26 @@ def factor_params(config: Config) -> FactorParams | None:
     )
 
 
+def sequence_params(config: Config) -> ItemStatsParams | None:
+    """The item-to-item statistics' settings (None: no sequence signals)."""
+    s = config.sequence
+    if not s.enabled:
+        return None
+    return ItemStatsParams(s.window, s.half_life, s.markov_order, s.markov_decay, s.neighbours)
+
+
 def model_settings(config: Config) -> dict[str, Any]:
     """What saved state means: restoring it under other settings would load garbage."""
     fp = factor_params(config)
+    sp = sequence_params(config)
     return {
         "bits": config.model.bits,
         "seed": config.model.seed,
         "crosses": [list(c) for c in config.model.crosses],
         "factors": fp.k if fp else 0,
         "factor_bits": fp.bits if fp else 0,
+        "sequence": [sp.window, sp.neighbours] if sp else None,
+        "components": list(config.model.components),
     }
 
 
@@ -161,6 +176,7 @@ class Model:
     users: UserState
     metrics: ProgressiveMetrics
     labels: DelayedLabelJoiner
+    sequence: SequenceSignals | None = None
     stream: StreamPosition = field(default_factory=StreamPosition)
     components: dict[str, Component] = field(default_factory=dict)
 
@@ -176,6 +192,8 @@ class Model:
         }
         if self.factors is not None:
             parts["factors"] = self.factors
+        if self.sequence is not None:
+            parts["sequence"] = self.sequence
         return {**parts, **self.components}
 
     def observe(self, users: Sequence[str], item_rows: np.ndarray) -> None:
@@ -203,6 +221,7 @@ class Model:
             self.config.training.exclude_seen,
             factors=self.factors,
             posterior=WeightPosterior(self.store.n, self.params) if exploration else None,
+            sequence=self.sequence,
         )
 
     def apply_delta(self, delta: WeightDelta) -> None:
@@ -218,6 +237,7 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
     space = feature_space(config)
     params = ftrl_params(config)
     fp = factor_params(config)
+    sp = sequence_params(config)
     t, lab = config.training, config.labels
     return Model(
         config=config,
@@ -226,9 +246,10 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         store=ParameterStore(space.size, params),
         factors=FactorStore(fp) if fp is not None else None,
         catalog=Catalog(),
-        users=UserState(recent_len=config.model.history),
+        users=UserState(recent_len=config.model.history, sequence_len=sp.window if sp else 0),
         metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
         labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
+        sequence=SequenceSignals(space, sp) if sp else None,
         components=load_components(config),
     )
 

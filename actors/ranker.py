@@ -25,6 +25,7 @@ from actors.features import (
     with_history,
 )
 from actors.ftrl import sigmoid
+from actors.signals import SequenceSignals
 
 
 class UnknownCandidates(ValueError):
@@ -55,8 +56,10 @@ class Ranker:
         exclude_seen: bool = True,
         factors: FactorStore | None = None,
         posterior: WeightPosterior | None = None,  # None: Thompson exploration unavailable
+        sequence: SequenceSignals | None = None,
     ) -> None:
         self.space = space
+        self.sequence = sequence
         self.posterior = posterior
         self.factors = factors
         self.scorer = FactorScorer(factors) if factors is not None else None
@@ -123,6 +126,9 @@ class Ranker:
                 raise UnknownCandidates("none of the candidate items is in the catalog")
             rows = np.asarray(found, np.int64)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
+        signals = self._signal_values(user, rows)
+        if signals is not None:
+            scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
         excluded = np.zeros(scores.size, bool)
         seen = self.users.seen(user) if self.exclude_seen else set()
@@ -144,13 +150,30 @@ class Ranker:
                 "score": float(sigmoid(np.array([scores[pos]]))[0]),
             }
             if with_explanations:
+                extra = self._signal_terms(signals[:, pos]) if signals is not None else []
                 entry["explanation"] = explain(
-                    self.space, features, names, self.catalog, row, self.weights, 5, self.factors
-                )
+                    self.space, features, names, self.catalog, row, self.weights, 5, self.factors,
+                    extra,
+                )  # fmt: skip
             result.append(entry)
         self.requests += 1
         self.seconds += time.perf_counter() - started
         return result
+
+    def _signal_values(self, user: str, rows: np.ndarray | None) -> np.ndarray | None:
+        """(signals, candidates): the sequence signals of the user's recent items."""
+        if self.sequence is None:
+            return None
+        values = self.sequence.catalog_values(self.users.sequence(user), len(self.catalog))
+        return values if rows is None else values[:, rows]
+
+    def _signal_terms(self, values: np.ndarray) -> list[tuple[str, float]]:
+        assert self.sequence is not None
+        weights = self.weights[self.sequence.index]
+        names = self.sequence.names
+        return [
+            (f"signal={n}", float(w * x)) for n, w, x in zip(names, weights, values, strict=True)
+        ]
 
     def statistics(self) -> dict[str, Any]:
         return {"requests": self.requests, "seconds": round(self.seconds, 3)}

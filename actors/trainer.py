@@ -32,9 +32,22 @@ from actors.hasher import take_rows
 from actors.learner import split_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of
 from actors.model import Model
+from actors.signals import append_entries
 from runtime.actor import Actor
 from runtime.messages import FeatureBatch, GradBatch, WeightDelta
 from runtime.transport import Channel
+
+
+@dataclass
+class InteractionRows:
+    """The training rows of an interaction batch (see ``TrainerActor._interaction_rows``)."""
+
+    origin: np.ndarray  # the event of each row
+    labels: np.ndarray
+    explicit: np.ndarray  # the label was given, not implied (evaluated as logloss/AUC)
+    linear: tuple[np.ndarray, np.ndarray, np.ndarray]  # CSR indptr, indices, values
+    factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    recents: list[np.ndarray]  # each event's user item sequence before it
 
 
 @dataclass
@@ -223,9 +236,9 @@ class TrainerActor(Actor):
         self.batches += 1
         if n == 0:
             return BatchGradients.empty()
-        factor_rows = None
         if batch.dense.size:
             indptr, indices, values = expand_dense(self.space, batch.dense)
+            factor_rows = None
             if self.factors is not None and self.dense_factors:
                 factor_rows = expand_dense_factors(batch.dense, self.factors.params.mask)
             labels = batch.label.astype(np.float64)
@@ -233,18 +246,10 @@ class TrainerActor(Actor):
             explicit = np.ones(n, bool)
             origin = np.arange(n)
         else:
-            user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
-            if batch.item_rows.size and (batch.item_rows >= 0).any():
-                user = self._rank_and_remember(batch, user)
-            self.model.observe(batch.users, batch.item_rows)
-            origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
+            rows = self._interaction_rows(batch)
+            origin, labels, explicit = rows.origin, rows.labels, rows.explicit
+            (indptr, indices, values), factor_rows = rows.linear, rows.factor
             weights = batch.weight[origin]
-            rows_user = take_rows(user, origin)
-            indptr, indices, values = expand(self.space, rows_user, item_rows, self.catalog)
-            if self.factors is not None:
-                factor_rows = expand_factors(
-                    rows_user, item_rows, self.catalog, self.factors.params.mask
-                )
         if factor_rows is None or self.factor_step is None or self.factors is None:
             probs, touched, grads = self.aggregate.logistic_step(
                 self.store.w, indptr, indices, values, labels, weights
@@ -266,7 +271,35 @@ class TrainerActor(Actor):
             self.metrics.auc.update(scores[evaluated], labels[evaluated])
             self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
         self.model.stream.rows += int(labels.size)
+        if not batch.dense.size:
+            self._learn_sequences(batch, rows.recents)
         return step
+
+    def _learn_sequences(self, batch: FeatureBatch, recents: list[np.ndarray]) -> None:
+        """After the batch is scored: its interactions join the item-to-item statistics."""
+        if self.model.sequence is None or not recents or not batch.users:
+            return
+        named = np.fromiter((bool(u) for u in batch.users), bool, len(batch.users))
+        learned = np.flatnonzero((batch.item_rows >= 0) & named)
+        self.model.sequence.learn([recents[e] for e in learned], batch.item_rows[learned])
+
+    def _interaction_rows(self, batch: FeatureBatch) -> InteractionRows:
+        """An interaction batch's training rows: each event with the user's history as
+        of that event, then its sampled negatives; linear, factor and signal entries."""
+        user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
+        recents: list[np.ndarray] = []
+        if batch.item_rows.size and (batch.item_rows >= 0).any():
+            user, recents = self._rank_and_remember(batch, user)
+        self.model.observe(batch.users, batch.item_rows)
+        origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
+        rows_user = take_rows(user, origin)
+        linear = expand(self.space, rows_user, item_rows, self.catalog)
+        if self.model.sequence is not None and recents:
+            linear = append_entries(linear, self.model.sequence.rows(recents, origin, item_rows))
+        factor = None
+        if self.factors is not None:
+            factor = expand_factors(rows_user, item_rows, self.catalog, self.factors.params.mask)
+        return InteractionRows(origin, labels, explicit, linear, factor, recents)
 
     def _rows_with_negatives(
         self, batch: FeatureBatch
@@ -275,17 +308,19 @@ class TrainerActor(Actor):
         known = self.catalog.known_at(batch.seq)
         return rows_with_negatives(batch.label, batch.item_rows, known, self.negatives, rng)
 
-    def _rank_and_remember(self, batch: FeatureBatch, user: BaseFeatures) -> BaseFeatures:
+    def _rank_and_remember(
+        self, batch: FeatureBatch, user: BaseFeatures
+    ) -> tuple[BaseFeatures, list[np.ndarray]]:
         """Rank flagged events against the catalog before learning them, then record history.
 
         Returns the user rows with each user's recent items as of that event (when
-        ``users.recent_len``), so an event is learned with the history it was ranked with.
+        ``users.recent_len``), so an event is learned with the history it was ranked with,
+        and each event's item sequence before it (for the sequence signals).
         """
         known = self.catalog.known_at(batch.seq)
-        candidates = np.arange(known) if known < len(self.catalog) else None
         popularity = self.metrics.popularity
         history = self.users.recent_len > 0
-        rows = []
+        rows, recents = [], []
         for r in range(len(batch)):
             item = int(batch.item_rows[r])
             name = batch.users[r] if batch.users else ""
@@ -293,15 +328,13 @@ class TrainerActor(Actor):
             if history:
                 row, _ = with_history(self.space, self.catalog, self.users, name, row)
                 rows.append(row)
+            recents.append(self.users.sequence(name))
             if item < 0:
                 continue
             if batch.rank_eval[r]:
                 seen = self.users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
-                scores = score_items(
-                    self.space, row, self.catalog, self.store.w, candidates, self.scorer
-                )
-                self.metrics.ranking.update(rank_of(scores, item, exclude))
+                self._evaluate_ranking(row, recents[-1], item, exclude, known)
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
                         popularity.evaluate(exclude, item, known)
@@ -310,7 +343,22 @@ class TrainerActor(Actor):
                 self.users.add(name, item)
             if popularity is not None:
                 popularity.learn(item)
-        return stack_rows(rows) if history else user
+        return (stack_rows(rows) if history else user), recents
+
+    def _evaluate_ranking(
+        self, row: BaseFeatures, recent: np.ndarray, item: int, exclude: np.ndarray, known: int
+    ) -> None:
+        """The rank of ``item`` among the ``known`` catalog rows, by the model and by each
+        sequence signal alone."""
+        candidates = np.arange(known) if known < len(self.catalog) else None
+        scores = score_items(self.space, row, self.catalog, self.store.w, candidates, self.scorer)
+        sequence = self.model.sequence
+        if sequence is not None:
+            signals = sequence.catalog_values(recent, len(self.catalog))[:, : scores.size]
+            scores += sequence.logits(self.store.w, signals)
+            for name, values in zip(sequence.names, signals, strict=True):
+                self.metrics.signal(name).update(rank_of(values, item, exclude))
+        self.metrics.ranking.update(rank_of(scores, item, exclude))
 
     async def _replica_loop(self) -> None:
         """Apply weight deltas to the replica; a delta of our own batch is also its ack."""

@@ -367,6 +367,33 @@ class LabelsConfig:
 
 
 @dataclass
+class SequenceConfig:
+    """Online item-to-item statistics of the users' recent items (actors/itemstats.py),
+    fed to the model as one learned feature per signal (actors/signals.py)."""
+
+    enabled: bool = True
+    window: int = 20  # the user's last items that co-occur with a new one, and score
+    half_life: float = 5.0  # kNN: weight 2^(-age/half_life) of a recent item at age (events)
+    markov_order: int = 5  # transitions from the user's last markov_order items
+    markov_decay: float = 0.7  # a transition over distance d counts decay^(d-1)
+    neighbours: int = 100  # neighbours kept per item and signal (bounded memory)
+
+    def check(self) -> None:
+        for key in ("window", "markov_order", "neighbours"):
+            value = getattr(self, key)
+            _require(1 <= value <= 10_000, f"sequence.{key}", "must be in 1..10000", value)
+        _require(self.half_life > 0, "sequence.half_life", "must be > 0", self.half_life)
+        _require(
+            0 < self.markov_decay <= 1, "sequence.markov_decay", "must be in (0, 1]",
+            self.markov_decay,
+        )  # fmt: skip
+        _require(
+            self.markov_order <= self.window, "sequence.markov_order",
+            "must be <= sequence.window", self.markov_order,
+        )  # fmt: skip
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
@@ -380,6 +407,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
