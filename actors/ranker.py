@@ -25,9 +25,10 @@ from actors.features import (
     with_history,
 )
 from actors.ftrl import sigmoid
+from runtime.errors import BadInput
 
 
-class UnknownCandidates(ValueError):
+class UnknownCandidates(BadInput, ValueError):
     """None of the requested candidate items is in the catalog."""
 
 

@@ -61,6 +61,7 @@ from runtime.actor import Actor
 from runtime.admission import Admission
 from runtime.codec import Limits, decode, encode
 from runtime.config import Config
+from runtime.errors import SetupError, Unavailable
 from runtime.messages import DeadLetters, EventBatch
 from runtime.transport import MemoryTransport, Transport
 
@@ -79,11 +80,11 @@ SNAPSHOT_LIMITS = Limits(
 ITEM_SIDE = FEATURE_GROUPS["item_features"]  # namespace prefix of item-side features
 
 
-class SystemFailed(RuntimeError):
+class SystemFailed(Unavailable, RuntimeError):
     """An actor crashed; the system stops accepting work and reports the cause."""
 
 
-class SnapshotError(RuntimeError):
+class SnapshotError(SetupError, RuntimeError):
     """A snapshot that cannot be restored into this configuration."""
 
 
