@@ -58,7 +58,7 @@ class TopicSpec:
 
 
 def topic_layout(config: Config) -> dict[str, TopicSpec]:
-    """DESIGN.md's topics: short name → partitions (grads and weights: one per shard)."""
+    """docs/architecture.md's topics: short name → partitions (grads and weights: one per shard)."""
     shards = config.training.shards
     return {
         "events": TopicSpec(config.kafka.events_partitions),
