@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.errors import BadInput
+
 IMPLICIT = -1
 FEATURE_GROUPS = {"user_features": "u.", "item_features": "i.", "context": "c."}
 IMPRESSION = "impression"
@@ -41,7 +43,7 @@ Feature = tuple[str, str, float]
 """(namespace, categorical value, numeric value): ``("i.genre", "war", 1.0)``, ``("i.price", "", 12.5)``."""
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(BadInput, ValueError):
     """An event that cannot be learned; the message says why."""
 
 

@@ -43,11 +43,12 @@ from actors.features import BaseFeatures, Catalog, FeatureSpace
 from actors.ftrl import FTRLParams
 from actors.hashing import FNV_PRIME, MASK32
 from actors.hashing import fmix32_scalar as _fmix
+from runtime.errors import BadInput
 
 MODES = ("off", "thompson", "epsilon")
 
 
-class ExplorationError(ValueError):
+class ExplorationError(BadInput, ValueError):
     """An exploration setting that cannot be used (unknown mode, bad scale or ε)."""
 
 

@@ -166,6 +166,63 @@ def _pairwise_rows(v: np.ndarray, fptr: np.ndarray, fidx: np.ndarray, fx: np.nda
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_linear_gradient(
+    indices: np.ndarray,
+    values: np.ndarray,
+    lo: int,
+    hi: int,
+    err: float,
+    slot: np.ndarray,
+    out_idx: np.ndarray,
+    out_g: np.ndarray,
+    m: int,
+) -> int:
+    """Adds one row's weight gradients into the batch's (one entry per coordinate, found
+    through ``slot``); returns the new number of entries."""
+    for e in range(lo, hi):
+        i = indices[e]
+        at = slot[i]
+        if at < 0:
+            at = m
+            slot[i] = m
+            out_idx[m] = i
+            out_g[m] = 0.0
+            m += 1
+        out_g[at] += err * values[e]
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_factor_gradient(
+    v: np.ndarray,
+    fidx: np.ndarray,
+    fx: np.ndarray,
+    lo: int,
+    hi: int,
+    err: float,
+    a: np.ndarray,
+    fslot: np.ndarray,
+    out_fidx: np.ndarray,
+    out_fg: np.ndarray,
+    mf: int,
+) -> int:
+    """Adds one row's factor gradients (``a``: the row's sum_j v_j x_j) into the batch's;
+    returns the new number of factor rows."""
+    for e in range(lo, hi):
+        j = fidx[e]
+        x = fx[e]
+        at = fslot[j]
+        if at < 0:
+            at = mf
+            fslot[j] = mf
+            out_fidx[mf] = j
+            mf += 1
+        for f in range(a.shape[0]):
+            out_fg[at, f] += err * x * (a[f] - v[j, f] * x)
+    return mf
+
+
 @njit(cache=True, nogil=True)
 def _fm_logistic_step(
     w: np.ndarray,
@@ -202,27 +259,8 @@ def _fm_logistic_step(
         p = 1.0 / (1.0 + math.exp(-s))
         probs[r] = p
         err = (p - labels[r]) * sample_weights[r]
-        for e in range(lo, hi):
-            i = indices[e]
-            at = slot[i]
-            if at < 0:
-                at = m
-                slot[i] = m
-                out_idx[m] = i
-                out_g[m] = 0.0
-                m += 1
-            out_g[at] += err * values[e]
-        for e in range(flo, fhi):
-            j = fidx[e]
-            x = fx[e]
-            at = fslot[j]
-            if at < 0:
-                at = mf
-                fslot[j] = mf
-                out_fidx[mf] = j
-                mf += 1
-            for f in range(k):
-                out_fg[at, f] += err * x * (a[f] - v[j, f] * x)
+        m = _add_linear_gradient(indices, values, lo, hi, err, slot, out_idx, out_g, m)
+        mf = _add_factor_gradient(v, fidx, fx, flo, fhi, err, a, fslot, out_fidx, out_fg, mf)
     for t in range(m):
         slot[out_idx[t]] = -1
     for t in range(mf):

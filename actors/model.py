@@ -32,7 +32,7 @@ from actors.ranker import Ranker
 from actors.signals import SequenceSignals
 from actors.state import Stateful
 from runtime.config import Config
-from runtime.errors import FreshrankError
+from runtime.errors import SetupError
 from runtime.messages import WeightDelta
 
 RESERVED_PARTS = (
@@ -107,11 +107,8 @@ class Component(Protocol):
     def statistics(self) -> dict[str, Any]: ...
 
 
-class ComponentError(FreshrankError, ValueError):
+class ComponentError(SetupError, ValueError):
     """A ``model.components`` entry that cannot be imported or built."""
-
-    http_status = 500
-    exit_code = 2
 
 
 def load_components(config: Config) -> dict[str, Component]:

@@ -26,9 +26,10 @@ from actors.features import (
 )
 from actors.ftrl import sigmoid
 from actors.signals import SequenceSignals
+from runtime.errors import BadInput
 
 
-class UnknownCandidates(ValueError):
+class UnknownCandidates(BadInput, ValueError):
     """None of the requested candidate items is in the catalog."""
 
 

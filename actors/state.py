@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from runtime.codec import CodecError, Limits, decode, encode
-from runtime.errors import FreshrankError
+from runtime.errors import SetupError
 
 FORMAT_VERSION = 2
 MAGIC = b"FRST"
@@ -42,11 +42,8 @@ STATE_LIMITS = Limits(
 )
 
 
-class StateError(FreshrankError, ValueError):
+class StateError(SetupError, RuntimeError):
     """Saved state that cannot be restored here: damaged, foreign or of other settings."""
-
-    http_status = 500
-    exit_code = 2
 
 
 @runtime_checkable

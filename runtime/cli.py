@@ -8,10 +8,12 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Config, ConfigError
+from runtime.config import Config
+from runtime.errors import FreshrankError
 from runtime.replay import FORMATS, open_log, replay
 from runtime.tune import add_tune_parser
 
@@ -180,18 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_error(error: FreshrankError) -> int:
+    """Tell the user about an error that ended a command; its exit code.
+
+    A mistake in the input or the setup is one line (the message names what to fix);
+    a crash is its traceback, as Python would print it.
+    """
+    if error.traceback:
+        traceback.print_exception(error, file=sys.stderr)
+    else:
+        print(error.cli_message(), file=sys.stderr)
+    return error.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtime.kafka import BrokerUnavailable, TopicLayoutError
-
     try:
         code: int = args.func(args)
-    except ConfigError as error:
-        print(f"freshrank: config error: {error}", file=sys.stderr)
-        return 2
-    except (BrokerUnavailable, TopicLayoutError) as error:
-        print(f"freshrank: {error}", file=sys.stderr)
-        return 2
+    except FreshrankError as error:
+        return report_error(error)
     return code
 
 

@@ -60,6 +60,8 @@ from typing import Any, Final, TypeVar
 import msgpack
 import numpy as np
 
+from runtime.errors import BadInput
+
 __all__ = [
     "DEFAULT_LIMITS",
     "EXT_NDARRAY",
@@ -80,15 +82,21 @@ EXT_NDARRAY: Final = 1
 """msgpack ext type code of a numpy array."""
 
 
-class CodecError(ValueError):
+class CodecError(BadInput, ValueError):
     """Raised for every failure to encode or decode."""
 
 
 class CodecTypeError(CodecError, TypeError):
     """Raised by the encoders for a value of an unsupported type or dtype.
 
-    It is both a :class:`CodecError` and a ``TypeError``.
+    It is both a :class:`CodecError` and a ``TypeError``; unlike a bad payload it is a
+    bug of the caller, so it is an internal error with a traceback.
     """
+
+    http_status = 500
+    public = False
+    exit_code = 1
+    traceback = True
 
 
 @dataclass(frozen=True)

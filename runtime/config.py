@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from actors.delayed import LATE_POLICIES
+from runtime.errors import SetupError
 
 
-class ConfigError(ValueError):
+class ConfigError(SetupError, ValueError):
     """A config file or value that cannot be used; the message names the key."""
+
+    cli_label = "config error"
 
 
 @dataclass

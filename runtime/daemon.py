@@ -20,7 +20,7 @@ from runtime.config import Config
 from runtime.http import make_app
 from runtime.http_middleware import check_exposure, start_site
 from runtime.logs import configure_logging
-from runtime.system import System
+from runtime.system import System, SystemFailed
 
 log = logging.getLogger("freshrank")
 
@@ -65,7 +65,7 @@ async def serve(config: Config) -> int:
     ):
         log.error("an actor crashed, exiting: %r", failing.result())
         await system.stop(drain=False)
-        return 1
+        return SystemFailed.exit_code
     await system.stop(drain=True)
     if config.state.snapshot_path:
         path = system.write_snapshot()

@@ -3,7 +3,8 @@ and its OpenAPI document (runtime/openapi.py).  What every request goes through 
 (request id, access log, auth, limits) is in runtime/http_middleware.py.
 
 Bad input never gets a 5xx: every rejection is a 4xx with a reason, and the
-good events of a partly bad request are still learned.
+good events of a partly bad request are still learned.  Handlers let the errors of
+runtime/errors.py escape: the middleware answers each with its class's status.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from actors.events import InvalidEvent, Unparsable
+from actors.events import Unparsable
 from actors.exploration import ExplorationError
-from actors.ranker import UnknownCandidates
 from runtime.admission import Admission, Overload, Ticket
 from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
+from runtime.errors import BadRequest
 from runtime.front import Front
 from runtime.http_middleware import (
     METRICS_KEY,
@@ -34,7 +35,6 @@ from runtime.http_middleware import (
 from runtime.openapi import build_openapi
 from runtime.prometheus import HTTPMetrics
 from runtime.replay import clean
-from runtime.supervisor import SystemFailed
 
 SYSTEM_KEY = web.AppKey("system", Front)
 ADMISSION_KEY = web.AppKey("admission", Admission)
@@ -142,9 +142,9 @@ async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
                 415,
                 f"unsupported content type {ctype!r}: use application/json, application/x-ndjson or application/msgpack",
             )
-    except ValueError as error:
+    except ValueError as error:  # also json's own, e.g. an integer over 4300 digits
         await system.reject([(str(error), body[:8192].decode("utf-8", "replace"))], "http")
-        return _error(400, str(error))
+        raise BadRequest(str(error)) from None
     if not events:
         return _error(400, "empty batch: the array holds no events")
     if len(events) > cfg.max_events_per_request:
@@ -155,10 +155,7 @@ async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
     if overload is not None:
         return _overloaded(overload)
     wait = request.query.get("wait", "true").lower() not in ("0", "false", "no")
-    try:
-        result = await system.ingest(events, wait=wait, source="http")
-    except SystemFailed as error:
-        return _error(503, str(error))
+    result = await system.ingest(events, wait=wait, source="http")
     ticket.queued(result.seq, result.accepted)
     request.app[METRICS_KEY].observe_ingest(result.accepted, result.rejected)
     status = 200 if result.accepted else 422
@@ -172,9 +169,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"'{name}' must be an integer, got {raw[:40]!r}") from None
+        raise BadRequest(f"'{name}' must be an integer, got {raw[:40]!r}") from None
     if not low <= value <= high:
-        raise ValueError(f"'{name}' must be in {low}..{high}, got {value}")
+        raise BadRequest(f"'{name}' must be in {low}..{high}, got {value}")
     return value
 
 
@@ -204,10 +201,7 @@ async def get_recommend(request: web.Request) -> web.Response:
     if not user or not USER_RE.match(user):
         return _error(400, "'user' is required (1..256 characters)")
     limits = system.config.http
-    try:
-        k = _int_param(request, "k", 10, 1, limits.max_k)
-    except ValueError as error:
-        return _error(400, str(error))
+    k = _int_param(request, "k", 10, 1, limits.max_k)
     candidates = None
     if "candidates" in request.query:
         candidates = [c for c in request.query["candidates"].split(",") if c]
@@ -230,13 +224,8 @@ async def get_recommend(request: web.Request) -> web.Response:
                 "(http.max_context_keys)",
             )
     explain = request.query.get("explain", "false").lower() in ("1", "true", "yes")
-    try:
-        exploration = _exploration_params(request, system)
-        items = await system.recommend(user, k, candidates, context, explain, **exploration)
-    except (InvalidEvent, UnknownCandidates, ExplorationError) as error:
-        return _error(400, str(error))
-    except SystemFailed as error:
-        return _error(503, str(error))
+    exploration = _exploration_params(request, system)
+    items = await system.recommend(user, k, candidates, context, explain, **exploration)
     return _json({"user": user, "k": k, "items": items})
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from runtime.config import ConfigError, HTTPConfig
+from runtime.errors import FreshrankError
 from runtime.logs import REQUEST_ID, printable, request_id_from
 from runtime.prometheus import HTTPMetrics
 
@@ -77,8 +78,13 @@ SETTINGS_KEY = web.AppKey("http_settings", HTTPSettings)
 METRICS_KEY = web.AppKey("http_metrics", HTTPMetrics)
 
 
-class HTTPError(Exception):
-    """An answer other than success, raised anywhere below :func:`observe` (which renders it)."""
+class HTTPError(FreshrankError):
+    """An answer other than success, raised anywhere below :func:`observe` (which renders it).
+
+    Its status is the instance's own, not the class's: one class for every such answer.
+    """
+
+    public = True
 
     def __init__(
         self,
@@ -90,6 +96,7 @@ class HTTPError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.http_status = status
         self.message = message
         self.headers = dict(headers or {})
         self.close = close  # the connection cannot be reused (e.g. a body left half read)
@@ -140,17 +147,30 @@ async def _answer(request: web.Request, handler: Any, request_id: str) -> web.St
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except HTTPError as error:
-        return error.response()
+    except FreshrankError as error:
+        if error.public:
+            return as_http_error(error).response()
+        return _internal_error(request, request_id).response()
     except web.HTTPException as error:
         if error.status < 400:  # a redirect: pass it on, with the id
             error.headers["X-Request-ID"] = request_id
             raise
         return _from_aiohttp(request, error).response()
     except Exception:
-        # never a traceback to the client; the log line carries the request id to find it
-        log.exception("unhandled error in %s %s", request.method, printable(request.path))
-        return HTTPError(500, f"internal error (request {request_id})").response()
+        return _internal_error(request, request_id).response()
+
+
+def as_http_error(error: FreshrankError) -> HTTPError:
+    """The answer to a public error: its class's status and its message."""
+    if isinstance(error, HTTPError):
+        return error
+    return HTTPError(error.http_status, str(error))
+
+
+def _internal_error(request: web.Request, request_id: str) -> HTTPError:
+    # never a traceback to the client; the log line carries the request id to find it
+    log.exception("unhandled error in %s %s", request.method, printable(request.path))
+    return HTTPError(500, f"internal error (request {request_id})")
 
 
 def _from_aiohttp(request: web.Request, error: web.HTTPException) -> HTTPError:

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from runtime.codec import CodecError, decode_message, encode_message
 from runtime.config import Config
+from runtime.errors import SetupError
 from runtime.transport import Channel, Envelope, Transport
 
 log = logging.getLogger("freshrank.kafka")
@@ -42,11 +43,11 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(SetupError, RuntimeError):
     """Kafka could not be reached within ``kafka.connect_timeout``."""
 
 
-class TopicLayoutError(RuntimeError):
+class TopicLayoutError(SetupError, RuntimeError):
     """An existing topic does not have the partitions the deploy config needs."""
 
 
@@ -57,7 +58,7 @@ class TopicSpec:
 
 
 def topic_layout(config: Config) -> dict[str, TopicSpec]:
-    """DESIGN.md's topics: short name → partitions (grads and weights: one per shard)."""
+    """docs/architecture.md's topics: short name → partitions (grads and weights: one per shard)."""
     shards = config.training.shards
     return {
         "events": TopicSpec(config.kafka.events_partitions),

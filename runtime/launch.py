@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import FreshrankError
+
 __all__ = [
     "Backoff",
     "ClusterPlan",
@@ -145,7 +147,7 @@ class Backoff:
         return delay
 
 
-class SupervisorFailed(RuntimeError):
+class SupervisorFailed(FreshrankError, RuntimeError):
     """The supervisor itself failed (not a child: a child's exit is handled by restarting it)."""
 
 

@@ -7,6 +7,7 @@ live server against it with schemathesis: every answer must be documented and ma
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from runtime.config import Config
@@ -81,26 +82,133 @@ def _event(description: str, required: list[str], properties: Schema) -> Schema:
     }
 
 
-def _schemas(config: Config) -> dict[str, Schema]:
+IDENTIFIER_STRING: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
+IDENTIFIER: Schema = {"oneOf": [IDENTIFIER_STRING, {"type": "integer"}]}
+TS: Schema = {"type": "number", "description": "Event time, seconds since the epoch"}
+WEIGHT: Schema = {"type": "number", "minimum": 0}
+LABEL: Schema = {"type": "integer", "enum": [0, 1], "description": "Absent: implicit positive"}
+COMMON: Schema = {"user": IDENTIFIER, "item": IDENTIFIER, "ts": TS, "weight": WEIGHT}
+FEATURES: Schema = {
+    name: _ref("Features") for name in ("user_features", "item_features", "context")
+}
+
+ERROR_SCHEMA: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "Why the request was refused"},
+            "reason": {"type": "string", "description": "A stable name for the cause"},
+            "retry_after_s": {"type": "integer", "minimum": 0},
+        },
+    },
+}
+
+EVENT_KIND_SCHEMAS: dict[str, Schema] = {
+    "Interaction": _event(
+        "A user interacted with an item; no label: an implicit positive",
+        ["user", "item"],
+        {**COMMON, "label": LABEL, **FEATURES},
+    ),
+    "ItemUpsert": _event(
+        "Adds or updates a catalog item",
+        ["item"],
+        {"item": IDENTIFIER, "ts": TS, "weight": WEIGHT, "item_features": _ref("Features")},
+    ),
+    "Impression": _event(
+        "An item shown to a user; labelled 1 by a click with its impression_id, else 0",
+        ["event", "impression_id", "user", "item"],
+        {
+            **COMMON,
+            **FEATURES,
+            "event": {"type": "string", "enum": ["impression"]},
+            "impression_id": IDENTIFIER_STRING,
+        },
+    ),
+    "Outcome": _event(
+        "A click or conversion on an earlier impression (user and item must match it)",
+        ["event", "impression_id"],
+        {
+            "user": IDENTIFIER,
+            "item": IDENTIFIER,
+            "ts": TS,
+            "event": {"type": "string", "enum": ["click", "conversion"]},
+            "impression_id": IDENTIFIER_STRING,
+        },
+    ),
+}
+
+ANSWER_SCHEMAS: dict[str, Schema] = {
+    "IngestResult": {
+        "type": "object",
+        "required": ["accepted", "rejected", "errors", "learned"],
+        "properties": {
+            "accepted": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 0},
+            "errors": {
+                "type": "array",
+                "description": "One entry per rejected event (also kept as a dead letter)",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "reason"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+            "learned": {"type": "boolean", "description": "The accepted events are learned"},
+        },
+    },
+    "Explanation": {
+        "type": "object",
+        "required": ["feature", "contribution"],
+        "properties": {
+            "feature": {"type": "string"},
+            "contribution": {"type": "number"},
+            "part": {"type": "string", "enum": ["linear", "factor"]},
+        },
+    },
+    "RankedItem": {
+        "type": "object",
+        "required": ["item", "score"],
+        "properties": {
+            "item": {"type": "string"},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "explanation": {"type": "array", "items": _ref("Explanation")},
+        },
+    },
+    "Recommendation": {
+        "type": "object",
+        "required": ["user", "k", "items"],
+        "properties": {
+            "user": {"type": "string"},
+            "k": {"type": "integer", "minimum": 1},
+            "items": {"type": "array", "items": _ref("RankedItem")},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "failed"]},
+            "seq": {"type": "integer"},
+            "learned_seq": {"type": "integer", "nullable": True},
+            "error": {"type": "string"},
+        },
+    },
+    "Statistics": {
+        "type": "object",
+        "description": "Counters and gauges of every actor (shape may grow); see also /metrics",
+    },
+}
+
+
+def _feature_schemas(config: Config) -> dict[str, Schema]:
+    """The schemas that state the config's ingest limits."""
     limits = config.ingest
     string = {"type": "string", "maxLength": limits.max_string_len}
-    identifier_string = {"type": "string", "minLength": 1, "maxLength": 256}
-    identifier = {"oneOf": [identifier_string, {"type": "integer"}]}
-    ts = {"type": "number", "description": "Event time, seconds since the epoch"}
-    weight = {"type": "number", "minimum": 0}
-    label = {"type": "integer", "enum": [0, 1], "description": "Absent: implicit positive"}
-    common = {"user": identifier, "item": identifier, "ts": ts, "weight": weight}
-    features = {name: _ref("Features") for name in ("user_features", "item_features", "context")}
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {"type": "string", "description": "Why the request was refused"},
-                "reason": {"type": "string", "description": "A stable name for the cause"},
-                "retry_after_s": {"type": "integer", "minimum": 0},
-            },
-        },
         "FeatureValue": {
             "description": "A categorical string, a finite number, a boolean or a list of strings",
             "anyOf": [
@@ -126,100 +234,14 @@ def _schemas(config: Config) -> dict[str, Schema]:
                 _ref("Outcome"),
             ],
         },
-        "Interaction": _event(
-            "A user interacted with an item; no label: an implicit positive",
-            ["user", "item"],
-            {**common, "label": label, **features},
-        ),
-        "ItemUpsert": _event(
-            "Adds or updates a catalog item",
-            ["item"],
-            {"item": identifier, "ts": ts, "weight": weight, "item_features": _ref("Features")},
-        ),
-        "Impression": _event(
-            "An item shown to a user; labelled 1 by a click with its impression_id, else 0",
-            ["event", "impression_id", "user", "item"],
-            {
-                **common,
-                **features,
-                "event": {"type": "string", "enum": ["impression"]},
-                "impression_id": identifier_string,
-            },
-        ),
-        "Outcome": _event(
-            "A click or conversion on an earlier impression (user and item must match it)",
-            ["event", "impression_id"],
-            {
-                "user": identifier,
-                "item": identifier,
-                "ts": ts,
-                "event": {"type": "string", "enum": ["click", "conversion"]},
-                "impression_id": identifier_string,
-            },
-        ),
-        "IngestResult": {
-            "type": "object",
-            "required": ["accepted", "rejected", "errors", "learned"],
-            "properties": {
-                "accepted": {"type": "integer", "minimum": 0},
-                "rejected": {"type": "integer", "minimum": 0},
-                "errors": {
-                    "type": "array",
-                    "description": "One entry per rejected event (also kept as a dead letter)",
-                    "items": {
-                        "type": "object",
-                        "required": ["index", "reason"],
-                        "properties": {
-                            "index": {"type": "integer", "minimum": 0},
-                            "reason": {"type": "string"},
-                        },
-                    },
-                },
-                "learned": {"type": "boolean", "description": "The accepted events are learned"},
-            },
-        },
-        "Explanation": {
-            "type": "object",
-            "required": ["feature", "contribution"],
-            "properties": {
-                "feature": {"type": "string"},
-                "contribution": {"type": "number"},
-                "part": {"type": "string", "enum": ["linear", "factor"]},
-            },
-        },
-        "RankedItem": {
-            "type": "object",
-            "required": ["item", "score"],
-            "properties": {
-                "item": {"type": "string"},
-                "score": {"type": "number", "minimum": 0, "maximum": 1},
-                "explanation": {"type": "array", "items": _ref("Explanation")},
-            },
-        },
-        "Recommendation": {
-            "type": "object",
-            "required": ["user", "k", "items"],
-            "properties": {
-                "user": {"type": "string"},
-                "k": {"type": "integer", "minimum": 1},
-                "items": {"type": "array", "items": _ref("RankedItem")},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {
-                "status": {"type": "string", "enum": ["ok", "failed"]},
-                "seq": {"type": "integer"},
-                "learned_seq": {"type": "integer", "nullable": True},
-                "error": {"type": "string"},
-            },
-        },
-        "Statistics": {
-            "type": "object",
-            "description": "Counters and gauges of every actor (shape may grow); see also /metrics",
-        },
     }
+
+
+def _schemas(config: Config) -> dict[str, Schema]:
+    # a copy: a caller may edit its document without changing the next one
+    return copy.deepcopy(
+        {**ERROR_SCHEMA, **_feature_schemas(config), **EVENT_KIND_SCHEMAS, **ANSWER_SCHEMAS}
+    )
 
 
 def _events(config: Config) -> Schema:
@@ -285,8 +307,24 @@ def _bad_query() -> Schema:
 
 
 def _recommend(config: Config) -> Schema:
-    http = config.http
+    return {
+        "get": {
+            "operationId": "recommend",
+            "summary": "Top-k items for a user with the model as it is now",
+            "parameters": _recommend_parameters(config),
+            "responses": {
+                "200": _response("Ranked items, best first", _ref("Recommendation")),
+                "400": _bad_query(),
+                "401": UNAUTHORIZED,
+                "413": _error("Too many candidates or context features"),
+                "503": BUSY,
+            },
+        }
+    }
 
+
+def _recommend_parameters(config: Config) -> list[Schema]:
+    http = config.http
     integer_k = {"type": "integer", "minimum": 1, "maximum": http.max_k, "default": 10}
     context = {
         "name": "context",
@@ -299,55 +337,48 @@ def _recommend(config: Config) -> Schema:
             }
         },
     }
-    return {
-        "get": {
-            "operationId": "recommend",
-            "summary": "Top-k items for a user with the model as it is now",
-            "parameters": [
-                _query(
-                    "user",
-                    "The user id",
-                    {"type": "string", "minLength": 1, "maxLength": 256},
-                    required=True,
-                ),
-                _query("k", "How many items", integer_k),
-                _query(
-                    "candidates",
-                    "Comma-separated item ids to rank instead of the catalog "
-                    f"(at most {http.max_candidates})",
-                    {"type": "string"},
-                ),
-                context,
-                _query(
-                    "explain",
-                    "Add the top feature contributions per item",
-                    {"type": "boolean", "default": False},
-                ),
-                _query(
-                    "explore",
-                    "Exploration policy for this request",
-                    {"type": "string", "enum": ["off", "thompson", "epsilon"]},
-                ),
-                _query(
-                    "scale",
-                    "Thompson sampling: posterior std multiplier (explore=thompson)",
-                    {"type": "number", "exclusiveMinimum": True, "minimum": 0},
-                ),
-                _query(
-                    "epsilon",
-                    "Share of slots explored (explore=epsilon)",
-                    {"type": "number", "minimum": 0, "maximum": 1},
-                ),
-            ],
-            "responses": {
-                "200": _response("Ranked items, best first", _ref("Recommendation")),
-                "400": _bad_query(),
-                "401": UNAUTHORIZED,
-                "413": _error("Too many candidates or context features"),
-                "503": BUSY,
-            },
-        }
-    }
+    return [
+        _query(
+            "user",
+            "The user id",
+            {"type": "string", "minLength": 1, "maxLength": 256},
+            required=True,
+        ),
+        _query("k", "How many items", integer_k),
+        _query(
+            "candidates",
+            "Comma-separated item ids to rank instead of the catalog "
+            f"(at most {http.max_candidates})",
+            {"type": "string"},
+        ),
+        context,
+        _query(
+            "explain",
+            "Add the top feature contributions per item",
+            {"type": "boolean", "default": False},
+        ),
+        *_exploration_parameters(),
+    ]
+
+
+def _exploration_parameters() -> list[Schema]:
+    return [
+        _query(
+            "explore",
+            "Exploration policy for this request",
+            {"type": "string", "enum": ["off", "thompson", "epsilon"]},
+        ),
+        _query(
+            "scale",
+            "Thompson sampling: posterior std multiplier (explore=thompson)",
+            {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        ),
+        _query(
+            "epsilon",
+            "Share of slots explored (explore=epsilon)",
+            {"type": "number", "minimum": 0, "maximum": 1},
+        ),
+    ]
 
 
 def _get(operation_id: str, summary: str, ok: Schema, secured: bool = True) -> Schema:

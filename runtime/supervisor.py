@@ -23,17 +23,14 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
-from runtime.errors import FreshrankError
+from runtime.errors import Unavailable
 
 log = logging.getLogger("freshrank.supervisor")
 T = TypeVar("T")
 
 
-class SystemFailed(FreshrankError, RuntimeError):
+class SystemFailed(Unavailable, RuntimeError):
     """A task of the system crashed, or the system is not running: it accepts no work."""
-
-    http_status = 503
-    exit_code = 1
 
 
 class Service(Protocol):

@@ -85,7 +85,7 @@ async def test_a_snapshot_without_the_component_is_refused(tmp_path: Path) -> No
     async with System(plain) as system:
         await system.ingest(CLICKS)
         system.write_snapshot()
-    with pytest.raises(SnapshotError, match="item_counter"):
+    with pytest.raises(SnapshotError, match="test_components:ItemCounter"):
         System(counter_config(tmp_path)).restore(tmp_path / "s.msgpack")
 
 
