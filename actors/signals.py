@@ -46,6 +46,35 @@ class SequenceSignals:
         rows = np.concatenate(list(recents)) if ptr[-1] else np.zeros(0, np.int64)
         self.stats.learn_batch(ptr, rows.astype(np.int64), items.astype(np.int64))
 
+    def draw_hard_negatives(
+        self,
+        recents: list[np.ndarray],
+        origin: np.ndarray,
+        item_rows: np.ndarray,
+        labels: np.ndarray,
+        known: int,
+        count: int,
+        rng: np.random.Generator,
+    ) -> None:
+        """Replace the first ``count`` negatives of each positive (in place) by items drawn
+        among the ``known`` rows its user's signals score above 0, other than the positive:
+        the items the ranking must tell apart from it."""
+        starts = np.flatnonzero(np.diff(origin, prepend=-1))
+        for start in starts:
+            recent = recents[origin[start]]
+            if labels[start] != 1.0 or recent.size == 0:
+                continue
+            end = start + 1
+            while end < origin.size and origin[end] == origin[start] and end - start <= count:
+                end += 1
+            if end == start + 1:
+                continue
+            values = self.catalog_values(recent, known).sum(axis=0)
+            values[item_rows[start]] = 0.0
+            pool = np.flatnonzero(values)
+            if pool.size:
+                item_rows[start + 1 : end] = pool[rng.integers(0, pool.size, end - start - 1)]
+
     def to_state(self) -> dict[str, Any]:
         return self.stats.to_state()
 

@@ -162,6 +162,7 @@ class TrainerActor(Actor):
         self.metrics: ProgressiveMetrics = model.metrics
         self.factors = model.factors
         self.negatives = t.negatives
+        self.hard_negatives = min(model.config.sequence.hard_negatives, t.negatives)
         self.sync = t.sync
         self.max_staleness = 0 if t.sync else t.max_staleness
         self.exclude_seen = t.exclude_seen
@@ -292,6 +293,12 @@ class TrainerActor(Actor):
             user, recents = self._rank_and_remember(batch, user)
         self.model.observe(batch.users, batch.item_rows)
         origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
+        if self.model.sequence is not None and recents and self.hard_negatives:
+            known = self.catalog.known_at(batch.seq)
+            rng = np.random.default_rng([self.seed, batch.seq, 1])
+            self.model.sequence.draw_hard_negatives(
+                recents, origin, item_rows, labels, known, self.hard_negatives, rng
+            )
         rows_user = take_rows(user, origin)
         linear = expand(self.space, rows_user, item_rows, self.catalog)
         if self.model.sequence is not None and recents:

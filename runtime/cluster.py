@@ -309,6 +309,7 @@ class ClusterFront:
         )
         self.freshness = LatencyWindow()
         self.deltas = 0
+        self.followed_events = 0  # of the events topic: user histories and statistics
         self.supervisor = Supervisor(self.name)
 
     async def start(self) -> None:
@@ -335,10 +336,16 @@ class ClusterFront:
 
     async def _apply_events(self, batch: EventBatch) -> None:
         features = self.featurizer.featurize(batch)
+        recents, items = [], []
         for user, row in zip(features.users, features.item_rows, strict=False):
             if user and row >= 0:
+                recents.append(self.users.sequence(user))
+                items.append(int(row))
                 self.users.add(user, int(row))
+        if self.model.sequence is not None:  # the same statistics as the trainers learn
+            self.model.sequence.learn(recents, np.array(items, np.int64))
         self.model.observe(features.users, features.item_rows)
+        self.followed_events += len(features)
 
     def _check(self) -> None:
         if self.supervisor.failure is not None:
@@ -390,6 +397,7 @@ class ClusterFront:
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
             "weight_deltas": self.deltas,
+            "followed_events": self.followed_events,
             "freshness": self.freshness.summary(),
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),

@@ -380,8 +380,15 @@ class SequenceConfig:
     markov_order: int = 5  # transitions from the user's last markov_order items
     markov_decay: float = 0.7  # a transition over distance d counts decay^(d-1)
     neighbours: int = 100  # neighbours kept per item and signal (bounded memory)
+    # of each positive's training.negatives, this many are drawn among the items its
+    # user's signals score above 0 (hard negatives), the rest uniformly from the catalog
+    hard_negatives: int = 0
 
     def check(self) -> None:
+        _require(
+            0 <= self.hard_negatives <= 100, "sequence.hard_negatives", "must be in 0..100",
+            self.hard_negatives,
+        )  # fmt: skip
         for key in ("window", "markov_order", "neighbours"):
             value = getattr(self, key)
             _require(1 <= value <= 10_000, f"sequence.{key}", "must be in 1..10000", value)

@@ -173,7 +173,9 @@ async def test_cluster_in_sync_mode_equals_the_embedded_single_shard_run(
             for _ in range(1200):  # the ranker's replicas follow the topics (another process)
                 async with http.get(f"{url}/v1/stats") as resp:
                     stats = await resp.json()
-                if stats["weight_deltas"] >= 4 * published["records"] and stats["users"] >= n_users:
+                followed = stats["followed_events"] >= published["published"]
+                caught_up = stats["weight_deltas"] >= 4 * published["records"] and followed
+                if caught_up and stats["users"] >= n_users:
                     break
                 await asyncio.sleep(0.05)
             else:

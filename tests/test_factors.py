@@ -339,6 +339,7 @@ async def test_factors_learn_what_no_cross_declares() -> None:
     for k in (0, 6):
         cfg = factor_config()
         cfg.model.factors, cfg.model.crosses, cfg.model.history = k, [], 0
+        cfg.sequence.enabled = False  # the item-to-item signals learn tastes too
         async with System(cfg) as system:
             await system.ingest(events)
             results[k] = system.metrics.summary()["hr@10"]
