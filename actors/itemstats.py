@@ -389,6 +389,18 @@ class ItemStats:
         wanted = np.ascontiguousarray(items, np.int64)
         return _read_and_clear(self._out, self._touched, counts, wanted, raw)
 
+    def raw_scores_and_totals(
+        self, recent: np.ndarray, items: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One accumulation: the undivided scores of ``items`` ``(len(names), len(items))``,
+        and each signal's maximum and total over every row it scores."""
+        counts = self._accumulate_into_buffer(recent)
+        out, touched = self._out, self._touched
+        totals = np.array([out[s, touched[s, : counts[s]]].sum() for s in range(len(counts))])
+        best = _maxima(out, touched, counts)
+        wanted = np.ascontiguousarray(items, np.int64)
+        return _read_and_clear(out, touched, counts, wanted, True), best, totals
+
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``k`` kNN neighbours of ``item`` by cosine, best first (ties: lower row)."""
         if not 0 <= item < self.n_items or k <= 0:

@@ -84,7 +84,7 @@ def model_settings(config: Config) -> dict[str, Any]:
         "crosses": [list(c) for c in config.model.crosses],
         "factors": fp.k if fp else 0,
         "factor_bits": fp.bits if fp else 0,
-        "sequence": [sp.window, sp.neighbours] if sp else None,
+        "sequence": [sp.window, sp.neighbours, *config.sequence.trend_half_lives_s] if sp else None,
         "components": list(config.model.components),
     }
 
@@ -246,7 +246,7 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         users=UserState(recent_len=config.model.history, sequence_len=sp.window if sp else 0),
         metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
         labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
-        sequence=SequenceSignals(space, sp) if sp else None,
+        sequence=SequenceSignals(space, sp, config.sequence.trend_half_lives_s) if sp else None,
         components=load_components(config),
     )
 

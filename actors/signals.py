@@ -1,8 +1,9 @@
-"""The item-to-item signals of :mod:`actors.itemstats` as features of the linear model.
+"""What the user just did, and what everyone is doing now, as features of the model.
 
-Each signal (``knn``, ``markov``) is one numeric feature ``signal=<name>`` whose value
-for a (user, item) pair is the signal's normalised score of the item given the
-user's recent items.  Its weight is learned by FTRL with every other weight, so the
+Each signal is one numeric feature ``signal=<name>`` in [0, 1]: the item-to-item
+signals of :mod:`actors.itemstats` (``knn``, ``markov``: the item's normalised score
+given the user's recent items) and the trends of :mod:`actors.trending`
+(``trend_1d``, …: the item's time-decayed popularity, normalised).  Its weight is learned by FTRL with every other weight, so the
 model learns online how much to trust each signal next to the item's own weights,
 the user's and the factor terms.  Training rows and ranking read the same values
 (``ItemStats.scores_at`` equals ``ItemStats.scores``), so they agree.
@@ -19,8 +20,51 @@ import numpy as np
 
 from actors.features import FeatureSpace
 from actors.itemstats import ItemStats, ItemStatsParams
+from actors.trending import TrendingCounts
 
 SIGNAL_NS = "signal"
+
+
+class SignalMixture:
+    """How much to trust each signal, learned online: the weights of a mixture of the
+    signals' distributions over the catalog (each signal's scores divided by their sum)
+    and a uniform one, fitted by online EM (Neal & Hinton 1998; Cappé & Moulines,
+    "Online EM", JRSS B 2009) on the items users go on to pick.
+
+    The weights are kept per bucket of the user's history length, since a user with
+    one item and one with twenty trust the personal signals differently.  The
+    mixture's probability of an item, as ``log(n · p)`` (0 for a uniform guess), is a
+    feature of the model like the signals themselves.
+    """
+
+    BUCKETS = np.array([1, 2, 5, 10])  # history lengths where a new bucket starts
+
+    def __init__(self, signals: int, memory: float = 10_000.0) -> None:
+        self.keep = 1.0 - 1.0 / memory  # responsibilities decay: the weights follow drift
+        self.totals = np.ones((self.BUCKETS.size + 1, signals + 1))
+
+    def bucket(self, history: int) -> int:
+        return int(np.searchsorted(self.BUCKETS, history, side="right"))
+
+    def log_probability(self, shares: np.ndarray, bucket: int) -> np.ndarray:
+        """``log(n · p_mix)`` of items whose signal shares (value / sum over the catalog,
+        times the catalog size n) are ``shares`` (signals, items)."""
+        weights = self._weights(shares, bucket)
+        return np.log(weights[0] + weights[1:] @ shares)
+
+    def learn(self, shares: np.ndarray, bucket: int) -> None:
+        """An item was picked whose shares are ``shares`` (signals,): one EM step."""
+        weights = self._weights(shares[:, None], bucket)
+        parts = weights * np.concatenate(([1.0], shares))
+        total = parts.sum()
+        if total > 0:
+            self.totals[bucket] = self.keep * self.totals[bucket] + parts / total
+
+    def _weights(self, shares: np.ndarray, bucket: int) -> np.ndarray:
+        """The bucket's weights over the uniform part and the signals with evidence."""
+        weights = self.totals[bucket].copy()
+        weights[1:][~shares.any(axis=1)] = 0.0  # a signal with nothing to say for this user
+        return weights / weights.sum()
 
 
 class SequenceSignals:
@@ -30,21 +74,39 @@ class SequenceSignals:
 
     STATE_VERSION: ClassVar[int] = 1
 
-    def __init__(self, space: FeatureSpace, params: ItemStatsParams) -> None:
+    def __init__(
+        self, space: FeatureSpace, params: ItemStatsParams, trend_half_lives_s: Sequence[float]
+    ) -> None:
         self.stats = ItemStats(params)
-        self.names = tuple(self.stats.names)
+        self.trends = TrendingCounts(trend_half_lives_s)
+        self.names = (*self.stats.names, *self.trends.names, "mixture")
         raw = np.array([space.value_hash(SIGNAL_NS, name) for name in self.names], np.uint32)
         self.index = space.index(raw)
+        self._personal = len(self.stats.names)
+        self._base = len(self.names) - 1
+        self.mixture = SignalMixture(self._base)
 
-    def learn(self, recents: Sequence[np.ndarray], items: np.ndarray) -> None:
-        """Events in stream order: a user whose previous items were ``recents[e]``
-        interacted with catalog row ``items[e]``."""
+    def learn(
+        self, recents: Sequence[np.ndarray], items: np.ndarray, ts: np.ndarray | None = None
+    ) -> None:
+        """Events of named users in stream order: a user whose previous items were
+        ``recents[e]`` interacted with catalog row ``items[e]`` at stream time ``ts[e]``."""
         if items.size == 0:
             return
+        for recent, item in zip(recents, items.tolist(), strict=True):
+            picked = np.array([item])
+            raw, _, totals = self._raw(recent, picked)
+            shares = self._shares(raw, totals, self._rows_known(picked))
+            self.mixture.learn(shares[:, 0], self.mixture.bucket(recent.size))
+        if ts is not None:
+            self.learn_trends(items, ts)
         ptr = np.zeros(items.size + 1, np.int64)
         np.cumsum([r.size for r in recents], out=ptr[1:])
         rows = np.concatenate(list(recents)) if ptr[-1] else np.zeros(0, np.int64)
         self.stats.learn_batch(ptr, rows.astype(np.int64), items.astype(np.int64))
+
+    def learn_trends(self, items: np.ndarray, ts: np.ndarray) -> None:
+        self.trends.learn(items.astype(np.int64), ts.astype(np.float64))
 
     def draw_hard_negatives(
         self,
@@ -69,32 +131,62 @@ class SequenceSignals:
                 end += 1
             if end == start + 1:
                 continue
-            values = self.catalog_values(recent, known).sum(axis=0)
+            values = self.stats.scores(recent, known).sum(axis=0)  # the personal signals
             values[item_rows[start]] = 0.0
             pool = np.flatnonzero(values)
             if pool.size:
                 item_rows[start + 1 : end] = pool[rng.integers(0, pool.size, end - start - 1)]
 
     def to_state(self) -> dict[str, Any]:
-        return self.stats.to_state()
+        return {
+            "stats": self.stats.to_state(),
+            "trends": self.trends.to_state(),
+            "mixture": self.mixture.totals,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.stats.load_state(state)
+        self.stats.load_state(state["stats"])
+        self.trends.load_state(state["trends"])
+        self.mixture.totals = np.array(state["mixture"], np.float64)
 
     def statistics(self) -> dict[str, Any]:
-        return self.stats.statistics()
+        return {**self.stats.statistics(), "trends": list(self.trends.names)}
+
+    def _raw(self, recent: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every base signal's undivided values of ``items`` (signals, items), and its
+        maximum and total over the catalog: one pass over the recent items' neighbours."""
+        raw = np.zeros((self._base, items.size))
+        peaks, totals = np.zeros(self._base), np.zeros(self._base)
+        mine = slice(0, self._personal)
+        if recent.size and items.size:
+            raw[mine], peaks[mine], totals[mine] = self.stats.raw_scores_and_totals(recent, items)
+        trends = slice(self._personal, self._base)
+        raw[trends] = self.trends.raw_scores_at(items)
+        peaks[trends], totals[trends] = self.trends.summary()
+        return raw, peaks, totals
+
+    def _shares(self, raw: np.ndarray, totals: np.ndarray, n: int) -> np.ndarray:
+        """(signals, items): n · value / (the signal's total over the n rows)."""
+        share = np.zeros_like(raw)
+        np.divide(raw * n, totals[:, None], out=share, where=totals[:, None] > 0)
+        return share
+
+    def _rows_known(self, items: np.ndarray) -> int:
+        return max(self.stats.n_items, self.trends.rows, int(items.max(initial=0)) + 1)
 
     def values(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """(signals, items): each signal's normalised score of ``items`` after ``recent``."""
-        if recent.size == 0 or items.size == 0:
-            return np.zeros((len(self.names), items.size))
-        return self.stats.scores_at(recent, items)
+        """(signals, items): each signal's value for ``items`` after ``recent``; the last
+        row is the mixture's ``log(n · p)``."""
+        raw, peaks, totals = self._raw(recent, items)
+        out = np.zeros((len(self.names), items.size))
+        np.divide(raw, peaks[:, None], out=out[: self._base], where=peaks[:, None] > 0)
+        shares = self._shares(raw, totals, self._rows_known(items))
+        out[self._base] = self.mixture.log_probability(shares, self.mixture.bucket(recent.size))
+        return out
 
     def catalog_values(self, recent: np.ndarray, n_items: int) -> np.ndarray:
-        """(signals, n_items): every catalog row's values (zeros for a user with no items)."""
-        if recent.size == 0:
-            return np.zeros((len(self.names), n_items))
-        return self.stats.scores(recent, n_items)
+        """(signals, n_items): every catalog row's values."""
+        return self.values(recent, np.arange(n_items, dtype=np.int64))
 
     def logits(self, w: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The signals' share of the logit: Σ_s w[signal s] · value_s."""

@@ -278,11 +278,18 @@ class TrainerActor(Actor):
 
     def _learn_sequences(self, batch: FeatureBatch, recents: list[np.ndarray]) -> None:
         """After the batch is scored: its interactions join the item-to-item statistics."""
-        if self.model.sequence is None or not recents or not batch.users:
+        sequence = self.model.sequence
+        if sequence is None:
+            return
+        interactions = batch.item_rows >= 0
+        arrived = batch.created_at or 0.0  # an event without a time happened when it arrived
+        times = np.where(np.isfinite(batch.ts), batch.ts, arrived)[interactions]
+        sequence.learn_trends(batch.item_rows[interactions], times)
+        if not recents or not batch.users:
             return
         named = np.fromiter((bool(u) for u in batch.users), bool, len(batch.users))
-        learned = np.flatnonzero((batch.item_rows >= 0) & named)
-        self.model.sequence.learn([recents[e] for e in learned], batch.item_rows[learned])
+        learned = np.flatnonzero(interactions & named)
+        sequence.learn([recents[e] for e in learned], batch.item_rows[learned])
 
     def _interaction_rows(self, batch: FeatureBatch) -> InteractionRows:
         """An interaction batch's training rows: each event with the user's history as

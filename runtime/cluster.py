@@ -343,6 +343,10 @@ class ClusterFront:
                 items.append(int(row))
                 self.users.add(user, int(row))
         if self.model.sequence is not None:  # the same statistics as the trainers learn
+            interactions = features.item_rows >= 0
+            arrived = features.created_at or 0.0
+            times = np.where(np.isfinite(features.ts), features.ts, arrived)[interactions]
+            self.model.sequence.learn_trends(features.item_rows[interactions], times)
             self.model.sequence.learn(recents, np.array(items, np.int64))
         self.model.observe(features.users, features.item_rows)
         self.followed_events += len(features)

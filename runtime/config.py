@@ -380,11 +380,18 @@ class SequenceConfig:
     markov_order: int = 5  # transitions from the user's last markov_order items
     markov_decay: float = 0.7  # a transition over distance d counts decay^(d-1)
     neighbours: int = 100  # neighbours kept per item and signal (bounded memory)
+    # time-decayed popularity ("trending") signals, one per half-life in seconds of stream time
+    trend_half_lives_s: list[float] = field(default_factory=lambda: [86400.0, 604800.0, 2592000.0])
     # of each positive's training.negatives, this many are drawn among the items its
     # user's signals score above 0 (hard negatives), the rest uniformly from the catalog
     hard_negatives: int = 0
 
     def check(self) -> None:
+        for half_life in self.trend_half_lives_s:
+            _require(
+                isinstance(half_life, float | int) and 0 < half_life < float("inf"),
+                "sequence.trend_half_lives_s", "must be finite seconds > 0", half_life,
+            )  # fmt: skip
         _require(
             0 <= self.hard_negatives <= 100, "sequence.hard_negatives", "must be in 0..100",
             self.hard_negatives,
