@@ -12,7 +12,6 @@ Pure, synchronous code.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -86,56 +85,40 @@ class SequenceSignals:
         self._base = len(self.names) - 1
         self.mixture = SignalMixture(self._base)
 
-    def learn(
-        self, recents: Sequence[np.ndarray], items: np.ndarray, ts: np.ndarray | None = None
-    ) -> None:
-        """Events of named users in stream order: a user whose previous items were
-        ``recents[e]`` interacted with catalog row ``items[e]`` at stream time ``ts[e]``."""
-        if items.size == 0:
-            return
-        for recent, item in zip(recents, items.tolist(), strict=True):
-            picked = np.array([item])
+    def learn_event(self, recent: np.ndarray | None, item: int, ts: float) -> None:
+        """One interaction with catalog row ``item`` at stream time ``ts``; ``recent``: the
+        user's items before it (None: an anonymous user, who only moves the trends)."""
+        picked = np.array([item], np.int64)
+        if recent is not None:
             raw, _, totals = self._raw(recent, picked)
             shares = self._shares(raw, totals, self._rows_known(picked))
             self.mixture.learn(shares[:, 0], self.mixture.bucket(recent.size))
-        if ts is not None:
-            self.learn_trends(items, ts)
-        ptr = np.zeros(items.size + 1, np.int64)
-        np.cumsum([r.size for r in recents], out=ptr[1:])
-        rows = np.concatenate(list(recents)) if ptr[-1] else np.zeros(0, np.int64)
-        self.stats.learn_batch(ptr, rows.astype(np.int64), items.astype(np.int64))
-
-    def learn_trends(self, items: np.ndarray, ts: np.ndarray) -> None:
-        self.trends.learn(items.astype(np.int64), ts.astype(np.float64))
+        self.trends.learn(picked, np.array([ts], np.float64))
+        if recent is not None:
+            ptr = np.array([0, recent.size], np.int64)
+            self.stats.learn_batch(ptr, recent.astype(np.int64), picked)
 
     def draw_hard_negatives(
         self,
-        recents: list[np.ndarray],
-        origin: np.ndarray,
+        recent: np.ndarray,
         item_rows: np.ndarray,
-        labels: np.ndarray,
+        span: slice,
         known: int,
         count: int,
         rng: np.random.Generator,
     ) -> None:
-        """Replace the first ``count`` negatives of each positive (in place) by items drawn
-        among the ``known`` rows its user's signals score above 0, other than the positive:
-        the items the ranking must tell apart from it."""
-        starts = np.flatnonzero(np.diff(origin, prepend=-1))
-        for start in starts:
-            recent = recents[origin[start]]
-            if labels[start] != 1.0 or recent.size == 0:
-                continue
-            end = start + 1
-            while end < origin.size and origin[end] == origin[start] and end - start <= count:
-                end += 1
-            if end == start + 1:
-                continue
-            values = self.stats.scores(recent, known).sum(axis=0)  # the personal signals
-            values[item_rows[start]] = 0.0
-            pool = np.flatnonzero(values)
-            if pool.size:
-                item_rows[start + 1 : end] = pool[rng.integers(0, pool.size, end - start - 1)]
+        """Replace (in place) the first ``count`` negatives of the positive at
+        ``item_rows[span.start]`` by items drawn among the ``known`` rows the user's
+        personal signals score above 0, other than the positive: the items the ranking
+        must tell apart from it."""
+        end = min(span.stop, span.start + 1 + count)
+        if end <= span.start + 1:
+            return
+        values = self.stats.scores(recent, known).sum(axis=0)
+        values[item_rows[span.start]] = 0.0
+        pool = np.flatnonzero(values)
+        if pool.size:
+            item_rows[span.start + 1 : end] = pool[rng.integers(0, pool.size, end - span.start - 1)]
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -193,22 +176,11 @@ class SequenceSignals:
         weights: np.ndarray = w[self.index]
         return weights @ values
 
-    def rows(
-        self, recents: list[np.ndarray], origin: np.ndarray, item_rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """CSR entries (indptr, indices, values) of the signal features of training rows:
-        row j pairs event ``origin[j]`` (whose user's recent items are
-        ``recents[origin[j]]``) with catalog row ``item_rows[j]``; nonzero values only."""
-        signals = len(self.names)
-        values = np.zeros((origin.size, signals))
-        bounds = np.flatnonzero(np.diff(origin, prepend=-1, append=-1))
-        for lo, hi in itertools.pairwise(bounds):
-            items = item_rows[lo:hi]
-            known = items >= 0
-            if known.any():
-                values[lo:hi][known] = self.values(recents[origin[lo]], items[known]).T
+    def entries(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR entries (indptr, indices, values) of the signal features of training rows
+        whose values are ``values`` (rows, signals); nonzero values only."""
         nonzero = values != 0.0
-        indptr = np.zeros(origin.size + 1, np.int64)
+        indptr = np.zeros(values.shape[0] + 1, np.int64)
         np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
         indices = np.broadcast_to(self.index, values.shape)[nonzero]
         return indptr, indices.astype(np.int64), values[nonzero]

@@ -47,7 +47,17 @@ class InteractionRows:
     explicit: np.ndarray  # the label was given, not implied (evaluated as logloss/AUC)
     linear: tuple[np.ndarray, np.ndarray, np.ndarray]  # CSR indptr, indices, values
     factor: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    recents: list[np.ndarray]  # each event's user item sequence before it
+
+
+@dataclass
+class EventRows:
+    """Each event's training rows while the batch is walked (rows of event e are
+    contiguous, the positive first); ``signals`` is filled event by event."""
+
+    origin: np.ndarray
+    item_rows: np.ndarray
+    labels: np.ndarray
+    signals: np.ndarray | None
 
 
 @dataclass
@@ -272,48 +282,27 @@ class TrainerActor(Actor):
             self.metrics.auc.update(scores[evaluated], labels[evaluated])
             self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
         self.model.stream.rows += int(labels.size)
-        if not batch.dense.size:
-            self._learn_sequences(batch, rows.recents)
         return step
 
-    def _learn_sequences(self, batch: FeatureBatch, recents: list[np.ndarray]) -> None:
-        """After the batch is scored: its interactions join the item-to-item statistics."""
-        sequence = self.model.sequence
-        if sequence is None:
-            return
-        interactions = batch.item_rows >= 0
-        arrived = batch.created_at or 0.0  # an event without a time happened when it arrived
-        times = np.where(np.isfinite(batch.ts), batch.ts, arrived)[interactions]
-        sequence.learn_trends(batch.item_rows[interactions], times)
-        if not recents or not batch.users:
-            return
-        named = np.fromiter((bool(u) for u in batch.users), bool, len(batch.users))
-        learned = np.flatnonzero(interactions & named)
-        sequence.learn([recents[e] for e in learned], batch.item_rows[learned])
-
     def _interaction_rows(self, batch: FeatureBatch) -> InteractionRows:
-        """An interaction batch's training rows: each event with the user's history as
-        of that event, then its sampled negatives; linear, factor and signal entries."""
+        """An interaction batch's training rows: each event with the user's history and
+        signals as of that event, then its sampled negatives; linear and factor entries."""
         user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
-        recents: list[np.ndarray] = []
-        if batch.item_rows.size and (batch.item_rows >= 0).any():
-            user, recents = self._rank_and_remember(batch, user)
-        self.model.observe(batch.users, batch.item_rows)
         origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
-        if self.model.sequence is not None and recents and self.hard_negatives:
-            known = self.catalog.known_at(batch.seq)
-            rng = np.random.default_rng([self.seed, batch.seq, 1])
-            self.model.sequence.draw_hard_negatives(
-                recents, origin, item_rows, labels, known, self.hard_negatives, rng
-            )
+        sequence = self.model.sequence
+        signals = np.zeros((origin.size, len(sequence.names))) if sequence else None
+        if batch.item_rows.size and (batch.item_rows >= 0).any():
+            rows = EventRows(origin, item_rows, labels, signals)
+            user = self._walk_events(batch, user, rows)
+        self.model.observe(batch.users, batch.item_rows)
         rows_user = take_rows(user, origin)
         linear = expand(self.space, rows_user, item_rows, self.catalog)
-        if self.model.sequence is not None and recents:
-            linear = append_entries(linear, self.model.sequence.rows(recents, origin, item_rows))
+        if sequence is not None and signals is not None:
+            linear = append_entries(linear, sequence.entries(signals))
         factor = None
         if self.factors is not None:
             factor = expand_factors(rows_user, item_rows, self.catalog, self.factors.params.mask)
-        return InteractionRows(origin, labels, explicit, linear, factor, recents)
+        return InteractionRows(origin, labels, explicit, linear, factor)
 
     def _rows_with_negatives(
         self, batch: FeatureBatch
@@ -322,33 +311,36 @@ class TrainerActor(Actor):
         known = self.catalog.known_at(batch.seq)
         return rows_with_negatives(batch.label, batch.item_rows, known, self.negatives, rng)
 
-    def _rank_and_remember(
-        self, batch: FeatureBatch, user: BaseFeatures
-    ) -> tuple[BaseFeatures, list[np.ndarray]]:
-        """Rank flagged events against the catalog before learning them, then record history.
+    def _walk_events(
+        self, batch: FeatureBatch, user: BaseFeatures, rows: EventRows
+    ) -> BaseFeatures:
+        """Event by event, in stream order: the event's signals (and hard negatives) from
+        what came before it, its ranking if flagged, then it joins the user's history and
+        the signals' statistics, so the next event sees it.
 
         Returns the user rows with each user's recent items as of that event (when
-        ``users.recent_len``), so an event is learned with the history it was ranked with,
-        and each event's item sequence before it (for the sequence signals).
+        ``users.recent_len``), so an event is learned with the history it was ranked with.
         """
         known = self.catalog.known_at(batch.seq)
         popularity = self.metrics.popularity
         history = self.users.recent_len > 0
-        rows, recents = [], []
+        first = np.searchsorted(rows.origin, np.arange(len(batch) + 1))
+        user_rows = []
         for r in range(len(batch)):
             item = int(batch.item_rows[r])
             name = batch.users[r] if batch.users else ""
             row = user.row(r)
             if history:
                 row, _ = with_history(self.space, self.catalog, self.users, name, row)
-                rows.append(row)
-            recents.append(self.users.sequence(name))
+                user_rows.append(row)
             if item < 0:
                 continue
+            recent = self.users.sequence(name)
+            self._event_signals(batch, rows, slice(first[r], first[r + 1]), recent, known)
             if batch.rank_eval[r]:
                 seen = self.users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
-                self._evaluate_ranking(row, recents[-1], item, exclude, known)
+                self._evaluate_ranking(row, recent, item, exclude, known)
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
                         popularity.evaluate(exclude, item, known)
@@ -357,7 +349,27 @@ class TrainerActor(Actor):
                 self.users.add(name, item)
             if popularity is not None:
                 popularity.learn(item)
-        return (stack_rows(rows) if history else user), recents
+            if self.model.sequence is not None and batch.label[r] != 0:
+                ts = batch.ts[r] if np.isfinite(batch.ts[r]) else batch.created_at
+                self.model.sequence.learn_event(recent if name else None, item, ts)
+        return stack_rows(user_rows) if history else user
+
+    def _event_signals(
+        self, batch: FeatureBatch, rows: EventRows, span: slice, recent: np.ndarray, known: int
+    ) -> None:
+        """The signal values of one event's training rows (positive first, then negatives),
+        after drawing its hard negatives."""
+        sequence = self.model.sequence
+        if sequence is None or rows.signals is None:
+            return
+        if self.hard_negatives and recent.size and rows.labels[span.start] == 1.0:
+            rng = np.random.default_rng([self.seed, batch.seq, span.start])
+            sequence.draw_hard_negatives(
+                recent, rows.item_rows, span, known, self.hard_negatives, rng
+            )
+        items = rows.item_rows[span]
+        positions = np.arange(span.start, span.stop)[items >= 0]
+        rows.signals[positions] = sequence.values(recent, rows.item_rows[positions]).T
 
     def _evaluate_ranking(
         self, row: BaseFeatures, recent: np.ndarray, item: int, exclude: np.ndarray, known: int

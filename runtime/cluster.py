@@ -335,19 +335,20 @@ class ClusterFront:
         self.featurizer.featurize(batch)
 
     async def _apply_events(self, batch: EventBatch) -> None:
+        """User histories and the sequence statistics, learned as the trainers learn them
+        (``TrainerActor._walk_events``): event by event, in the topic's order."""
         features = self.featurizer.featurize(batch)
-        recents, items = [], []
-        for user, row in zip(features.users, features.item_rows, strict=False):
-            if user and row >= 0:
-                recents.append(self.users.sequence(user))
-                items.append(int(row))
-                self.users.add(user, int(row))
-        if self.model.sequence is not None:  # the same statistics as the trainers learn
-            interactions = features.item_rows >= 0
-            arrived = features.created_at or 0.0
-            times = np.where(np.isfinite(features.ts), features.ts, arrived)[interactions]
-            self.model.sequence.learn_trends(features.item_rows[interactions], times)
-            self.model.sequence.learn(recents, np.array(items, np.int64))
+        sequence = self.model.sequence
+        for r, row in enumerate(features.item_rows.tolist()):
+            user = features.users[r] if features.users else ""
+            if row < 0:
+                continue
+            recent = self.users.sequence(user)
+            if user:
+                self.users.add(user, row)
+            if sequence is not None and features.label[r] != 0:
+                ts = features.ts[r] if np.isfinite(features.ts[r]) else features.created_at
+                sequence.learn_event(recent if user else None, row, ts)
         self.model.observe(features.users, features.item_rows)
         self.followed_events += len(features)
 
