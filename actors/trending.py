@@ -61,7 +61,8 @@ class TrendingCounts:
     def summary(self) -> tuple[np.ndarray, np.ndarray]:
         """Each trend's maximum and total over the catalog (scaled), until the next learn."""
         if self._summary is None:
-            self._summary = (self.scaled.max(axis=1, initial=0.0), self.scaled.sum(axis=1))
+            used = self.scaled[:, : self.rows]  # sums must not depend on spare capacity
+            self._summary = (used.max(axis=1, initial=0.0), used.sum(axis=1))
         return self._summary
 
     def raw_scores_at(self, items: np.ndarray) -> np.ndarray:

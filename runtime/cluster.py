@@ -269,6 +269,9 @@ class Publisher:
         batch.seq = self.seq
         self.seq += 1
         batch.created_at = batch.created_at or time.time()
+        untimed = np.isnan(batch.ts)
+        if untimed.any():  # an event without a time happened when it was published
+            batch.ts = np.where(untimed, batch.created_at, batch.ts)
         upserts = np.flatnonzero(batch.kind == 1)
         if upserts.size:
             items = self.transport.channel("items")

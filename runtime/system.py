@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from actors.batching import batch_from_events
 from actors.events import Event, EventLimits
 from actors.exploration import ExplorationPolicy
@@ -86,6 +88,7 @@ class System:
         learned = self.trainer.learned
         self.admission = Admission(i.max_pending_events, i.max_inflight_requests,
                                    i.retry_after_s, learned_seq=lambda: learned.value)  # fmt: skip
+        self.clock = clock
         self.started_at = time.time()
         self._submit_lock = asyncio.Lock()
         self._started = False
@@ -207,7 +210,10 @@ class System:
             stream = self.model.stream
             stream.seq += 1
             batch.seq = stream.seq
-            batch.created_at = batch.created_at or time.time()
+            batch.created_at = batch.created_at or self.clock()
+            untimed = np.isnan(batch.ts)
+            if untimed.any():  # an event without a time happened when it arrived
+                batch.ts = np.where(untimed, batch.created_at, batch.ts)
             await self.supervisor.guard(self.pipeline.events.send(batch))
         return batch.seq
 
