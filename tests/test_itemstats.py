@@ -181,10 +181,16 @@ def test_state_round_trips_through_msgpack_and_keeps_learning_identically() -> N
         assert np.array_equal(original.scores(recent, 50), restored.scores(recent, 50))
 
 
-def test_load_state_rejects_another_version() -> None:
+def test_load_state_rejects_another_version_and_mismatched_arrays() -> None:
     state = ItemStats(UNPRUNED).to_state()
     state["version"] = 99
     with pytest.raises(ValueError, match="version"):
+        ItemStats().load_state(state)
+    stats = ItemStats(UNPRUNED)
+    stats.learn(np.array([0, 1], np.int64), 2)
+    state = stats.to_state()
+    state["params"] = dict(state["params"], neighbours=UNPRUNED.neighbours + 1)
+    with pytest.raises(ValueError, match="shape"):
         ItemStats().load_state(state)
 
 
