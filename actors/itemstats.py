@@ -100,13 +100,35 @@ def _bucket(other: int, buckets: int) -> int:
     return ((other * 2654435761) & 0xFFFFFFFF) % buckets
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _row_minimum(counts: np.ndarray) -> float:
+    """The smallest count; fastmath lets LLVM vectorise it (counts are finite, never NaN)."""
+    low = counts[0]
+    for s in range(1, counts.shape[0]):
+        low = min(low, counts[s])
+    return low
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _first_minimum(counts: np.ndarray) -> int:
-    weakest = 0
-    for s in range(1, counts.shape[0]):
-        if counts[s] < counts[weakest]:
-            weakest = s
-    return weakest
+    low = _row_minimum(counts)
+    for s in range(counts.shape[0]):
+        if counts[s] == low:
+            return s
+    return 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot_of(ids: np.ndarray, used: int, other: int) -> int:
+    """Slot of ``other`` among a row's ``used`` distinct ids, or -1.
+
+    A branch-free sum instead of a loop that stops at the match: LLVM vectorises it,
+    and a full row is scanned to the end anyway whenever the neighbour is new.
+    """
+    found = 0
+    for s in range(used):
+        found += (ids[s] == other) * (s + 1)
+    return found - 1
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -128,12 +150,12 @@ def _add(
     """
     used = fill[row]
     full = nbr.shape[1]
-    for s in range(used):
-        if nbr[row, s] == other:
-            cnt[row, s] += w
-            if used == full and s == weakest[row]:
-                weakest[row] = _first_minimum(cnt[row])
-            return
+    s = _slot_of(nbr[row], used, other)
+    if s >= 0:
+        cnt[row, s] += w
+        if used == full and s == weakest[row]:
+            weakest[row] = _first_minimum(cnt[row])
+        return
     if used < full:
         nbr[row, used] = other
         cnt[row, used] = w
