@@ -285,13 +285,17 @@ def _maxima(out: np.ndarray, touched: np.ndarray, counts: np.ndarray) -> np.ndar
     return best
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _read_and_clear(
-    out: np.ndarray, touched: np.ndarray, counts: np.ndarray, items: np.ndarray, raw: bool
-) -> np.ndarray:
-    """Scores of ``items`` (normalised unless ``raw``), then ``out`` back to zero."""
+    out: np.ndarray,
+    touched: np.ndarray,
+    counts: np.ndarray,
+    items: np.ndarray,
+    raw: bool,
+    result: np.ndarray,
+) -> None:
+    """Scores of ``items`` into ``result`` (normalised unless ``raw``), ``out`` back to zero."""
     best = _maxima(out, touched, counts)
-    result = np.zeros((out.shape[0], items.shape[0]))
     for s in range(out.shape[0]):
         if best[s] > 0.0:
             scale = 1.0 if raw else best[s]
@@ -301,6 +305,49 @@ def _read_and_clear(
                     result[s, i] = out[s, item] / scale
         for t in range(counts[s]):
             out[s, touched[s, t]] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scores_events(
+    recent_ptr: np.ndarray,
+    recent_rows: np.ndarray,
+    items_ptr: np.ndarray,
+    items: np.ndarray,
+    known: int,
+    window: int,
+    half_life: float,
+    order: int,
+    decay: float,
+    knn_nbr: np.ndarray,
+    knn_cnt: np.ndarray,
+    knn_err: np.ndarray,
+    knn_fill: np.ndarray,
+    mk_nbr: np.ndarray,
+    mk_cnt: np.ndarray,
+    mk_err: np.ndarray,
+    mk_fill: np.ndarray,
+    item_count: np.ndarray,
+    mk_total: np.ndarray,
+    out: np.ndarray,
+    touched: np.ndarray,
+    raw: bool,
+) -> np.ndarray:
+    """Event e's scores of ``items[items_ptr[e]:items_ptr[e+1]]``, all events in one call.
+
+    Rows the statistics do not know (negative, or ``>= known``) are left out of a user's
+    recent items before the ages are counted, as if never seen.
+    """
+    result = np.zeros((out.shape[0], items.shape[0]))
+    for e in range(items_ptr.shape[0] - 1):
+        history = recent_rows[recent_ptr[e] : recent_ptr[e + 1]]
+        recent = history[(history >= 0) & (history < known)]
+        counts = _accumulate(
+            recent, window, half_life, order, decay,
+            knn_nbr, knn_cnt, knn_err, knn_fill, mk_nbr, mk_cnt, mk_err, mk_fill,
+            item_count, mk_total, out, touched,
+        )  # fmt: skip
+        lo, hi = items_ptr[e], items_ptr[e + 1]
+        _read_and_clear(out, touched, counts, items[lo:hi], raw, result[:, lo:hi])
     return result
 
 
@@ -393,17 +440,6 @@ class ItemStats:
 
     # ------------------------------------------------------------------ scoring
 
-    def _accumulate_into_buffer(self, recent: np.ndarray) -> np.ndarray:
-        rows = np.ascontiguousarray(recent, np.int64)
-        rows = rows[(rows >= 0) & (rows < self.n_items)]
-        p = self.params
-        return _accumulate(
-            rows, p.window, p.half_life, p.markov_order, p.markov_decay,
-            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill,
-            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill,
-            self.item_count, self.mk_total, self._out, self._touched,
-        )  # fmt: skip
-
     def scores(self, recent: np.ndarray, n_items: int, *, raw: bool = False) -> np.ndarray:
         """``(len(names), n_items)``: every row's score, each signal divided by its maximum.
 
@@ -414,9 +450,41 @@ class ItemStats:
 
     def scores_at(self, recent: np.ndarray, items: np.ndarray, *, raw: bool = False) -> np.ndarray:
         """``(len(names), len(items))``: the values :meth:`scores` gives ``items``."""
-        counts = self._accumulate_into_buffer(recent)
-        wanted = np.ascontiguousarray(items, np.int64)
-        return _read_and_clear(self._out, self._touched, counts, wanted, raw)
+        rows = np.asarray(recent, np.int64)
+        wanted = np.asarray(items, np.int64)
+        ptr = np.array([0, len(rows)], np.int64)
+        return self.scores_at_batch(
+            ptr, rows, np.array([0, len(wanted)], np.int64), wanted, raw=raw
+        )
+
+    def scores_at_batch(
+        self,
+        recent_ptr: np.ndarray,
+        recent_rows: np.ndarray,
+        items_ptr: np.ndarray,
+        items: np.ndarray,
+        *,
+        raw: bool = False,
+    ) -> np.ndarray:
+        """:meth:`scores_at` of many events in one compiled pass (a trainer's batch of rows).
+
+        CSR as :meth:`learn_batch`: event e's user has ``recent_rows[recent_ptr[e]:
+        recent_ptr[e+1]]`` and wants ``items[items_ptr[e]:items_ptr[e+1]]``; the result
+        has one column per entry of ``items``.  Nothing is learned in between.
+        """
+        ptr = np.ascontiguousarray(recent_ptr, np.int64)
+        item_ptr = np.ascontiguousarray(items_ptr, np.int64)
+        if len(ptr) != len(item_ptr) or ptr[-1] != len(recent_rows) or item_ptr[-1] != len(items):
+            raise ValueError("recent_ptr and items_ptr must be CSR offsets of the same events")
+        p = self.params
+        return _scores_events(
+            ptr, np.ascontiguousarray(recent_rows, np.int64),
+            item_ptr, np.ascontiguousarray(items, np.int64),
+            self.n_items, p.window, p.half_life, p.markov_order, p.markov_decay,
+            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill,
+            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill,
+            self.item_count, self.mk_total, self._out, self._touched, raw,
+        )  # fmt: skip
 
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``k`` kNN neighbours of ``item`` by cosine, best first (ties: lower row)."""

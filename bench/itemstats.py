@@ -11,7 +11,8 @@ reference recency recommenders do, to show what the product's normalisation cost
 logistic regression (per-coordinate AdaGrad, one weight per input and a bias)
 learns from each positive and the protocol's 4 uniform negatives over
 ``[signals..., log1p(popularity)]``, with the signals as normalised scores, as
-``log1p`` of the raw scores, or both.
+``log1p`` of the raw scores, or both; and over the normalised signals alone, to
+show what the popularity input does under uniform negatives.
 
     PYTHONPATH=. python bench/itemstats.py [--data ../shared/data] [--sets ml-100k ...]
 """
@@ -175,7 +176,7 @@ def run_set(stream: RankingStream, settings: Sequence[ItemStatsParams]) -> list[
 
 # ----------------------------------------------------------------------------- transforms
 
-TRANSFORMS = ("normalised", "log1p raw", "both")
+TRANSFORMS = ("normalised", "log1p raw", "both", "normalised, no popularity")
 
 
 def transform_inputs(
@@ -188,6 +189,7 @@ def transform_inputs(
         "normalised": np.vstack([normalised, pop, bias]),
         "log1p raw": np.vstack([np.log1p(raw), pop, bias]),
         "both": np.vstack([normalised, np.log1p(raw), pop, bias]),
+        "normalised, no popularity": np.vstack([normalised, bias]),
     }
 
 
@@ -198,7 +200,7 @@ class TransformCore:
         self.shared = SharedStats(params, max(params.window, params.markov_order))
         self.popularity = np.zeros(n_items)
         self.alpha = alpha
-        sizes = {"normalised": 4, "log1p raw": 4, "both": 6}
+        sizes = {"normalised": 4, "log1p raw": 4, "both": 6, "normalised, no popularity": 3}
         self.weights = {t: np.zeros(n) for t, n in sizes.items()}
         self.squares = {t: np.full(n, 1e-8) for t, n in sizes.items()}
 
@@ -229,7 +231,7 @@ class TransformPeer:
 
     def __init__(self, core: TransformCore, transform: str, learns: bool) -> None:
         self.core, self.transform, self.learns = core, transform, learns
-        self.name = f"logistic over {transform} signals + log1p(popularity)"
+        self.name = f"logistic over signals: {transform}"
         self.settings = {"transform": transform}
 
     def score(self, user: str, features: Sequence[Feature], candidates: np.ndarray) -> np.ndarray:
@@ -295,12 +297,20 @@ def measure_cost(stream: RankingStream, params: ItemStatsParams) -> dict[str, An
     few = np.arange(5, dtype=np.int64)
     scores_s = best_seconds(lambda: [stats.scores(r, n_items) for r in recents], 5)
     at_s = best_seconds(lambda: [stats.scores_at(r, few) for r in recents], 5)
+    recent_ptr = np.cumsum([0, *(len(r) for r in recents)])
+    batch_rows = np.concatenate(recents)
+    items_ptr = np.arange(0, 5 * len(recents) + 1, 5)
+    batch_items = np.tile(few, len(recents))
+    batch_s = best_seconds(
+        lambda: stats.scores_at_batch(recent_ptr, batch_rows, items_ptr, batch_items), 5
+    )
     cost = {
         "events": len(stream),
         "learn_us_per_event": 1e6 * learn_s / len(stream),
         "scores_us": 1e6 * scores_s / len(recents),
         "scores_items": n_items,
         "scores_at_5_us": 1e6 * at_s / len(recents),
+        "scores_at_batch_5_us_per_event": 1e6 * batch_s / len(recents),
     } | stats.statistics()
     print(json.dumps(cost), flush=True)
     return cost

@@ -114,6 +114,27 @@ def test_scores_at_gives_exactly_the_normalised_values_of_scores() -> None:
         assert np.array_equal(raw > 0, full[:, items] > 0)
 
 
+def test_scores_at_batch_equals_scores_at_event_by_event() -> None:
+    stats = ItemStats(ItemStatsParams(window=5, neighbours=6))
+    histories = learn_stream(stats, random_stream(seed=9, events=2000, users=15, items=50))
+    rng = np.random.default_rng(10)
+    recents = [np.array(histories[u][-rng.integers(0, 8) :], np.int64) for u in range(15)]
+    recents[3] = np.array([-1, 2, 999, 4], np.int64)
+    wanted = [rng.integers(0, 60, size=rng.integers(0, 6)) for _ in range(15)]
+    recent_ptr = np.cumsum([0, *(len(r) for r in recents)])
+    items_ptr = np.cumsum([0, *(len(w) for w in wanted)])
+    batch = stats.scores_at_batch(
+        recent_ptr, np.concatenate(recents), items_ptr, np.concatenate(wanted)
+    )
+    for e, (recent, items) in enumerate(zip(recents, wanted, strict=True)):
+        expected = stats.scores_at(recent, items)
+        assert np.array_equal(batch[:, items_ptr[e] : items_ptr[e + 1]], expected)
+    unknown_dropped = stats.scores_at(np.array([2, 4], np.int64), wanted[3])
+    assert np.array_equal(stats.scores_at(recents[3], wanted[3]), unknown_dropped)
+    with pytest.raises(ValueError, match="CSR"):
+        stats.scores_at_batch(recent_ptr, np.concatenate(recents), items_ptr[:-1], wanted[0])
+
+
 def test_scores_are_normalised_over_every_known_row_not_only_the_first_n_items() -> None:
     stats = ItemStats(UNPRUNED)
     for _ in range(3):
