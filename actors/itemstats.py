@@ -36,11 +36,12 @@ added to its count; a new neighbour takes a free slot.  When the row is full, th
 new neighbour's weight goes to one of ``admission_counters`` hashed counters,
 which bound the weight of every neighbour not kept; only when that bound exceeds
 the row's smallest count does the neighbour replace the weakest entry, starting
-from the bound (its ``err``).  Without the filter every one-off pair would evict
+from the bound.  Without the filter every one-off pair would evict
 the weakest entry, and on a dense log (ML-100K) the mid-strength neighbours would
 cycle through the weakest slots and never build up a count.  Each entry brackets
-its true count: ``count - err <= true <= count``, and the scores use the lower,
-guaranteed part, so a newcomer is not credited with the weight it inherited.
+its true count: ``sure <= true <= count``, ``sure`` being the weight added since the
+entry was admitted.  Eviction uses ``count`` (as Space-Saving), the scores use
+``sure``, so a newcomer is not credited with the weight it inherited.
 While no row is full the counts are exact.
 
 **Scores.**  Each signal is divided by its maximum over every row the statistics
@@ -135,7 +136,7 @@ def _slot_of(ids: np.ndarray, used: int, other: int) -> int:
 def _add(
     nbr: np.ndarray,
     cnt: np.ndarray,
-    err: np.ndarray,
+    sure: np.ndarray,
     fill: np.ndarray,
     weakest: np.ndarray,
     gate: np.ndarray,
@@ -153,13 +154,14 @@ def _add(
     s = _slot_of(nbr[row], used, other)
     if s >= 0:
         cnt[row, s] += w
+        sure[row, s] += w
         if used == full and s == weakest[row]:
             weakest[row] = _first_minimum(cnt[row])
         return
     if used < full:
         nbr[row, used] = other
         cnt[row, used] = w
-        err[row, used] = 0.0
+        sure[row, used] = w
         fill[row] = used + 1
         if used + 1 == full:
             weakest[row] = _first_minimum(cnt[row])
@@ -175,7 +177,7 @@ def _add(
     gate[row, evicted] = max(gate[row, evicted], cnt[row, low])
     nbr[row, low] = other
     cnt[row, low] = unmonitored + w
-    err[row, low] = unmonitored
+    sure[row, low] = w
     weakest[row] = _first_minimum(cnt[row])
 
 
@@ -189,17 +191,18 @@ def _learn_events(
     decay: float,
     knn_nbr: np.ndarray,
     knn_cnt: np.ndarray,
-    knn_err: np.ndarray,
+    knn_sure: np.ndarray,
     knn_fill: np.ndarray,
     knn_weakest: np.ndarray,
     knn_gate: np.ndarray,
     mk_nbr: np.ndarray,
     mk_cnt: np.ndarray,
-    mk_err: np.ndarray,
+    mk_sure: np.ndarray,
     mk_fill: np.ndarray,
     mk_weakest: np.ndarray,
     mk_gate: np.ndarray,
     item_count: np.ndarray,
+    inv_sqrt_count: np.ndarray,
     mk_total: np.ndarray,
 ) -> None:
     """Learn events in order (CSR ``recent_ptr``/``recent_rows``), as the module docstring."""
@@ -210,16 +213,17 @@ def _learn_events(
         for p in range(max(lo, hi - window), hi):
             other = recent_rows[p]
             if other != item:
-                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, other, item, 1.0)
-                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, item, other, 1.0)
+                _add(knn_nbr, knn_cnt, knn_sure, knn_fill, knn_weakest, knn_gate, other, item, 1.0)
+                _add(knn_nbr, knn_cnt, knn_sure, knn_fill, knn_weakest, knn_gate, item, other, 1.0)
         w = 1.0
         for p in range(hi - 1, max(lo, hi - order) - 1, -1):
             prev = recent_rows[p]
             if prev != item:
-                _add(mk_nbr, mk_cnt, mk_err, mk_fill, mk_weakest, mk_gate, prev, item, w)
+                _add(mk_nbr, mk_cnt, mk_sure, mk_fill, mk_weakest, mk_gate, prev, item, w)
                 mk_total[prev] += w
             w *= decay
         item_count[item] += 1.0
+        inv_sqrt_count[item] = 1.0 / math.sqrt(item_count[item])
 
 
 @njit(cache=True, nogil=True)
@@ -230,14 +234,12 @@ def _accumulate(
     order: int,
     decay: float,
     knn_nbr: np.ndarray,
-    knn_cnt: np.ndarray,
-    knn_err: np.ndarray,
+    knn_sure: np.ndarray,
     knn_fill: np.ndarray,
     mk_nbr: np.ndarray,
-    mk_cnt: np.ndarray,
-    mk_err: np.ndarray,
+    mk_sure: np.ndarray,
     mk_fill: np.ndarray,
-    item_count: np.ndarray,
+    inv_sqrt_count: np.ndarray,
     mk_total: np.ndarray,
     out: np.ndarray,
     touched: np.ndarray,
@@ -251,15 +253,13 @@ def _accumulate(
     last = recent.shape[0]
     for p in range(max(0, last - window), last):
         row = recent[p]
-        w = 2.0 ** (-(last - 1 - p) / half_life) / math.sqrt(max(item_count[row], 1.0))
+        w = 2.0 ** (-(last - 1 - p) / half_life) * inv_sqrt_count[row]
         for s in range(knn_fill[row]):
             j = knn_nbr[row, s]
             if out[0, j] == 0.0:
                 touched[0, counts[0]] = j
                 counts[0] += 1
-            out[0, j] += (
-                w * (knn_cnt[row, s] - knn_err[row, s]) / math.sqrt(max(item_count[j], 1.0))
-            )
+            out[0, j] += w * knn_sure[row, s] * inv_sqrt_count[j]
     w = 1.0
     for p in range(last - 1, max(0, last - order) - 1, -1):
         row = recent[p]
@@ -270,7 +270,7 @@ def _accumulate(
                 if out[1, j] == 0.0:
                     touched[1, counts[1]] = j
                     counts[1] += 1
-                out[1, j] += scale * (mk_cnt[row, s] - mk_err[row, s])
+                out[1, j] += scale * mk_sure[row, s]
         w *= decay
     return counts
 
@@ -319,14 +319,12 @@ def _scores_events(
     order: int,
     decay: float,
     knn_nbr: np.ndarray,
-    knn_cnt: np.ndarray,
-    knn_err: np.ndarray,
+    knn_sure: np.ndarray,
     knn_fill: np.ndarray,
     mk_nbr: np.ndarray,
-    mk_cnt: np.ndarray,
-    mk_err: np.ndarray,
+    mk_sure: np.ndarray,
     mk_fill: np.ndarray,
-    item_count: np.ndarray,
+    inv_sqrt_count: np.ndarray,
     mk_total: np.ndarray,
     out: np.ndarray,
     touched: np.ndarray,
@@ -343,8 +341,8 @@ def _scores_events(
         recent = history[(history >= 0) & (history < known)]
         counts = _accumulate(
             recent, window, half_life, order, decay,
-            knn_nbr, knn_cnt, knn_err, knn_fill, mk_nbr, mk_cnt, mk_err, mk_fill,
-            item_count, mk_total, out, touched,
+            knn_nbr, knn_sure, knn_fill, mk_nbr, mk_sure, mk_fill,
+            inv_sqrt_count, mk_total, out, touched,
         )  # fmt: skip
         lo, hi = items_ptr[e], items_ptr[e + 1]
         _read_and_clear(out, touched, counts, items[lo:hi], raw, result[:, lo:hi])
@@ -355,7 +353,11 @@ def _scores_events(
 
 
 class ItemStats:
-    """Bounded online kNN and Markov neighbour lists over catalog rows (module docstring)."""
+    """Bounded online kNN and Markov neighbour lists over catalog rows (module docstring).
+
+    Not safe to share between threads: scoring reuses one scratch buffer so that it
+    costs the neighbours it touches, not the catalog.
+    """
 
     names: tuple[str, ...] = SIGNALS
 
@@ -368,17 +370,19 @@ class ItemStats:
         k, gates = self.params.neighbours, self.params.admission_counters
         self.knn_nbr = np.full((capacity, k), -1, np.int32)
         self.knn_cnt = np.zeros((capacity, k))
-        self.knn_err = np.zeros((capacity, k))
+        self.knn_sure = np.zeros((capacity, k))
         self.knn_fill = np.zeros(capacity, np.int32)
         self.knn_weakest = np.zeros(capacity, np.int32)
         self.knn_gate = np.zeros((capacity, gates))
         self.mk_nbr = np.full((capacity, k), -1, np.int32)
         self.mk_cnt = np.zeros((capacity, k))
-        self.mk_err = np.zeros((capacity, k))
+        self.mk_sure = np.zeros((capacity, k))
         self.mk_fill = np.zeros(capacity, np.int32)
         self.mk_weakest = np.zeros(capacity, np.int32)
         self.mk_gate = np.zeros((capacity, gates))
         self.item_count = np.zeros(capacity)
+        # 1 / sqrt(max(count, 1)), kept per event so scoring multiplies instead of sqrt + divide
+        self.inv_sqrt_count = np.ones(capacity)
         self.mk_total = np.zeros(capacity)
         self._out = np.zeros((len(SIGNALS), capacity))
         self._touched = np.zeros((len(SIGNALS), self._touched_size()), np.int64)
@@ -396,7 +400,7 @@ class ItemStats:
         self.n_items = max(self.n_items, rows_needed)
         if rows_needed <= self.capacity:
             return
-        old = {name: getattr(self, name) for name in _ROW_ARRAYS}
+        old = {name: getattr(self, name) for name in (*_ROW_ARRAYS, "inv_sqrt_count")}
         capacity = self.capacity
         while capacity < rows_needed:
             capacity *= 2
@@ -433,9 +437,9 @@ class ItemStats:
         p = self.params
         _learn_events(
             ptr, rows, targets, p.window, p.markov_order, p.markov_decay,
-            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill, self.knn_weakest, self.knn_gate,
-            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill, self.mk_weakest, self.mk_gate,
-            self.item_count, self.mk_total,
+            self.knn_nbr, self.knn_cnt, self.knn_sure, self.knn_fill, self.knn_weakest, self.knn_gate,
+            self.mk_nbr, self.mk_cnt, self.mk_sure, self.mk_fill, self.mk_weakest, self.mk_gate,
+            self.item_count, self.inv_sqrt_count, self.mk_total,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ scoring
@@ -481,9 +485,9 @@ class ItemStats:
             ptr, np.ascontiguousarray(recent_rows, np.int64),
             item_ptr, np.ascontiguousarray(items, np.int64),
             self.n_items, p.window, p.half_life, p.markov_order, p.markov_decay,
-            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill,
-            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill,
-            self.item_count, self.mk_total, self._out, self._touched, raw,
+            self.knn_nbr, self.knn_sure, self.knn_fill,
+            self.mk_nbr, self.mk_sure, self.mk_fill,
+            self.inv_sqrt_count, self.mk_total, self._out, self._touched, raw,
         )  # fmt: skip
 
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -493,7 +497,7 @@ class ItemStats:
         used = int(self.knn_fill[item])
         rows = self.knn_nbr[item, :used].astype(np.int64)
         norms = np.sqrt(np.maximum(self.item_count[rows], 1.0) * max(self.item_count[item], 1.0))
-        cosine = (self.knn_cnt[item, :used] - self.knn_err[item, :used]) / norms
+        cosine = self.knn_sure[item, :used] / norms
         best = np.lexsort((rows, -cosine))[:k]
         return rows[best], cosine[best]
 
@@ -523,6 +527,7 @@ class ItemStats:
                     f"itemstats state {name} has shape {array.shape}, not {target.shape}"
                 )
             target[...] = array
+        fresh.inv_sqrt_count[:n] = 1.0 / np.sqrt(np.maximum(fresh.item_count[:n], 1.0))
         vars(self).update(vars(fresh))
 
     def statistics(self) -> dict[str, Any]:
@@ -531,7 +536,7 @@ class ItemStats:
         ``bytes_per_item`` is what every catalog row costs (the arrays grow by rows);
         ``scratch_bytes`` are the scoring buffers.
         """
-        row_bytes = sum(getattr(self, name).nbytes for name in _ROW_ARRAYS)
+        row_bytes = sum(getattr(self, name).nbytes for name in (*_ROW_ARRAYS, "inv_sqrt_count"))
         return {
             "items": self.n_items,
             "capacity": self.capacity,
@@ -544,8 +549,8 @@ class ItemStats:
 
 
 _ROW_ARRAYS = (
-    "knn_nbr", "knn_cnt", "knn_err", "knn_fill", "knn_weakest", "knn_gate",
-    "mk_nbr", "mk_cnt", "mk_err", "mk_fill", "mk_weakest", "mk_gate",
+    "knn_nbr", "knn_cnt", "knn_sure", "knn_fill", "knn_weakest", "knn_gate",
+    "mk_nbr", "mk_cnt", "mk_sure", "mk_fill", "mk_weakest", "mk_gate",
     "item_count", "mk_total",
 )  # fmt: skip
-"""The per-row arrays (state and growth); the scoring buffers are scratch."""
+"""The per-row arrays a state holds; ``inv_sqrt_count`` is derived from ``item_count``."""

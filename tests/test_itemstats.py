@@ -67,13 +67,13 @@ class DenseReference:
 
 
 def dense_counts(stats: ItemStats, prefix: str) -> np.ndarray:
-    """A statistic's kept counts (count minus inherited error) as a full matrix."""
-    nbr, cnt, err = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "err"))
+    """A statistic's kept guaranteed counts as a full matrix."""
+    nbr, sure = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "sure"))
     fill = getattr(stats, f"{prefix}_fill")
     dense = np.zeros((stats.n_items, stats.n_items))
     for row in range(stats.n_items):
         used = fill[row]
-        dense[row, nbr[row, :used]] = cnt[row, :used] - err[row, :used]
+        dense[row, nbr[row, :used]] = sure[row, :used]
     return dense
 
 
@@ -227,10 +227,10 @@ def test_memory_is_bounded_and_space_saving_brackets_the_true_counts() -> None:
     for prefix, true in (("knn", reference.co), ("mk", reference.trans)):
         fill = getattr(stats, f"{prefix}_fill")[: stats.n_items]
         assert fill.max() == params.neighbours
-        nbr, cnt, err = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "err"))
+        nbr, cnt, sure = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "sure"))
         for row in range(stats.n_items):
             kept = nbr[row, : fill[row]]
-            assert np.all(cnt[row, : fill[row]] - err[row, : fill[row]] <= true[row, kept] + 1e-9)
+            assert np.all(sure[row, : fill[row]] <= true[row, kept] + 1e-9)
             assert np.all(true[row, kept] <= cnt[row, : fill[row]] + 1e-9)
             # every neighbour above total / neighbours is kept (Metwally et al., Theorem 2)
             strong = np.flatnonzero(true[row] > true[row].sum() / params.neighbours + 1e-9)
@@ -240,8 +240,8 @@ def test_memory_is_bounded_and_space_saving_brackets_the_true_counts() -> None:
     assert facts["knn_entries"] <= 120 * params.neighbours
     # per statistic: neighbour int32, count and error float64, fill and weakest slot int32,
     # admission counters float64;
-    # then the item count and the Markov row total
-    per_item = 2 * (params.neighbours * 20 + 8 + params.admission_counters * 8) + 16
+    # then the item count, its inverse square root and the Markov row total
+    per_item = 2 * (params.neighbours * 20 + 8 + params.admission_counters * 8) + 24
     assert facts["bytes_per_item"] == per_item
 
 
