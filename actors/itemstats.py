@@ -36,17 +36,18 @@ added to its count; a new neighbour takes a free slot.  When the row is full, th
 new neighbour's weight goes to one of ``admission_counters`` hashed counters,
 which bound the weight of every neighbour not kept; only when that bound exceeds
 the row's smallest count does the neighbour replace the weakest entry, starting
-from the bound (its ``err``).  Without the filter every one-off pair would evict
+from the bound.  Without the filter every one-off pair would evict
 the weakest entry, and on a dense log (ML-100K) the mid-strength neighbours would
 cycle through the weakest slots and never build up a count.  Each entry brackets
-its true count: ``count - err <= true <= count``, and the scores use the lower,
-guaranteed part, so a newcomer is not credited with the weight it inherited.
+its true count: ``sure <= true <= count``, ``sure`` being the weight added since the
+entry was admitted.  Eviction uses ``count`` (as Space-Saving), the scores use
+``sure``, so a newcomer is not credited with the weight it inherited.
 While no row is full the counts are exact.
 
 **Scores.**  Each signal is divided by its maximum over every row the statistics
 know, so 1 is the user's strongest candidate and 0 means no evidence.  The
 accumulation is sparse (the recent items' neighbour lists), so its cost is
-``window x neighbours``, independent of the catalog size.
+``max(window, markov_order) x neighbours``, independent of the catalog size.
 """
 
 from __future__ import annotations
@@ -64,12 +65,19 @@ SIGNALS = ("knn", "markov")
 
 @dataclass(frozen=True)
 class ItemStatsParams:
-    """How far back a user's items reach and how much each statistic may keep."""
+    """How far back a user's items reach and how much each statistic may keep.
 
-    window: int = 20
-    half_life: float = 5.0
-    markov_order: int = 5
-    markov_decay: float = 0.7
+    The defaults are the moves of ``bench/itemstats.py --grid`` that raised a signal's
+    HR@10 on one of ML-100K, MovieTweetings and Amazon Grocery without lowering it on
+    another by more than the noise (``--candidates`` checks them together).  Longer
+    neighbour lists help dense ML-100K and hurt sparse MovieTweetings' kNN, so they
+    stay at 100; a wider co-occurrence window helps MovieTweetings and hurts the others.
+    """
+
+    window: int = 10
+    half_life: float = 3.0
+    markov_order: int = 10
+    markov_decay: float = 0.8
     neighbours: int = 100
     admission_counters: int = 32
 
@@ -93,20 +101,42 @@ def _bucket(other: int, buckets: int) -> int:
     return ((other * 2654435761) & 0xFFFFFFFF) % buckets
 
 
+@njit(cache=True, nogil=True, fastmath=True)
+def _row_minimum(counts: np.ndarray) -> float:
+    """The smallest count; fastmath lets LLVM vectorise it (counts are finite, never NaN)."""
+    low = counts[0]
+    for s in range(1, counts.shape[0]):
+        low = min(low, counts[s])
+    return low
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _first_minimum(counts: np.ndarray) -> int:
-    weakest = 0
-    for s in range(1, counts.shape[0]):
-        if counts[s] < counts[weakest]:
-            weakest = s
-    return weakest
+    low = _row_minimum(counts)
+    for s in range(counts.shape[0]):
+        if counts[s] == low:
+            return s
+    return 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot_of(ids: np.ndarray, used: int, other: int) -> int:
+    """Slot of ``other`` among a row's ``used`` distinct ids, or -1.
+
+    A branch-free sum instead of a loop that stops at the match: LLVM vectorises it,
+    and a full row is scanned to the end anyway whenever the neighbour is new.
+    """
+    found = 0
+    for s in range(used):
+        found += (ids[s] == other) * (s + 1)
+    return found - 1
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _add(
     nbr: np.ndarray,
     cnt: np.ndarray,
-    err: np.ndarray,
+    sure: np.ndarray,
     fill: np.ndarray,
     weakest: np.ndarray,
     gate: np.ndarray,
@@ -121,16 +151,17 @@ def _add(
     """
     used = fill[row]
     full = nbr.shape[1]
-    for s in range(used):
-        if nbr[row, s] == other:
-            cnt[row, s] += w
-            if used == full and s == weakest[row]:
-                weakest[row] = _first_minimum(cnt[row])
-            return
+    s = _slot_of(nbr[row], used, other)
+    if s >= 0:
+        cnt[row, s] += w
+        sure[row, s] += w
+        if used == full and s == weakest[row]:
+            weakest[row] = _first_minimum(cnt[row])
+        return
     if used < full:
         nbr[row, used] = other
         cnt[row, used] = w
-        err[row, used] = 0.0
+        sure[row, used] = w
         fill[row] = used + 1
         if used + 1 == full:
             weakest[row] = _first_minimum(cnt[row])
@@ -146,7 +177,7 @@ def _add(
     gate[row, evicted] = max(gate[row, evicted], cnt[row, low])
     nbr[row, low] = other
     cnt[row, low] = unmonitored + w
-    err[row, low] = unmonitored
+    sure[row, low] = w
     weakest[row] = _first_minimum(cnt[row])
 
 
@@ -160,17 +191,18 @@ def _learn_events(
     decay: float,
     knn_nbr: np.ndarray,
     knn_cnt: np.ndarray,
-    knn_err: np.ndarray,
+    knn_sure: np.ndarray,
     knn_fill: np.ndarray,
     knn_weakest: np.ndarray,
     knn_gate: np.ndarray,
     mk_nbr: np.ndarray,
     mk_cnt: np.ndarray,
-    mk_err: np.ndarray,
+    mk_sure: np.ndarray,
     mk_fill: np.ndarray,
     mk_weakest: np.ndarray,
     mk_gate: np.ndarray,
     item_count: np.ndarray,
+    inv_sqrt_count: np.ndarray,
     mk_total: np.ndarray,
 ) -> None:
     """Learn events in order (CSR ``recent_ptr``/``recent_rows``), as the module docstring."""
@@ -181,16 +213,17 @@ def _learn_events(
         for p in range(max(lo, hi - window), hi):
             other = recent_rows[p]
             if other != item:
-                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, other, item, 1.0)
-                _add(knn_nbr, knn_cnt, knn_err, knn_fill, knn_weakest, knn_gate, item, other, 1.0)
+                _add(knn_nbr, knn_cnt, knn_sure, knn_fill, knn_weakest, knn_gate, other, item, 1.0)
+                _add(knn_nbr, knn_cnt, knn_sure, knn_fill, knn_weakest, knn_gate, item, other, 1.0)
         w = 1.0
         for p in range(hi - 1, max(lo, hi - order) - 1, -1):
             prev = recent_rows[p]
             if prev != item:
-                _add(mk_nbr, mk_cnt, mk_err, mk_fill, mk_weakest, mk_gate, prev, item, w)
+                _add(mk_nbr, mk_cnt, mk_sure, mk_fill, mk_weakest, mk_gate, prev, item, w)
                 mk_total[prev] += w
             w *= decay
         item_count[item] += 1.0
+        inv_sqrt_count[item] = 1.0 / math.sqrt(item_count[item])
 
 
 @njit(cache=True, nogil=True)
@@ -201,14 +234,12 @@ def _accumulate(
     order: int,
     decay: float,
     knn_nbr: np.ndarray,
-    knn_cnt: np.ndarray,
-    knn_err: np.ndarray,
+    knn_sure: np.ndarray,
     knn_fill: np.ndarray,
     mk_nbr: np.ndarray,
-    mk_cnt: np.ndarray,
-    mk_err: np.ndarray,
+    mk_sure: np.ndarray,
     mk_fill: np.ndarray,
-    item_count: np.ndarray,
+    inv_sqrt_count: np.ndarray,
     mk_total: np.ndarray,
     out: np.ndarray,
     touched: np.ndarray,
@@ -222,15 +253,13 @@ def _accumulate(
     last = recent.shape[0]
     for p in range(max(0, last - window), last):
         row = recent[p]
-        w = 2.0 ** (-(last - 1 - p) / half_life) / math.sqrt(max(item_count[row], 1.0))
+        w = 2.0 ** (-(last - 1 - p) / half_life) * inv_sqrt_count[row]
         for s in range(knn_fill[row]):
             j = knn_nbr[row, s]
             if out[0, j] == 0.0:
                 touched[0, counts[0]] = j
                 counts[0] += 1
-            out[0, j] += (
-                w * (knn_cnt[row, s] - knn_err[row, s]) / math.sqrt(max(item_count[j], 1.0))
-            )
+            out[0, j] += w * knn_sure[row, s] * inv_sqrt_count[j]
     w = 1.0
     for p in range(last - 1, max(0, last - order) - 1, -1):
         row = recent[p]
@@ -241,7 +270,7 @@ def _accumulate(
                 if out[1, j] == 0.0:
                     touched[1, counts[1]] = j
                     counts[1] += 1
-                out[1, j] += scale * (mk_cnt[row, s] - mk_err[row, s])
+                out[1, j] += scale * mk_sure[row, s]
         w *= decay
     return counts
 
@@ -256,13 +285,17 @@ def _maxima(out: np.ndarray, touched: np.ndarray, counts: np.ndarray) -> np.ndar
     return best
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _read_and_clear(
-    out: np.ndarray, touched: np.ndarray, counts: np.ndarray, items: np.ndarray, raw: bool
-) -> np.ndarray:
-    """Scores of ``items`` (normalised unless ``raw``), then ``out`` back to zero."""
+    out: np.ndarray,
+    touched: np.ndarray,
+    counts: np.ndarray,
+    items: np.ndarray,
+    raw: bool,
+    result: np.ndarray,
+) -> None:
+    """Scores of ``items`` into ``result`` (normalised unless ``raw``), ``out`` back to zero."""
     best = _maxima(out, touched, counts)
-    result = np.zeros((out.shape[0], items.shape[0]))
     for s in range(out.shape[0]):
         if best[s] > 0.0:
             scale = 1.0 if raw else best[s]
@@ -272,6 +305,47 @@ def _read_and_clear(
                     result[s, i] = out[s, item] / scale
         for t in range(counts[s]):
             out[s, touched[s, t]] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _scores_events(
+    recent_ptr: np.ndarray,
+    recent_rows: np.ndarray,
+    items_ptr: np.ndarray,
+    items: np.ndarray,
+    known: int,
+    window: int,
+    half_life: float,
+    order: int,
+    decay: float,
+    knn_nbr: np.ndarray,
+    knn_sure: np.ndarray,
+    knn_fill: np.ndarray,
+    mk_nbr: np.ndarray,
+    mk_sure: np.ndarray,
+    mk_fill: np.ndarray,
+    inv_sqrt_count: np.ndarray,
+    mk_total: np.ndarray,
+    out: np.ndarray,
+    touched: np.ndarray,
+    raw: bool,
+) -> np.ndarray:
+    """Event e's scores of ``items[items_ptr[e]:items_ptr[e+1]]``, all events in one call.
+
+    Rows the statistics do not know (negative, or ``>= known``) are left out of a user's
+    recent items before the ages are counted, as if never seen.
+    """
+    result = np.zeros((out.shape[0], items.shape[0]))
+    for e in range(items_ptr.shape[0] - 1):
+        history = recent_rows[recent_ptr[e] : recent_ptr[e + 1]]
+        recent = history[(history >= 0) & (history < known)]
+        counts = _accumulate(
+            recent, window, half_life, order, decay,
+            knn_nbr, knn_sure, knn_fill, mk_nbr, mk_sure, mk_fill,
+            inv_sqrt_count, mk_total, out, touched,
+        )  # fmt: skip
+        lo, hi = items_ptr[e], items_ptr[e + 1]
+        _read_and_clear(out, touched, counts, items[lo:hi], raw, result[:, lo:hi])
     return result
 
 
@@ -279,7 +353,11 @@ def _read_and_clear(
 
 
 class ItemStats:
-    """Bounded online kNN and Markov neighbour lists over catalog rows (module docstring)."""
+    """Bounded online kNN and Markov neighbour lists over catalog rows (module docstring).
+
+    Not safe to share between threads: scoring reuses one scratch buffer so that it
+    costs the neighbours it touches, not the catalog.
+    """
 
     names: tuple[str, ...] = SIGNALS
 
@@ -292,17 +370,19 @@ class ItemStats:
         k, gates = self.params.neighbours, self.params.admission_counters
         self.knn_nbr = np.full((capacity, k), -1, np.int32)
         self.knn_cnt = np.zeros((capacity, k))
-        self.knn_err = np.zeros((capacity, k))
+        self.knn_sure = np.zeros((capacity, k))
         self.knn_fill = np.zeros(capacity, np.int32)
         self.knn_weakest = np.zeros(capacity, np.int32)
         self.knn_gate = np.zeros((capacity, gates))
         self.mk_nbr = np.full((capacity, k), -1, np.int32)
         self.mk_cnt = np.zeros((capacity, k))
-        self.mk_err = np.zeros((capacity, k))
+        self.mk_sure = np.zeros((capacity, k))
         self.mk_fill = np.zeros(capacity, np.int32)
         self.mk_weakest = np.zeros(capacity, np.int32)
         self.mk_gate = np.zeros((capacity, gates))
         self.item_count = np.zeros(capacity)
+        # 1 / sqrt(max(count, 1)), kept per event so scoring multiplies instead of sqrt + divide
+        self.inv_sqrt_count = np.ones(capacity)
         self.mk_total = np.zeros(capacity)
         self._out = np.zeros((len(SIGNALS), capacity))
         self._touched = np.zeros((len(SIGNALS), self._touched_size()), np.int64)
@@ -320,7 +400,7 @@ class ItemStats:
         self.n_items = max(self.n_items, rows_needed)
         if rows_needed <= self.capacity:
             return
-        old = {name: getattr(self, name) for name in _ROW_ARRAYS}
+        old = {name: getattr(self, name) for name in (*_ROW_ARRAYS, "inv_sqrt_count")}
         capacity = self.capacity
         while capacity < rows_needed:
             capacity *= 2
@@ -357,23 +437,12 @@ class ItemStats:
         p = self.params
         _learn_events(
             ptr, rows, targets, p.window, p.markov_order, p.markov_decay,
-            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill, self.knn_weakest, self.knn_gate,
-            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill, self.mk_weakest, self.mk_gate,
-            self.item_count, self.mk_total,
+            self.knn_nbr, self.knn_cnt, self.knn_sure, self.knn_fill, self.knn_weakest, self.knn_gate,
+            self.mk_nbr, self.mk_cnt, self.mk_sure, self.mk_fill, self.mk_weakest, self.mk_gate,
+            self.item_count, self.inv_sqrt_count, self.mk_total,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ scoring
-
-    def _accumulate_into_buffer(self, recent: np.ndarray) -> np.ndarray:
-        rows = np.ascontiguousarray(recent, np.int64)
-        rows = rows[(rows >= 0) & (rows < self.n_items)]
-        p = self.params
-        return _accumulate(
-            rows, p.window, p.half_life, p.markov_order, p.markov_decay,
-            self.knn_nbr, self.knn_cnt, self.knn_err, self.knn_fill,
-            self.mk_nbr, self.mk_cnt, self.mk_err, self.mk_fill,
-            self.item_count, self.mk_total, self._out, self._touched,
-        )  # fmt: skip
 
     def scores(self, recent: np.ndarray, n_items: int, *, raw: bool = False) -> np.ndarray:
         """``(len(names), n_items)``: every row's score, each signal divided by its maximum.
@@ -385,9 +454,41 @@ class ItemStats:
 
     def scores_at(self, recent: np.ndarray, items: np.ndarray, *, raw: bool = False) -> np.ndarray:
         """``(len(names), len(items))``: the values :meth:`scores` gives ``items``."""
-        counts = self._accumulate_into_buffer(recent)
-        wanted = np.ascontiguousarray(items, np.int64)
-        return _read_and_clear(self._out, self._touched, counts, wanted, raw)
+        rows = np.asarray(recent, np.int64)
+        wanted = np.asarray(items, np.int64)
+        ptr = np.array([0, len(rows)], np.int64)
+        return self.scores_at_batch(
+            ptr, rows, np.array([0, len(wanted)], np.int64), wanted, raw=raw
+        )
+
+    def scores_at_batch(
+        self,
+        recent_ptr: np.ndarray,
+        recent_rows: np.ndarray,
+        items_ptr: np.ndarray,
+        items: np.ndarray,
+        *,
+        raw: bool = False,
+    ) -> np.ndarray:
+        """:meth:`scores_at` of many events in one compiled pass (a trainer's batch of rows).
+
+        CSR as :meth:`learn_batch`: event e's user has ``recent_rows[recent_ptr[e]:
+        recent_ptr[e+1]]`` and wants ``items[items_ptr[e]:items_ptr[e+1]]``; the result
+        has one column per entry of ``items``.  Nothing is learned in between.
+        """
+        ptr = np.ascontiguousarray(recent_ptr, np.int64)
+        item_ptr = np.ascontiguousarray(items_ptr, np.int64)
+        if len(ptr) != len(item_ptr) or ptr[-1] != len(recent_rows) or item_ptr[-1] != len(items):
+            raise ValueError("recent_ptr and items_ptr must be CSR offsets of the same events")
+        p = self.params
+        return _scores_events(
+            ptr, np.ascontiguousarray(recent_rows, np.int64),
+            item_ptr, np.ascontiguousarray(items, np.int64),
+            self.n_items, p.window, p.half_life, p.markov_order, p.markov_decay,
+            self.knn_nbr, self.knn_sure, self.knn_fill,
+            self.mk_nbr, self.mk_sure, self.mk_fill,
+            self.inv_sqrt_count, self.mk_total, self._out, self._touched, raw,
+        )  # fmt: skip
 
     def raw_scores_and_totals(
         self, recent: np.ndarray, items: np.ndarray
@@ -408,7 +509,7 @@ class ItemStats:
         used = int(self.knn_fill[item])
         rows = self.knn_nbr[item, :used].astype(np.int64)
         norms = np.sqrt(np.maximum(self.item_count[rows], 1.0) * max(self.item_count[item], 1.0))
-        cosine = (self.knn_cnt[item, :used] - self.knn_err[item, :used]) / norms
+        cosine = self.knn_sure[item, :used] / norms
         best = np.lexsort((rows, -cosine))[:k]
         return rows[best], cosine[best]
 
@@ -429,18 +530,17 @@ class ItemStats:
             raise ValueError(
                 f"itemstats state version {state.get('version')!r} is not {STATE_VERSION}"
             )
-        params = ItemStatsParams(**state["params"])
-        n = int(state["n_items"])
-        arrays = {name: np.asarray(state[name]) for name in _ROW_ARRAYS}
-        for name, array in arrays.items():
-            if len(array) != n:
-                raise ValueError(f"itemstats state {name} has {len(array)} rows, expected {n}")
-        self.params = params
-        self.n_items = 0
-        self._allocate(max(n, 1))
-        self.n_items = n
-        for name, array in arrays.items():
-            getattr(self, name)[:n] = array
+        fresh = ItemStats(ItemStatsParams(**state["params"]), capacity=int(state["n_items"]))
+        n = fresh.n_items = int(state["n_items"])
+        for name in _ROW_ARRAYS:
+            array, target = np.asarray(state[name]), getattr(fresh, name)[:n]
+            if array.shape != target.shape:
+                raise ValueError(
+                    f"itemstats state {name} has shape {array.shape}, not {target.shape}"
+                )
+            target[...] = array
+        fresh.inv_sqrt_count[:n] = 1.0 / np.sqrt(np.maximum(fresh.item_count[:n], 1.0))
+        vars(self).update(vars(fresh))
 
     def statistics(self) -> dict[str, Any]:
         """Sizes for dashboards and capacity planning: entries kept and bytes allocated.
@@ -448,7 +548,7 @@ class ItemStats:
         ``bytes_per_item`` is what every catalog row costs (the arrays grow by rows);
         ``scratch_bytes`` are the scoring buffers.
         """
-        row_bytes = sum(getattr(self, name).nbytes for name in _ROW_ARRAYS)
+        row_bytes = sum(getattr(self, name).nbytes for name in (*_ROW_ARRAYS, "inv_sqrt_count"))
         return {
             "items": self.n_items,
             "capacity": self.capacity,
@@ -461,8 +561,8 @@ class ItemStats:
 
 
 _ROW_ARRAYS = (
-    "knn_nbr", "knn_cnt", "knn_err", "knn_fill", "knn_weakest", "knn_gate",
-    "mk_nbr", "mk_cnt", "mk_err", "mk_fill", "mk_weakest", "mk_gate",
+    "knn_nbr", "knn_cnt", "knn_sure", "knn_fill", "knn_weakest", "knn_gate",
+    "mk_nbr", "mk_cnt", "mk_sure", "mk_fill", "mk_weakest", "mk_gate",
     "item_count", "mk_total",
 )  # fmt: skip
-"""The per-row arrays (state and growth); the scoring buffers are scratch."""
+"""The per-row arrays a state holds; ``inv_sqrt_count`` is derived from ``item_count``."""

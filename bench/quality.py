@@ -1,27 +1,36 @@
 """Quality vs peers: freshrank and other online learners on the same data, same protocol.
 
-* **ML-100K** (``../shared/data/ml-100k``): the recommendation replay protocol of
-  ``freshrank replay DIR --format movielens`` (see ``bench/protocol.py``): HR@10 and
-  NDCG@10 of every 20th interaction after the first 20 %, ranked against all known
-  items minus the user's seen ones, before it is learned.  freshrank runs as the real
-  system (``runtime.System`` + ``runtime.replay``, the code ``freshrank replay`` runs;
-  a ``freshrank replay`` subprocess checks the number); the peers go through
-  ``protocol.run_ranking`` together, in lockstep (same events, same negatives).
-  All 100,000 ratings: global and time-decayed popularity, Vowpal Wabbit settings,
-  River FunkMF.  River LogisticRegression + FTRLProximal and rtrec SLIM are too slow
-  for that in the time budget (River scores 1,682 candidates one dict at a time; rtrec
-  refits over all interactions), so a second table runs every system, freshrank
-  included, on the first ``--capped-rows`` (20,000) ratings.
+* **Recommendation sets**: ML-100K (``../shared/data/ml-100k``, ``--format
+  movielens``), MovieTweetings 100K (``movietweetings-100k``, ``--format
+  movietweetings``) and Amazon Grocery as prepared by ReChorus
+  (``amazon-grocery-rechorus``, ``--format rechorus``), one table each, under the
+  recommendation replay protocol (see ``bench/protocol.py``): HR@10 and NDCG@10 of
+  every 20th interaction after the first 20 %, ranked against all known items minus
+  the user's seen ones, before it is learned.  freshrank runs as the real system
+  (``runtime.System`` + ``runtime.replay``, the code ``freshrank replay`` runs; a
+  ``python -m runtime replay`` subprocess of this checkout checks the number); the
+  peers go through ``protocol.run_ranking`` together, in lockstep (same events, same
+  negatives).  Peers: global and time-decayed popularity; the recency-aware peers of
+  issue 10 (cosine item-kNN with recency weights, decayed Markov chain, their blend,
+  EASE and iALS refitted every N events; ``--quick`` leaves out the refitted two);
+  Vowpal Wabbit settings and River FunkMF.  River LogisticRegression + FTRLProximal
+  and rtrec SLIM are too slow for a whole set in the time budget (River scores every
+  candidate one dict at a time; rtrec refits over all interactions), so a second
+  ML-100K table runs every system, freshrank included, on the first
+  ``--capped-rows`` (20,000) ratings.  A last table gives, per set, freshrank's
+  HR@10 over the best peer's.
 * **Criteo sample** (``../shared/data/criteo-sample``): train, dev, test rows in that
   order; progressive (predict, then learn) logloss and AUC for freshrank (``freshrank
   replay --format criteo``'s reader and pipeline over the three files), VW settings,
   River LR-FTRL and the running-mean CTR.
 
-Targets (issue 4): ML-100K HR@10 ≥ 1.2 × the best peer; Criteo logloss ≤ the best
-VW setting.  Prints one table per data set and writes ``bench/out/quality.json``.
-freshrank's config is its defaults plus ``--freshrank-set SECTION.KEY=VALUE``.
+Targets (issue 4): HR@10 ≥ 1.2 × the best peer; Criteo logloss ≤ the best VW setting.
+Writes ``bench/out/quality.json``.  freshrank's config is its defaults plus
+``--freshrank-set SECTION.KEY=VALUE``.
 
-    python bench/quality.py                                   # ~15 min on the busy 2-core machine
+    python bench/quality.py                                   # everything (long)
+    python bench/quality.py --recommendation --skip vw river funkmf rtrec   # ~25 min here
+    python bench/quality.py --recommendation --quick --skip vw river funkmf rtrec
     python bench/quality.py --only criteo                     # ~1 min
     python bench/quality.py --freshrank-set model.factors=8 --freshrank-set ftrl.alpha=0.05
     python bench/quality.py --only ml100k --ml-rows 30000 --capped-rows 0   # quick look

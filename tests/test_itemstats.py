@@ -67,13 +67,13 @@ class DenseReference:
 
 
 def dense_counts(stats: ItemStats, prefix: str) -> np.ndarray:
-    """A statistic's kept counts (count minus inherited error) as a full matrix."""
-    nbr, cnt, err = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "err"))
+    """A statistic's kept guaranteed counts as a full matrix."""
+    nbr, sure = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "sure"))
     fill = getattr(stats, f"{prefix}_fill")
     dense = np.zeros((stats.n_items, stats.n_items))
     for row in range(stats.n_items):
         used = fill[row]
-        dense[row, nbr[row, :used]] = cnt[row, :used] - err[row, :used]
+        dense[row, nbr[row, :used]] = sure[row, :used]
     return dense
 
 
@@ -112,6 +112,27 @@ def test_scores_at_gives_exactly_the_normalised_values_of_scores() -> None:
         assert np.array_equal(stats.scores_at(recent, items), full[:, items])
         raw = stats.scores_at(recent, items, raw=True)
         assert np.array_equal(raw > 0, full[:, items] > 0)
+
+
+def test_scores_at_batch_equals_scores_at_event_by_event() -> None:
+    stats = ItemStats(ItemStatsParams(window=5, neighbours=6))
+    histories = learn_stream(stats, random_stream(seed=9, events=2000, users=15, items=50))
+    rng = np.random.default_rng(10)
+    recents = [np.array(histories[u][-rng.integers(0, 8) :], np.int64) for u in range(15)]
+    recents[3] = np.array([-1, 2, 999, 4], np.int64)
+    wanted = [rng.integers(0, 60, size=rng.integers(0, 6)) for _ in range(15)]
+    recent_ptr = np.cumsum([0, *(len(r) for r in recents)])
+    items_ptr = np.cumsum([0, *(len(w) for w in wanted)])
+    batch = stats.scores_at_batch(
+        recent_ptr, np.concatenate(recents), items_ptr, np.concatenate(wanted)
+    )
+    for e, (recent, items) in enumerate(zip(recents, wanted, strict=True)):
+        expected = stats.scores_at(recent, items)
+        assert np.array_equal(batch[:, items_ptr[e] : items_ptr[e + 1]], expected)
+    unknown_dropped = stats.scores_at(np.array([2, 4], np.int64), wanted[3])
+    assert np.array_equal(stats.scores_at(recents[3], wanted[3]), unknown_dropped)
+    with pytest.raises(ValueError, match="CSR"):
+        stats.scores_at_batch(recent_ptr, np.concatenate(recents), items_ptr[:-1], wanted[0])
 
 
 def test_scores_are_normalised_over_every_known_row_not_only_the_first_n_items() -> None:
@@ -181,10 +202,16 @@ def test_state_round_trips_through_msgpack_and_keeps_learning_identically() -> N
         assert np.array_equal(original.scores(recent, 50), restored.scores(recent, 50))
 
 
-def test_load_state_rejects_another_version() -> None:
+def test_load_state_rejects_another_version_and_mismatched_arrays() -> None:
     state = ItemStats(UNPRUNED).to_state()
     state["version"] = 99
     with pytest.raises(ValueError, match="version"):
+        ItemStats().load_state(state)
+    stats = ItemStats(UNPRUNED)
+    stats.learn(np.array([0, 1], np.int64), 2)
+    state = stats.to_state()
+    state["params"] = dict(state["params"], neighbours=UNPRUNED.neighbours + 1)
+    with pytest.raises(ValueError, match="shape"):
         ItemStats().load_state(state)
 
 
@@ -200,10 +227,10 @@ def test_memory_is_bounded_and_space_saving_brackets_the_true_counts() -> None:
     for prefix, true in (("knn", reference.co), ("mk", reference.trans)):
         fill = getattr(stats, f"{prefix}_fill")[: stats.n_items]
         assert fill.max() == params.neighbours
-        nbr, cnt, err = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "err"))
+        nbr, cnt, sure = (getattr(stats, f"{prefix}_{a}") for a in ("nbr", "cnt", "sure"))
         for row in range(stats.n_items):
             kept = nbr[row, : fill[row]]
-            assert np.all(cnt[row, : fill[row]] - err[row, : fill[row]] <= true[row, kept] + 1e-9)
+            assert np.all(sure[row, : fill[row]] <= true[row, kept] + 1e-9)
             assert np.all(true[row, kept] <= cnt[row, : fill[row]] + 1e-9)
             # every neighbour above total / neighbours is kept (Metwally et al., Theorem 2)
             strong = np.flatnonzero(true[row] > true[row].sum() / params.neighbours + 1e-9)
@@ -213,8 +240,8 @@ def test_memory_is_bounded_and_space_saving_brackets_the_true_counts() -> None:
     assert facts["knn_entries"] <= 120 * params.neighbours
     # per statistic: neighbour int32, count and error float64, fill and weakest slot int32,
     # admission counters float64;
-    # then the item count and the Markov row total
-    per_item = 2 * (params.neighbours * 20 + 8 + params.admission_counters * 8) + 16
+    # then the item count, its inverse square root and the Markov row total
+    per_item = 2 * (params.neighbours * 20 + 8 + params.admission_counters * 8) + 24
     assert facts["bytes_per_item"] == per_item
 
 
