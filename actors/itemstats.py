@@ -349,6 +349,42 @@ def _scores_events(
     return result
 
 
+@njit(cache=True, nogil=True)
+def _raw_scores_and_totals(
+    recent: np.ndarray,
+    items: np.ndarray,
+    window: int,
+    half_life: float,
+    order: int,
+    decay: float,
+    knn_nbr: np.ndarray,
+    knn_sure: np.ndarray,
+    knn_fill: np.ndarray,
+    mk_nbr: np.ndarray,
+    mk_sure: np.ndarray,
+    mk_fill: np.ndarray,
+    inv_sqrt_count: np.ndarray,
+    mk_total: np.ndarray,
+    out: np.ndarray,
+    touched: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The raw scores of ``items`` and each signal's maximum and total over the rows it
+    touched, for one user (the mixture needs the totals to make distributions)."""
+    counts = _accumulate(
+        recent, window, half_life, order, decay,
+        knn_nbr, knn_sure, knn_fill, mk_nbr, mk_sure, mk_fill,
+        inv_sqrt_count, mk_total, out, touched,
+    )  # fmt: skip
+    totals = np.zeros(out.shape[0])
+    for s in range(out.shape[0]):
+        for t in range(counts[s]):
+            totals[s] += out[s, touched[s, t]]
+    best = _maxima(out, touched, counts)
+    result = np.zeros((out.shape[0], items.shape[0]))
+    _read_and_clear(out, touched, counts, items, True, result)
+    return result, best, totals
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -495,12 +531,15 @@ class ItemStats:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One accumulation: the undivided scores of ``items`` ``(len(names), len(items))``,
         and each signal's maximum and total over every row it scores."""
-        counts = self._accumulate_into_buffer(recent)
-        out, touched = self._out, self._touched
-        totals = np.array([out[s, touched[s, : counts[s]]].sum() for s in range(len(counts))])
-        best = _maxima(out, touched, counts)
-        wanted = np.ascontiguousarray(items, np.int64)
-        return _read_and_clear(out, touched, counts, wanted, True), best, totals
+        rows = np.asarray(recent, np.int64)
+        p = self.params
+        return _raw_scores_and_totals(
+            rows[(rows >= 0) & (rows < self.n_items)], np.ascontiguousarray(items, np.int64),
+            p.window, p.half_life, p.markov_order, p.markov_decay,
+            self.knn_nbr, self.knn_sure, self.knn_fill,
+            self.mk_nbr, self.mk_sure, self.mk_fill,
+            self.inv_sqrt_count, self.mk_total, self._out, self._touched,
+        )  # fmt: skip
 
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``k`` kNN neighbours of ``item`` by cosine, best first (ties: lower row)."""

@@ -1,5 +1,5 @@
 """Cluster mode: shard, trainer and ranker processes that exchange the embedded
-mode's messages over Kafka (see DESIGN.md's topic table).
+mode's messages over Kafka (the topic table is in docs/architecture.md and the README).
 
 * A **shard** owns the FTRL state of global indices ``i % shards == k`` (local slot
   ``i // shards``), applies ``grads`` partition ``k`` and publishes the new weights

@@ -126,7 +126,7 @@ async def test_one_click_raises_its_neighbours_in_the_very_next_recommendation(
     for u in range(60):
         for first, then in pairs:
             events += [{"user": f"u{u}", "item": first}, {"user": f"u{u}", "item": then}]
-    events += [{"user": f"fan{u}", "item": it} for u in range(30) for it in ("b", "d")]
+    events += [{"user": f"fan{u}", "item": it} for u in range(10) for it in ("b", "d")]
     async with System(quiet(tmp_path)) as system:
         await system.ingest(items + events)
         before = [r["item"] for r in await system.recommend("newcomer", k=40)]
