@@ -33,6 +33,12 @@ class UnknownCandidates(BadInput, ValueError):
     """None of the requested candidate items is in the catalog."""
 
 
+class UnknownItem(BadInput, LookupError):
+    """An item the catalog does not have."""
+
+    http_status = 404
+
+
 def top_k(scores: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
     """Positions of the k best scores (ties: lower position first), skipping excluded positions."""
     masked = scores.copy()
@@ -160,6 +166,17 @@ class Ranker:
         self.requests += 1
         self.seconds += time.perf_counter() - started
         return result
+
+    def similar(self, item: str, k: int) -> list[dict[str, Any]]:
+        """The item's nearest neighbours by co-occurrence (cosine item-kNN), best first."""
+        row = self.catalog.rows.get(item)
+        if row is None:
+            raise UnknownItem(f"unknown item {item[:64]!r}")
+        if self.sequence is None:
+            return []
+        rows, scores = self.sequence.stats.similar(row, k)
+        ids = self.catalog.ids
+        return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
 
     def _signal_values(self, user: str, rows: np.ndarray | None) -> np.ndarray | None:
         """(signals, candidates): the sequence signals of the user's recent items."""

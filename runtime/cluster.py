@@ -391,6 +391,11 @@ class ClusterFront:
         features = context_features(user, context, self.limits)
         return self.ranker.recommend(user, k, candidates, features, explain)
 
+    async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
+        """The item's nearest neighbours by co-occurrence, as the model has them now."""
+        self._check()
+        return self.ranker.similar(item, k)
+
     def health(self) -> dict[str, Any]:
         failure = self.supervisor.failure
         if failure is not None:

@@ -112,6 +112,10 @@ class Front(Protocol):
         epsilon: float | None = None,
     ) -> list[dict[str, Any]]: ...
 
+    async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
+        """The item's neighbours by co-occurrence (UnknownItem: not in the catalog)."""
+        ...
+
     def statistics(self) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]:

@@ -229,6 +229,13 @@ async def get_recommend(request: web.Request) -> web.Response:
     return _json({"user": user, "k": k, "items": items})
 
 
+async def get_similar(request: web.Request) -> web.Response:
+    item = request.match_info["item"]
+    k = _int_param(request, "k", 10, 1, request.app[SYSTEM_KEY].config.http.max_k)
+    similar = await request.app[SYSTEM_KEY].similar(item, k)
+    return _json({"item": item, "k": k, "similar": similar})
+
+
 async def get_health(request: web.Request) -> web.Response:
     health = request.app[SYSTEM_KEY].health()
     return _json(health, 503 if health["status"] == "failed" else 200)
@@ -264,6 +271,7 @@ def make_app(system: Front) -> web.Application:
     app[ADMISSION_KEY] = system.admission
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/recommend", get_recommend)
+    app.router.add_get("/v1/items/{item}/similar", get_similar)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

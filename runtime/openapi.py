@@ -402,6 +402,34 @@ def _query(name: str, description: str, schema: Schema, required: bool = False) 
     }
 
 
+def _similar(config: Config) -> Schema:
+    neighbours = {
+        "type": "object",
+        "required": ["item", "k", "similar"],
+        "properties": {
+            "item": {"type": "string"},
+            "k": {"type": "integer"},
+            "similar": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["item", "score"],
+                    "properties": {"item": {"type": "string"}, "score": {"type": "number"}},
+                },
+            },
+        },
+    }
+    k = {"type": "integer", "minimum": 1, "maximum": config.http.max_k, "default": 10}
+    item = {"name": "item", "in": "path", "required": True, "description": "The item id",
+            "schema": {"type": "string", "minLength": 1}}  # fmt: skip
+    operation = _get("similar", "The item's neighbours by co-occurrence, best first",
+                     _response("Neighbours with their cosine scores", neighbours))  # fmt: skip
+    operation["get"]["parameters"] = [item, _query("k", "How many neighbours", k)]
+    operation["get"]["responses"]["400"] = _bad_query()
+    operation["get"]["responses"]["404"] = _error("The item is not in the catalog")
+    return operation
+
+
 def _health() -> Schema:
     ok = _response("Running", _ref("Health"))
     health = _get("health", "Liveness: ok, or failed after an actor crash", ok, secured=False)
@@ -477,6 +505,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "paths": {
             "/v1/events": _events(config),
             "/v1/recommend": _recommend(config),
+            "/v1/items/{item}/similar": _similar(config),
             "/v1/healthz": _health(),
             "/v1/stats": stats,
             "/metrics": _metrics(config.http.metrics_public),

@@ -251,6 +251,11 @@ class System:
         active = policy if policy.active else None
         return self.ranker.recommend(user, k, candidates, features, explain, active)
 
+    async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
+        """The item's nearest neighbours by co-occurrence, as the model has them now."""
+        self.supervisor.check()
+        return self.ranker.similar(item, k)
+
     def health(self) -> dict[str, Any]:
         failure = self.supervisor.failure
         if failure is not None:

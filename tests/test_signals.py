@@ -138,3 +138,22 @@ async def test_one_click_raises_its_neighbours_in_the_very_next_recommendation(
         metrics = system.metrics.summary()
     assert metrics["rank_evaluated"] > 0
     assert {"signal_markov_hr@10", "signal_trend_1d_hr@10", "signal_mixture_hr@10"} <= set(metrics)
+
+
+async def test_similar_items_over_http(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from runtime.http import make_app
+
+    events = [{"user": f"u{u}", "item": it} for u in range(20) for it in ("x", "y")]
+    events += [{"user": f"v{u}", "item": it} for u in range(5) for it in ("x", "z")]
+    async with System(quiet(tmp_path, http={"enabled": True})) as system:
+        await system.ingest(events)
+        async with TestClient(TestServer(make_app(system))) as client:
+            resp = await client.get("/v1/items/x/similar", params={"k": "5"})
+            body = await resp.json()
+            assert resp.status == 200 and [s["item"] for s in body["similar"]] == ["y", "z"]
+            assert body["similar"][0]["score"] > body["similar"][1]["score"] > 0
+            missing = await client.get("/v1/items/nope/similar")
+            assert missing.status == 404 and "unknown item" in (await missing.json())["error"]
+            assert (await client.get("/v1/items/x/similar", params={"k": "0"})).status == 400
