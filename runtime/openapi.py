@@ -166,7 +166,7 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
         "properties": {
             "feature": {"type": "string"},
             "contribution": {"type": "number"},
-            "part": {"type": "string", "enum": ["linear", "factor"]},
+            "part": {"type": "string", "enum": ["linear", "factor", "signal"]},
         },
     },
     "RankedItem": {
