@@ -236,17 +236,20 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
     fp = factor_params(config)
     sp = sequence_params(config)
     t, lab = config.training, config.labels
+    catalog = Catalog()
     return Model(
         config=config,
         space=space,
         params=params,
         store=ParameterStore(space.size, params),
         factors=FactorStore(fp) if fp is not None else None,
-        catalog=Catalog(),
+        catalog=catalog,
         users=UserState(recent_len=config.model.history, sequence_len=sp.window if sp else 0),
         metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
         labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
-        sequence=SequenceSignals(space, sp, config.sequence.trend_half_lives_s) if sp else None,
+        sequence=SequenceSignals(space, catalog, sp, config.sequence.trend_half_lives_s)
+        if sp
+        else None,
         components=load_components(config),
     )
 

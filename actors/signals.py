@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from actors.features import FeatureSpace
+from actors.content import ContentProfile
+from actors.features import ITEM_NS, Catalog, FeatureSpace
 from actors.itemstats import ItemStats, ItemStatsParams
 from actors.trending import TrendingCounts
 
@@ -74,14 +75,19 @@ class SequenceSignals:
     STATE_VERSION: ClassVar[int] = 1
 
     def __init__(
-        self, space: FeatureSpace, params: ItemStatsParams, trend_half_lives_s: Sequence[float]
+        self,
+        space: FeatureSpace,
+        catalog: Catalog,
+        params: ItemStatsParams,
+        trend_half_lives_s: Sequence[float],
     ) -> None:
         self.stats = ItemStats(params)
+        self.content = ContentProfile(catalog, params.half_life, space.ns_hash(ITEM_NS))
         self.trends = TrendingCounts(trend_half_lives_s)
-        self.names = (*self.stats.names, *self.trends.names, "mixture")
+        self.names = (*self.stats.names, "content", *self.trends.names, "mixture")
         raw = np.array([space.value_hash(SIGNAL_NS, name) for name in self.names], np.uint32)
         self.index = space.index(raw)
-        self._personal = len(self.stats.names)
+        self._personal = len(self.stats.names) + 1  # the co-occurrence signals and content
         self._base = len(self.names) - 1
         self.mixture = SignalMixture(self._base)
 
@@ -140,9 +146,11 @@ class SequenceSignals:
         maximum and total over the catalog: one pass over the recent items' neighbours."""
         raw = np.zeros((self._base, items.size))
         peaks, totals = np.zeros(self._base), np.zeros(self._base)
-        mine = slice(0, self._personal)
+        mine = slice(0, self._personal - 1)
         if recent.size and items.size:
             raw[mine], peaks[mine], totals[mine] = self.stats.raw_scores_and_totals(recent, items)
+            c = self._personal - 1  # content: divided by the profile's weight, not a maximum
+            raw[c], peaks[c], totals[c] = self.content.raw_scores_and_totals(recent, items)
         trends = slice(self._personal, self._base)
         raw[trends] = self.trends.raw_scores_at(items)
         peaks[trends], totals[trends] = self.trends.summary()
@@ -164,7 +172,8 @@ class SequenceSignals:
         out = np.zeros((len(self.names), items.size))
         np.divide(raw, peaks[:, None], out=out[: self._base], where=peaks[:, None] > 0)
         shares = self._shares(raw, totals, self._rows_known(items))
-        out[self._base] = self.mixture.log_probability(shares, self.mixture.bucket(recent.size))
+        log_np = self.mixture.log_probability(shares, self.mixture.bucket(recent.size))
+        out[self._base] = np.maximum(log_np, 0.0)  # evidence above a uniform guess only
         return out
 
     def catalog_values(self, recent: np.ndarray, n_items: int) -> np.ndarray:

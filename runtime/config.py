@@ -92,7 +92,7 @@ class FTRLConfig:
 class TrainingConfig:
     shards: int = 1
     batch_size: int = 256
-    negatives: int = 4
+    negatives: int = 8
     sync: bool = True
     max_staleness: int = 1  # asynchronous mode: batches in flight before scoring waits
     rank_eval_every: int = 20

@@ -113,14 +113,15 @@ class LabelStage:
             known = [(i, row) for i, row in known if row >= 0]
             if not known:
                 continue
+            rows = np.array([row for _, row in known], np.int64)
+            row = self.featurizer.user_row(user, user_side)
             logits = score_items(
-                self.space,
-                self.featurizer.user_row(user, user_side),
-                self.catalog,
-                self.ranker.weights,
-                np.array([row for _, row in known], np.int64),
-                self.ranker.scorer,
+                self.space, row, self.catalog, self.ranker.weights, rows, self.ranker.scorer
             )
+            sequence = self.ranker.sequence
+            if sequence is not None:  # the signal terms, as the trainer adds them
+                values = sequence.values(self.featurizer.users.sequence(user), rows)
+                logits += sequence.logits(self.ranker.weights, values)
             for (i, _), p in zip(known, sigmoid(logits), strict=True):
                 prescores[i] = float(p)
         return prescores

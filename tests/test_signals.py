@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.features import FeatureSpace
+from actors.features import Catalog, FeatureSpace
 from actors.itemstats import ItemStatsParams
 from actors.signals import SequenceSignals, SignalMixture, append_entries
 from actors.trending import TrendingCounts
@@ -67,7 +67,7 @@ def test_append_entries_puts_each_rows_entries_after_its_own() -> None:
 
 
 def signals_after(events: list[tuple[list[int], int]]) -> SequenceSignals:
-    signals = SequenceSignals(FeatureSpace(16), ItemStatsParams(window=5), [DAY])
+    signals = SequenceSignals(FeatureSpace(16), Catalog(), ItemStatsParams(window=5), [DAY])
     for recent, item in events:
         signals.learn_event(np.array(recent, np.int64), item, 0.0)
     return signals
