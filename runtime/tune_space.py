@@ -36,7 +36,12 @@ def default_space(base: Config) -> Space:
     if "factors" in {f.name for f in fields(ModelConfig)}:
         space["model.factors"] = [0, 4, 8, 16]
     space["model.crosses"] = _unique([base.model.crosses, [], [["user", "i.genre"]], GENRE_CROSSES])
-    space["training.negatives"] = [1, 2, 4, 8]
+    space["training.negatives"] = [2, 4, 8, 16]
+    if base.sequence.enabled:  # the signals' settings (window >= the default Markov order)
+        space["sequence.window"] = [10, 20, 30]
+        space["sequence.half_life"] = [1.0, 3.0, 10.0]
+        space["sequence.markov_decay"] = [0.5, 0.8, 0.9]
+        space["sequence.hard_negatives"] = [0, 2]
     return space
 
 

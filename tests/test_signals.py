@@ -157,3 +157,23 @@ async def test_similar_items_over_http(tmp_path: Path) -> None:
             missing = await client.get("/v1/items/nope/similar")
             assert missing.status == 404 and "unknown item" in (await missing.json())["error"]
             assert (await client.get("/v1/items/x/similar", params={"k": "0"})).status == 400
+
+
+def test_content_scores_equal_a_plain_profile_and_leave_ids_out() -> None:
+    from actors.content import ContentProfile
+
+    space = FeatureSpace(16)
+    catalog = Catalog()
+    genres = {"w1": ["war"], "w2": ["war"], "c1": ["comedy"], "m1": ["war", "comedy"]}
+    for row, (item, names) in enumerate(genres.items()):
+        entries = [("item", item), *(("i.genre", g) for g in names)]
+        ns = np.array([space.ns_hash(n) for n, _ in entries], np.uint32)
+        raw = np.array([space.value_hash(n, v) for n, v in entries], np.uint32)
+        catalog.upsert(item, row, ns, raw, np.ones(len(entries)), [f"{n}={v}" for n, v in entries])
+    content = ContentProfile(catalog, half_life=1.0, id_namespace=space.ns_hash("item"))
+    recent = np.array([2, 0], np.int64)  # c1, then w1 (the newest, weight 1; c1 weight 1/2)
+    scores = content.scores_at(recent, np.arange(4))
+    np.testing.assert_allclose(scores, [1 / 1.5, 1 / 1.5, 0.5 / 1.5, 1.0])  # ids never match
+    raw, weight, total = content.raw_scores_and_totals(recent, np.arange(4))
+    assert weight == 1.5 and total == 1.0 * 3 + 0.5 * 2  # war on 3 items, comedy on 2
+    np.testing.assert_allclose(raw, scores * weight)

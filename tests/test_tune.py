@@ -157,11 +157,11 @@ def test_default_space_has_factors_only_when_the_model_has_them() -> None:
 
 def test_sampling_is_seeded_distinct_and_skips_the_base() -> None:
     base = Config().to_dict()
-    space = {"ftrl.alpha": [0.05, 0.1, 0.2], "training.negatives": [1, 4]}
+    space = {"ftrl.alpha": [0.05, 0.1, 0.2], "training.negatives": [1, 8]}
     picked = sample_settings(space, 10, seed=3, base=base)
     assert picked == sample_settings(space, 10, seed=3, base=base)
-    assert len(picked) == 5  # all 6 combinations but the base's own (0.1, 4)
-    assert {"ftrl.alpha": 0.1, "training.negatives": 4} not in picked
+    assert len(picked) == 5  # all 6 combinations but the base's own (0.1, 8)
+    assert {"ftrl.alpha": 0.1, "training.negatives": 8} not in picked
     assert sample_settings(space, 0, seed=3, base=base) == []  # --trials 1: the base alone
     big = default_space(Config())
     assert len({json.dumps(s, sort_keys=True) for s in sample_settings(big, 50, 0, base)}) == 50
