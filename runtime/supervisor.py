@@ -56,6 +56,7 @@ class Supervisor:
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._children: list[Service] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._on_failure: list[Callable[[BaseException], None]] = []
 
     @property
@@ -78,6 +79,8 @@ class Supervisor:
         for child in reversed(self._children):
             await child.stop()
         self._children.clear()
+        for task in list(self._tasks):  # a task its service left running ends with the group
+            task.cancel()
         self._stopping.set()
         if self._runner is not None:
             await self._runner
@@ -88,7 +91,10 @@ class Supervisor:
         if self._group is None:
             coro.close()
             raise SystemFailed(f"{self.name}: not running, cannot start {name}")
-        return self._group.create_task(coro, name=name)
+        task = self._group.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def on_failure(self, callback: Callable[[BaseException], None]) -> None:
         """Call ``callback`` with the cause when the system fails (fail waiters with it)."""
