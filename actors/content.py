@@ -17,8 +17,65 @@ Pure, synchronous code.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from actors.features import Catalog
+
+
+@njit(cache=True, nogil=True)
+def _match_scores(
+    features: np.ndarray,
+    weights: np.ndarray,
+    raw: np.ndarray,
+    ns: np.ndarray,
+    x: np.ndarray,
+    rows: np.ndarray,
+    id_namespace: int,
+) -> np.ndarray:
+    """Per row: the summed weights of its content features found in sorted ``features``."""
+    out = np.zeros(rows.shape[0])
+    top = features.shape[0]
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        if r < 0 or r >= raw.shape[0]:
+            continue
+        total = 0.0
+        for c in range(raw.shape[1]):
+            if x[r, c] == 0.0 or ns[r, c] == id_namespace:
+                continue
+            at = np.searchsorted(features, raw[r, c])
+            if at < top and features[at] == raw[r, c]:
+                total += weights[at]
+        out[k] = total
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _profile_of(
+    raw: np.ndarray, ns: np.ndarray, x: np.ndarray, half_life: float, id_namespace: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct content features (sorted) of rows oldest first, with recency weights."""
+    n, width = raw.shape
+    keys = np.empty(n * width, np.uint32)
+    vals = np.empty(n * width)
+    used = 0
+    for r in range(n):
+        w = 2.0 ** (-(n - 1 - r) / half_life)
+        for c in range(width):
+            if x[r, c] != 0.0 and ns[r, c] != id_namespace:
+                keys[used] = raw[r, c]
+                vals[used] = w
+                used += 1
+    order = np.argsort(keys[:used], kind="mergesort")
+    features = np.empty(used, np.uint32)
+    weights = np.zeros(used)
+    kinds = 0
+    for i in order:
+        if kinds == 0 or features[kinds - 1] != keys[i]:
+            features[kinds] = keys[i]
+            kinds += 1
+        weights[kinds - 1] += vals[i]
+    return features[:kinds], weights[:kinds]
 
 
 class ContentProfile:
@@ -60,22 +117,17 @@ class ContentProfile:
         rows = recent[(recent >= 0) & (recent < len(self.catalog))]
         if rows.size == 0:
             return np.zeros(0, np.uint32), np.zeros(0)
-        ages = np.arange(rows.size - 1, -1, -1, dtype=np.float64)
-        raws = self.catalog.raw[rows]
-        present = self._content(rows)
-        recency = np.broadcast_to((2.0 ** (-ages / self.half_life))[:, None], raws.shape)
-        features, where = np.unique(raws[present], return_inverse=True)
-        weights = np.bincount(where, weights=recency[present], minlength=features.size)
-        return features, weights
+        c = self.catalog
+        return _profile_of(c.raw[rows], c.ns[rows], c.x[rows], self.half_life,
+                           int(self.id_namespace))  # fmt: skip
 
     def _matched(self, features: np.ndarray, weights: np.ndarray, items: np.ndarray) -> np.ndarray:
-        known = (items >= 0) & (items < len(self.catalog))
-        out = np.zeros(items.size)
-        raws = self.catalog.raw[items[known]]
-        at = np.minimum(np.searchsorted(features, raws), features.size - 1)
-        hit = (features[at] == raws) & self._content(items[known])
-        out[known] = (weights[at] * hit).sum(axis=1)
-        return out
+        n = len(self.catalog)
+        c = self.catalog
+        return _match_scores(
+            features, weights, c.raw[:n], c.ns[:n], c.x[:n], items.astype(np.int64),
+            int(self.id_namespace),
+        )  # fmt: skip
 
     def _content(self, rows: np.ndarray) -> np.ndarray:
         """Which feature slots of ``rows`` are content (set, and not the item's id)."""

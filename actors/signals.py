@@ -90,15 +90,16 @@ class SequenceSignals:
         self._personal = len(self.stats.names) + 1  # the co-occurrence signals and content
         self._base = len(self.names) - 1
         self.mixture = SignalMixture(self._base)
+        self._last_shares: tuple[np.ndarray, int, np.ndarray] | None = None
 
     def learn_event(self, recent: np.ndarray | None, item: int, ts: float) -> None:
         """One interaction with catalog row ``item`` at stream time ``ts``; ``recent``: the
         user's items before it (None: an anonymous user, who only moves the trends)."""
         picked = np.array([item], np.int64)
         if recent is not None:
-            raw, _, totals = self._raw(recent, picked)
-            shares = self._shares(raw, totals, self._rows_known(picked))
-            self.mixture.learn(shares[:, 0], self.mixture.bucket(recent.size))
+            self.mixture.learn(
+                self._picked_shares(recent, picked), self.mixture.bucket(recent.size)
+            )
         self.trends.learn(picked, np.array([ts], np.float64))
         if recent is not None:
             ptr = np.array([0, recent.size], np.int64)
@@ -156,6 +157,15 @@ class SequenceSignals:
         peaks[trends], totals[trends] = self.trends.summary()
         return raw, peaks, totals
 
+    def _picked_shares(self, recent: np.ndarray, picked: np.ndarray) -> np.ndarray:
+        """The shares of the item a user picked: those :meth:`values` computed for it just
+        before (the trainer scores an event's rows, then learns it), else anew."""
+        last = self._last_shares
+        if last is not None and last[0] is recent and last[1] == int(picked[0]):
+            return last[2]
+        raw, _, totals = self._raw(recent, picked)
+        return self._shares(raw, totals, self._rows_known(picked))[:, 0]
+
     def _shares(self, raw: np.ndarray, totals: np.ndarray, n: int) -> np.ndarray:
         """(signals, items): n · value / (the signal's total over the n rows)."""
         share = np.zeros_like(raw)
@@ -163,7 +173,9 @@ class SequenceSignals:
         return share
 
     def _rows_known(self, items: np.ndarray) -> int:
-        return max(self.stats.n_items, self.trends.rows, int(items.max(initial=0)) + 1)
+        """The catalog size n the shares are scaled by (the same for every request)."""
+        n = max(len(self.content.catalog), self.stats.n_items, self.trends.rows)
+        return max(n, int(items.max(initial=0)) + 1)
 
     def values(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(signals, items): each signal's value for ``items`` after ``recent``; the last
@@ -172,6 +184,8 @@ class SequenceSignals:
         out = np.zeros((len(self.names), items.size))
         np.divide(raw, peaks[:, None], out=out[: self._base], where=peaks[:, None] > 0)
         shares = self._shares(raw, totals, self._rows_known(items))
+        if items.size:  # what learn_event needs if the first item is the one picked
+            self._last_shares = (recent, int(items[0]), shares[:, 0].copy())
         log_np = self.mixture.log_probability(shares, self.mixture.bucket(recent.size))
         out[self._base] = np.maximum(log_np, 0.0)  # evidence above a uniform guess only
         return out
