@@ -102,8 +102,7 @@ class SequenceSignals:
             )
         self.trends.learn(picked, np.array([ts], np.float64))
         if recent is not None:
-            ptr = np.array([0, recent.size], np.int64)
-            self.stats.learn_batch(ptr, recent.astype(np.int64), picked)
+            self.stats.learn(recent, item)
 
     def draw_hard_negatives(
         self,

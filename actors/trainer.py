@@ -350,8 +350,7 @@ class TrainerActor(Actor):
             if popularity is not None:
                 popularity.learn(item)
             if self.model.sequence is not None and batch.label[r] != 0:
-                ts = batch.ts[r] if np.isfinite(batch.ts[r]) else batch.created_at
-                self.model.sequence.learn_event(recent if name else None, item, ts)
+                self.model.sequence.learn_event(recent if name else None, item, float(batch.ts[r]))
         return stack_rows(user_rows) if history else user
 
     def _event_signals(

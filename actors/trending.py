@@ -34,10 +34,9 @@ class TrendingCounts:
         self.names = tuple(f"trend_{_duration(h)}" for h in self.half_lives)
         self.scaled = np.zeros((self.half_lives.size, 0))
         self.rows = 0  # catalog rows seen: 1 + the highest
-        self.origin = np.nan
-        self._summary: tuple[np.ndarray, np.ndarray] | None = (
-            None  # (peaks, totals), cached  # t0: the stream time the scaled counts refer to
-        )
+        self.origin = np.nan  # t0: the stream time the scaled counts refer to
+        self.latest = -np.inf  # the latest stream time learned
+        self._summary: tuple[np.ndarray, np.ndarray] | None = None  # (peaks, totals), cached
 
     def learn(self, items: np.ndarray, ts: np.ndarray) -> None:
         """Interactions with catalog rows ``items`` at stream times ``ts`` (seconds)."""
@@ -45,8 +44,11 @@ class TrendingCounts:
             return
         self._grow(int(items.max()) + 1)
         self.rows = max(self.rows, int(items.max()) + 1)
+        if not np.isfinite(ts).all():  # the fronts stamp arrival times; else: the latest
+            ts = np.where(np.isfinite(ts), ts, self.latest if self.latest > -np.inf else 0.0)
         if np.isnan(self.origin):
             self.origin = float(ts.min())
+        self.latest = max(self.latest, float(ts.max()))
         exponents = (ts[None, :] - self.origin) / self.half_lives[:, None]
         if exponents.max() > 400:  # 2^400 ≈ 1e120: move t0 up before the counts overflow
             self._rescale(float(ts.max()))
@@ -96,6 +98,7 @@ class TrendingCounts:
             "half_lives": self.half_lives,
             "scaled": self.scaled[:, : self.rows],
             "origin": self.origin,
+            "latest": self.latest,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -107,6 +110,7 @@ class TrendingCounts:
         self.rows = self.scaled.shape[1]
         self._summary = None
         self.origin = float(state["origin"])
+        self.latest = float(state["latest"])
 
 
 def _duration(seconds: float) -> str:

@@ -350,8 +350,7 @@ class ClusterFront:
             if user:
                 self.users.add(user, row)
             if sequence is not None and features.label[r] != 0:
-                ts = features.ts[r] if np.isfinite(features.ts[r]) else features.created_at
-                sequence.learn_event(recent if user else None, row, ts)
+                sequence.learn_event(recent if user else None, row, float(features.ts[r]))
         self.model.observe(features.users, features.item_rows)
         self.followed_events += len(features)
 
