@@ -98,7 +98,7 @@ class ContentProfile:
         if features.size == 0:
             return np.zeros(items.size), 0.0, 0.0
         raw = self._matched(features, weights, items)
-        self._count_features()
+        self.count_features()
         at = np.searchsorted(self._features, features)
         found = at < self._features.size
         found[found] = self._features[at[found]] == features[found]
@@ -133,7 +133,13 @@ class ContentProfile:
         """Which feature slots of ``rows`` are content (set, and not the item's id)."""
         return (self.catalog.x[rows] != 0) & (self.catalog.ns[rows] != self.id_namespace)
 
-    def _count_features(self) -> None:
+    def counted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted distinct content features and how many rows have each (counted by
+        :meth:`count_features`)."""
+        return self._features, self._items_with
+
+    def count_features(self) -> None:
+        """Count the catalog's content features, if it changed since the last count."""
         if self._counted_version == self.catalog.version:
             return
         rows = np.arange(len(self.catalog))

@@ -19,6 +19,7 @@ to ``bits``; the shard that owns index ``i`` is ``i % shards``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -296,6 +297,34 @@ def with_history(
         np.concatenate([row.x, np.full(count, 1.0 / np.sqrt(count))]),
     )
     return extended, [f"{HISTORY_NS}={catalog.ids[r]}" for r in recent]
+
+
+def with_histories(
+    space: FeatureSpace, catalog: Catalog, user: BaseFeatures, recent: Sequence[Sequence[int]]
+) -> BaseFeatures:
+    """:func:`with_history` of every row at once: row r of ``user`` plus a feature
+    ``h.item=<id>`` (value 1/sqrt(count)) per item of ``recent[r]``."""
+    counts = np.fromiter(map(len, recent), np.int64, len(recent))
+    if not counts.any():
+        return user
+    n = user.rows
+    items = np.fromiter(itertools.chain.from_iterable(recent), np.int64, int(counts.sum()))
+    own = np.diff(user.ptr)
+    ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(own + counts, out=ptr[1:])
+    own_row = np.repeat(np.arange(n), own)
+    own_at = np.arange(user.ns.size) - user.ptr[own_row] + ptr[own_row]
+    item_row = np.repeat(np.arange(n), counts)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    item_at = np.arange(items.size) - first[item_row] + ptr[item_row] + own[item_row]
+    ns = np.empty(ptr[-1], np.uint32)
+    raw = np.empty(ptr[-1], np.uint32)
+    x = np.empty(ptr[-1], np.float64)
+    ns[own_at], raw[own_at], x[own_at] = user.ns, user.raw, user.x
+    ns[item_at] = space.ns_hash(HISTORY_NS)
+    raw[item_at] = catalog.id_hashes(space, HISTORY_NS)[items]
+    x[item_at] = 1.0 / np.sqrt(counts[item_row])
+    return BaseFeatures(ptr, ns, raw, x)
 
 
 def stack_rows(rows: Sequence[BaseFeatures]) -> BaseFeatures:

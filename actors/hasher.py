@@ -190,13 +190,14 @@ class Featurizer:
             return
         is_profile = np.array(profile_ns, bool)[batch.feat_ns]
         ptr = batch.feat_ptr
-        for r, user in enumerate(batch.users):
-            if not user or batch.kind[r] != 0:
+        cumulative = np.concatenate(([0], np.cumsum(is_profile)))
+        carries = (batch.kind == 0) & (cumulative[ptr[1:]] > cumulative[ptr[:-1]])
+        latest = {batch.users[r]: r for r in np.flatnonzero(carries).tolist()}  # the last wins
+        for user, r in latest.items():
+            if not user:
                 continue
             lo, hi = int(ptr[r]), int(ptr[r + 1])
             sel = np.flatnonzero(is_profile[lo:hi]) + lo
-            if sel.size == 0:
-                continue
             names = [
                 _feature_name(
                     batch.namespaces[batch.feat_ns[e]],

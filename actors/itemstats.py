@@ -431,6 +431,31 @@ class ItemStats:
     def capacity(self) -> int:
         return int(self.item_count.shape[0])
 
+    def reserve(self, rows: int) -> None:
+        """Room for rows ``0..rows-1`` without counting them as known (``n_items``)."""
+        known = self.n_items
+        self._grow(rows)
+        self.n_items = known
+
+    def kernel_params(self) -> tuple[int, float, int, float]:
+        p = self.params
+        return (p.window, float(p.half_life), p.markov_order, float(p.markov_decay))
+
+    def scoring_arrays(self) -> tuple[np.ndarray, ...]:
+        """What the scoring kernels read, in their argument order (and the scratch)."""
+        return (
+            self.knn_nbr, self.knn_sure, self.knn_fill, self.mk_nbr, self.mk_sure,
+            self.mk_fill, self.inv_sqrt_count, self.mk_total, self._out, self._touched,
+        )  # fmt: skip
+
+    def learning_arrays(self) -> tuple[np.ndarray, ...]:
+        """What ``_learn_events`` updates, in its argument order."""
+        return (
+            self.knn_nbr, self.knn_cnt, self.knn_sure, self.knn_fill, self.knn_weakest,
+            self.knn_gate, self.mk_nbr, self.mk_cnt, self.mk_sure, self.mk_fill,
+            self.mk_weakest, self.mk_gate, self.item_count, self.inv_sqrt_count, self.mk_total,
+        )  # fmt: skip
+
     def _grow(self, rows_needed: int) -> None:
         """Make room for rows ``0..rows_needed-1`` (capacity doubles, so growth is amortised)."""
         self.n_items = max(self.n_items, rows_needed)

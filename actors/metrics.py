@@ -657,6 +657,37 @@ def rank_of(scores: npt.ArrayLike, target_index: int, exclude: npt.ArrayLike | N
     return rank
 
 
+@njit(cache=True, nogil=True)
+def _ranks_of(scores: np.ndarray, target: int, excluded: np.ndarray) -> np.ndarray:
+    n = scores.shape[1]
+    out = np.zeros(scores.shape[0], np.int64)
+    for s in range(scores.shape[0]):
+        value = scores[s, target]
+        if np.isnan(value):
+            out[s] = n - 1 - excluded.sum() + excluded[target]
+            continue
+        rank = 0
+        for j in range(n):
+            if not excluded[j] and j != target:
+                rank += scores[s, j] > value or (scores[s, j] == value and j < target)
+        out[s] = rank
+    return out
+
+
+def ranks_of(scores: np.ndarray, target_index: int, exclude: npt.ArrayLike) -> np.ndarray:
+    """:func:`rank_of` of ``target_index`` in every row of ``scores`` (rows, items) at once,
+    in one compiled pass."""
+    values = np.ascontiguousarray(scores, np.float64)
+    if not 0 <= target_index < values.shape[1]:
+        raise IndexError(f"target_index {target_index} out of range for {values.shape[1]} scores")
+    excluded = np.zeros(values.shape[1], np.bool_)
+    rows = np.asarray(exclude, np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= values.shape[1]):
+        raise IndexError("exclude contains an index out of range")
+    excluded[rows] = True
+    return _ranks_of(values, int(target_index), excluded)
+
+
 class _PopularityBase:
     """Shared ranking/top-k/metrics logic of the popularity baselines."""
 

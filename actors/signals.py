@@ -13,6 +13,7 @@ Pure, synchronous code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from actors.content import ContentProfile
 from actors.features import ITEM_NS, Catalog, FeatureSpace
 from actors.itemstats import ItemStats, ItemStatsParams
+from actors.signal_walk import _walk
 from actors.trending import TrendingCounts
 
 SIGNAL_NS = "signal"
@@ -67,6 +69,51 @@ class SignalMixture:
         return weights / weights.sum()
 
 
+@dataclass
+class SignalEvents:
+    """A batch's events as :meth:`SequenceSignals.walk` reads them: event e's user had
+    ``seq_rows[seq_ptr[e]:seq_ptr[e+1]]`` (the user's sequence, oldest first) and is
+    ``named[e]`` (else anonymous), picked catalog row ``items[e]`` (< 0: none) at
+    ``ts[e]``, is learned if ``learn[e]``, has training rows
+    ``row_items[row_first[e]:row_first[e+1]]`` (the positive first), is ranked into
+    slot ``rank_slot[e]`` (< 0: not ranked) and has hard negatives drawn if ``draw[e]``
+    (they are written into ``row_items``, which must be int64)."""
+
+    seq_ptr: np.ndarray
+    seq_rows: np.ndarray
+    named: np.ndarray
+    items: np.ndarray
+    learn: np.ndarray
+    ts: np.ndarray
+    row_first: np.ndarray
+    row_items: np.ndarray
+    rank_slot: np.ndarray
+    draw: np.ndarray
+
+    def between(self, lo: int, hi: int) -> SignalEvents:
+        """Events ``lo..hi-1`` (their rows are a view: hard negatives still land here)."""
+        seq, first = self.seq_ptr[lo : hi + 1], self.row_first[lo : hi + 1]
+        return SignalEvents(
+            seq - seq[0], self.seq_rows[seq[0] : seq[-1]], self.named[lo:hi],
+            self.items[lo:hi], self.learn[lo:hi], self.ts[lo:hi], first - first[0],
+            self.row_items[first[0] : first[-1]], self.rank_slot[lo:hi], self.draw[lo:hi],
+        )  # fmt: skip
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (
+            np.ascontiguousarray(self.seq_ptr, np.int64),
+            np.ascontiguousarray(self.seq_rows, np.int64),
+            np.ascontiguousarray(self.named, np.bool_),
+            np.ascontiguousarray(self.items, np.int64),
+            np.ascontiguousarray(self.learn, np.bool_),
+            np.ascontiguousarray(self.ts, np.float64),
+            np.ascontiguousarray(self.row_first, np.int64),
+            self.row_items,
+            np.ascontiguousarray(self.rank_slot, np.int64),
+            np.ascontiguousarray(self.draw, np.bool_),
+        )
+
+
 class SequenceSignals:
     """The model part that owns the item-to-item statistics: learns them per event,
     saves and restores them, and turns them into features (where each signal's
@@ -104,27 +151,45 @@ class SequenceSignals:
         if recent is not None:
             self.stats.learn(recent, item)
 
-    def draw_hard_negatives(
-        self,
-        recent: np.ndarray,
-        item_rows: np.ndarray,
-        span: slice,
-        known: int,
-        count: int,
-        rng: np.random.Generator,
-    ) -> None:
-        """Replace (in place) the first ``count`` negatives of the positive at
-        ``item_rows[span.start]`` by items drawn among the ``known`` rows the user's
-        personal signals score above 0, other than the positive: the items the ranking
-        must tell apart from it."""
-        end = min(span.stop, span.start + 1 + count)
-        if end <= span.start + 1:
-            return
-        values = self.stats.scores(recent, known).sum(axis=0)
-        values[item_rows[span.start]] = 0.0
-        pool = np.flatnonzero(values)
-        if pool.size:
-            item_rows[span.start + 1 : end] = pool[rng.integers(0, pool.size, end - span.start - 1)]
+    def walk(
+        self, events: SignalEvents, n_catalog: int, hard: tuple[int, int, int] = (0, 0, 0)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every event of a batch in stream order, as :meth:`values` of its rows then
+        :meth:`learn_event` (:mod:`actors.signal_walk`).  Returns the rows' values (rows,
+        signals) and the whole-catalog values of the ranked events (ranked, signals,
+        n_catalog), as :meth:`catalog_values` just before each was learned.
+
+        ``hard``: (negatives per positive to draw among the rows the user's kNN and
+        Markov signals score above 0, the catalog rows to draw from, a seed)."""
+        if events.row_items.dtype != np.int64:
+            raise TypeError("row_items must be int64: hard negatives are written into it")
+        rows = events.row_items.size
+        signals = np.zeros((rows, len(self.names)))
+        ranked = np.zeros((int((events.rank_slot >= 0).sum()), len(self.names), n_catalog))
+        if events.items.size == 0:
+            return signals, ranked
+        top = max(int(events.items.max()), int(events.seq_rows.max(initial=0)), 0)
+        self.stats.reserve(top + 1)
+        self.trends.reserve(top + 1)
+        self.content.count_features()
+        t, s, c = self.trends, self.stats, self.content
+        peaks, totals = (np.array(part) for part in t.summary())
+        scalars = np.array([t.rows, t.origin, t.latest], np.float64)
+        sizes = np.array([s.n_items, t.rows], np.int64)
+        catalog = self.content.catalog
+        _walk(
+            events.arrays(), n_catalog, s.scoring_arrays(), s.learning_arrays(),
+            s.kernel_params(),
+            ((catalog.raw, catalog.ns, catalog.x), c.counted(), c.half_life, int(c.id_namespace)),
+            (t.half_lives, t.scaled, peaks, totals),
+            (self.mixture.totals, SignalMixture.BUCKETS, self.mixture.keep),
+            scalars, sizes, hard, signals, ranked,
+        )  # fmt: skip
+        s.n_items, t.rows = int(sizes[0]), int(sizes[1])
+        t.origin, t.latest = float(scalars[1]), float(scalars[2])
+        t.forget_summary()
+        self._last_shares = None
+        return signals, ranked
 
     def to_state(self) -> dict[str, Any]:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,18 +25,19 @@ from actors.features import (
     expand_dense_factors,
     expand_factors,
     score_items,
-    stack_rows,
-    with_history,
+    with_histories,
 )
 from actors.ftrl import GradientAggregator
 from actors.hasher import take_rows
 from actors.learner import split_by_shard
-from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of
+from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of
 from actors.model import Model
-from actors.signals import append_entries
+from actors.signals import SignalEvents, append_entries
 from runtime.actor import Actor
 from runtime.messages import FeatureBatch, GradBatch, WeightDelta
 from runtime.transport import Channel
+
+RANKED_BYTES = 64 << 20  # whole-catalog signal values of ranked events held at once
 
 
 @dataclass
@@ -58,6 +60,16 @@ class EventRows:
     item_rows: np.ndarray
     labels: np.ndarray
     signals: np.ndarray | None
+
+
+class UserWalk:
+    """What :meth:`TrainerActor._follow_users` saw of each event's user before it."""
+
+    def __init__(self, events: int) -> None:
+        self.recent: list[tuple[int, ...]] = []  # recent distinct items (the h.item features)
+        self.sequences: list[tuple[int, ...]] = []  # the last items, for the signals
+        self.ranked: list[tuple[int, np.ndarray]] = []  # (event, rows the user already saw)
+        self.rank_slot = np.full(events, -1, np.int64)  # its slot in the chunk's values
 
 
 @dataclass
@@ -316,74 +328,115 @@ class TrainerActor(Actor):
     ) -> BaseFeatures:
         """Event by event, in stream order: the event's signals (and hard negatives) from
         what came before it, its ranking if flagged, then it joins the user's history and
-        the signals' statistics, so the next event sees it.
+        the signals' statistics, so the next event sees it.  The users' histories are
+        followed here; the signals walk compiled (:meth:`SequenceSignals.walk`), in
+        chunks small enough that their whole-catalog values of ranked events fit
+        ``RANKED_BYTES``.
 
         Returns the user rows with each user's recent items as of that event (when
         ``users.recent_len``), so an event is learned with the history it was ranked with.
         """
         known = self.catalog.known_at(batch.seq)
-        popularity = self.metrics.popularity
-        history = self.users.recent_len > 0
-        first = np.searchsorted(rows.origin, np.arange(len(batch) + 1))
-        user_rows = []
-        for r in range(len(batch)):
-            item = int(batch.item_rows[r])
-            name = batch.users[r] if batch.users else ""
-            row = user.row(r)
-            if history:
-                row, _ = with_history(self.space, self.catalog, self.users, name, row)
-                user_rows.append(row)
+        walk = self._follow_users(batch, known)
+        if self.users.recent_len > 0:
+            user = with_histories(self.space, self.catalog, user, walk.recent)
+        events = self._signal_events(batch, rows, walk)
+        sequence = self.model.sequence
+        for lo, hi in self._chunks(walk.rank_slot):
+            ranked = None
+            if sequence is not None and rows.signals is not None:
+                part = events.between(lo, hi)
+                seed = int(np.random.default_rng([self.seed, batch.seq, lo]).integers(2**31))
+                hard = (self.hard_negatives, known, seed)
+                values, ranked = sequence.walk(part, len(self.catalog), hard)
+                rows.signals[events.row_first[lo] : events.row_first[hi]] = values
+            for r, exclude in walk.ranked:
+                if lo <= r < hi:
+                    signals = ranked[walk.rank_slot[r]] if ranked is not None else None
+                    self._evaluate_ranking(
+                        user.row(r), signals, int(batch.item_rows[r]), exclude, known
+                    )
+        return user
+
+    def _follow_users(self, batch: FeatureBatch, known: int) -> UserWalk:
+        """Each event's user as of that event (recent items, sequence, what they saw
+        when it is ranked), the popularity baseline's test-then-train; then the event
+        joins the user's history."""
+        users, popularity = self.users, self.metrics.popularity
+        names = batch.users or [""] * len(batch)
+        walk = UserWalk(len(batch))
+        for r, item in enumerate(batch.item_rows.tolist()):
+            name = names[r]
+            if users.recent_len:
+                walk.recent.append(tuple(users.recent.get(name, ())) if name else ())
             if item < 0:
+                walk.sequences.append(())
                 continue
-            recent = self.users.sequence(name)
-            self._event_signals(batch, rows, slice(first[r], first[r + 1]), recent, known)
+            walk.sequences.append(tuple(users.sequences.get(name, ())) if name else ())
             if batch.rank_eval[r]:
-                seen = self.users.seen(name) if self.exclude_seen else set()
+                seen = users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
-                self._evaluate_ranking(row, recent, item, exclude, known)
+                walk.rank_slot[r] = len(walk.ranked) % self._ranked_per_chunk()
+                walk.ranked.append((r, exclude))
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
                         popularity.evaluate(exclude, item, known)
                     )
             if name:
-                self.users.add(name, item)
+                users.add(name, item)
             if popularity is not None:
                 popularity.learn(item)
-            if self.model.sequence is not None and batch.label[r] != 0:
-                self.model.sequence.learn_event(recent if name else None, item, float(batch.ts[r]))
-        return stack_rows(user_rows) if history else user
+        return walk
 
-    def _event_signals(
-        self, batch: FeatureBatch, rows: EventRows, span: slice, recent: np.ndarray, known: int
-    ) -> None:
-        """The signal values of one event's training rows (positive first, then negatives),
-        after drawing its hard negatives."""
-        sequence = self.model.sequence
-        if sequence is None or rows.signals is None:
-            return
-        if self.hard_negatives and recent.size and rows.labels[span.start] == 1.0:
-            rng = np.random.default_rng([self.seed, batch.seq, span.start])
-            sequence.draw_hard_negatives(
-                recent, rows.item_rows, span, known, self.hard_negatives, rng
-            )
-        items = rows.item_rows[span]
-        positions = np.arange(span.start, span.stop)[items >= 0]
-        rows.signals[positions] = sequence.values(recent, rows.item_rows[positions]).T
+    def _signal_events(self, batch: FeatureBatch, rows: EventRows, walk: UserWalk) -> SignalEvents:
+        n = len(batch)
+        lengths = np.fromiter(map(len, walk.sequences), np.int64, n)
+        seq_ptr = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=seq_ptr[1:])
+        seq_rows = np.fromiter(
+            itertools.chain.from_iterable(walk.sequences), np.int64, int(seq_ptr[-1])
+        )
+        row_first = np.searchsorted(rows.origin, np.arange(n + 1))
+        draw = rows.labels[np.minimum(row_first[:-1], rows.labels.size - 1)] == 1.0
+        named = np.array([bool(u) for u in batch.users], bool) if batch.users else np.zeros(n, bool)
+        return SignalEvents(
+            seq_ptr, seq_rows, named, batch.item_rows, batch.label != 0, batch.ts,
+            row_first, rows.item_rows, walk.rank_slot, draw,
+        )  # fmt: skip
+
+    def _ranked_per_chunk(self) -> int:
+        names = len(self.model.sequence.names) if self.model.sequence is not None else 1
+        return max(1, RANKED_BYTES // (8 * names * max(len(self.catalog), 1)))
+
+    def _chunks(self, rank_slot: np.ndarray) -> list[tuple[int, int]]:
+        """Event ranges that each hold at most ``_ranked_per_chunk`` ranked events."""
+        ranked = np.flatnonzero(rank_slot >= 0)
+        per_chunk = self._ranked_per_chunk()
+        cuts = [0, *(int(r) + 1 for r in ranked[per_chunk - 1 :: per_chunk]), rank_slot.size]
+        return [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo] or [(0, 0)]
 
     def _evaluate_ranking(
-        self, row: BaseFeatures, recent: np.ndarray, item: int, exclude: np.ndarray, known: int
+        self,
+        row: BaseFeatures,
+        signals: np.ndarray | None,
+        item: int,
+        exclude: np.ndarray,
+        known: int,
     ) -> None:
         """The rank of ``item`` among the ``known`` catalog rows, by the model and by each
-        sequence signal alone."""
+        sequence signal alone (``signals``: their whole-catalog values for this event)."""
         candidates = np.arange(known) if known < len(self.catalog) else None
         scores = score_items(self.space, row, self.catalog, self.store.w, candidates, self.scorer)
         sequence = self.model.sequence
-        if sequence is not None:
-            signals = sequence.catalog_values(recent, len(self.catalog))[:, : scores.size]
-            scores += sequence.logits(self.store.w, signals)
-            for name, values in zip(sequence.names, signals, strict=True):
-                self.metrics.signal(name).update(rank_of(values, item, exclude))
-        self.metrics.ranking.update(rank_of(scores, item, exclude))
+        if sequence is None or signals is None:
+            self.metrics.ranking.update(rank_of(scores, item, exclude))
+            return
+        signals = signals[:, : scores.size]
+        scores += sequence.logits(self.store.w, signals)
+        ranks = ranks_of(np.vstack([scores[None, :], signals]), item, exclude).tolist()
+        self.metrics.ranking.update(ranks[0])
+        for name, rank in zip(sequence.names, ranks[1:], strict=True):
+            self.metrics.signal(name).update(rank)
 
     async def _replica_loop(self) -> None:
         """Apply weight deltas to the replica; a delta of our own batch is also its ack."""

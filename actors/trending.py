@@ -82,6 +82,14 @@ class TrendingCounts:
     def scores(self, n_items: int) -> np.ndarray:
         return self.scores_at(np.arange(n_items))
 
+    def reserve(self, rows: int) -> None:
+        """Room for rows ``0..rows-1`` (``rows`` still counts only those learned)."""
+        self._grow(rows)
+
+    def forget_summary(self) -> None:
+        """The counts were changed in place: :meth:`summary` recomputes."""
+        self._summary = None
+
     def _grow(self, rows: int) -> None:
         if rows > self.scaled.shape[1]:
             grown = np.zeros((self.half_lives.size, max(rows, 2 * self.scaled.shape[1], 64)))

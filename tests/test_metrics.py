@@ -22,6 +22,7 @@ from actors.metrics import (
     RunningMeanCTR,
     TimeDecayedPopularity,
     rank_of,
+    ranks_of,
 )
 
 SETTINGS = settings(max_examples=150, deadline=None)
@@ -451,6 +452,9 @@ def test_rank_of_matches_sort_reference(
     assert rank_of(arr, t, np.array(exclude, dtype=np.int64)) == expected
     if not exclude:
         assert rank_of(arr, t) == expected
+    many = np.vstack([arr, -arr, np.where(arr > arr[t], np.nan, arr)])
+    want = [rank_of(row, t, np.array(exclude, dtype=np.int64)) for row in many]
+    assert ranks_of(many, t, np.array(exclude, dtype=np.int64)).tolist() == want
 
 
 def test_rank_of_hand_examples() -> None:
@@ -473,6 +477,9 @@ def test_rank_of_nan_and_errors() -> None:
     assert rank_of(s, 0, np.array([0, 1, 0])) == 1  # the NaN target itself is not excluded
     with pytest.raises(IndexError):
         rank_of(s, 3)
+    assert ranks_of(np.vstack([s, s]), 0, np.array([0, 1])).tolist() == [1, 1]
+    with pytest.raises(IndexError):
+        ranks_of(s[None, :], 0, np.array([3]))
     with pytest.raises(IndexError):
         rank_of(s, 0, np.array([-1]))
     with pytest.raises(IndexError):
