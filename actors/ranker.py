@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
 from actors.factors import FactorScorer, FactorStore
 from actors.features import (
+    HISTORY_NS,
     USER_NS,
     BaseFeatures,
     Catalog,
@@ -22,7 +24,7 @@ from actors.features import (
     UserState,
     explain,
     score_items,
-    with_history,
+    with_histories,
 )
 from actors.ftrl import sigmoid
 from actors.signals import SequenceSignals
@@ -51,6 +53,21 @@ def top_k(scores: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
     return part[np.lexsort((part, -masked[part]))]
 
 
+@dataclass
+class Visitor:
+    """What a ranking request knows of who asks (``Ranker.visitor``)."""
+
+    user: str  # "" for an anonymous visitor
+    sequence: np.ndarray  # the last items, oldest first, for the sequence signals
+    recent: list[int]  # distinct recent rows, oldest first (the h.item features)
+    seen: set[int]  # rows not to recommend again
+    ignored: list[str]  # session ids the catalog does not have
+
+
+def _no_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.float64)
+
+
 class Ranker:
     """Recommendation requests, answered directly from shared state (no queue on the hot path)."""
 
@@ -77,31 +94,57 @@ class Ranker:
         self.requests = 0
         self.seconds = 0.0
 
+    def visitor(self, user: str, session: Sequence[str] = ()) -> Visitor:
+        """Who asks: a known user's history, extended by ``session`` (item ids the visitor
+        just interacted with, oldest first; an anonymous visitor has only these)."""
+        known = [self.catalog.rows[i] for i in session if i in self.catalog.rows]
+        ignored = [i for i in session if i not in self.catalog.rows]
+        sequence = self.users.sequences.get(user, []) if user else []
+        recent = list(self.users.recent.get(user, ())) if user else []
+        for row in known:
+            if row in recent:
+                recent.remove(row)
+            recent.append(row)
+        keep = self.users.recent_len
+        return Visitor(
+            user=user,
+            sequence=np.array((sequence + known)[-max(self.users.sequence_len, 1) :], np.int64),
+            recent=recent[-keep:] if keep else [],
+            seen=(self.users.seen(user) if user else set()) | set(known),
+            ignored=ignored,
+        )
+
     def user_features(
-        self, user: str, context: Sequence[tuple[str, str, float]] = ()
+        self, who: str | Visitor, context: Sequence[tuple[str, str, float]] = ()
     ) -> tuple[BaseFeatures, list[str]]:
-        """User id + last known profile + request context, as one BaseFeatures row and names."""
-        ns = [self.space.ns_hash(USER_NS)]
-        raw = [self.space.value_hash(USER_NS, user)]
-        xs = [1.0]
-        names = [f"user={user}"]
-        profile = self.users.profiles.get(user)
+        """User id + last known profile + recent items + request context, as one
+        BaseFeatures row and names (an anonymous visitor has no id or profile)."""
+        visitor = self.visitor(who) if isinstance(who, str) else who
+        ns: list[int] = []
+        raw: list[int] = []
+        xs: list[float] = []
+        names: list[str] = []
+        user = visitor.user
+        if user:
+            ns, raw, xs = (
+                [self.space.ns_hash(USER_NS)],
+                [self.space.value_hash(USER_NS, user)],
+                [1.0],
+            )
+            names = [f"user={user}"]
+        profile = self.users.profiles.get(user) if user else None
         if profile is not None:
             ns += profile.ns.tolist()
             raw += profile.raw.tolist()
             xs += profile.x.tolist()
             names += self.users.profile_names.get(user, [])
-        recent = self.users.recent.get(user)
-        if recent:
-            row = BaseFeatures(
-                np.array([0, 0], np.int64),
-                *(np.zeros(0, t) for t in (np.uint32, np.uint32, np.float64)),
-            )
-            extended, recent_names = with_history(self.space, self.catalog, self.users, user, row)
+        if visitor.recent:
+            empty = BaseFeatures(np.array([0, 0], np.int64), *_no_entries())
+            extended = with_histories(self.space, self.catalog, empty, [visitor.recent])
             ns += extended.ns.tolist()
             raw += extended.raw.tolist()
             xs += extended.x.tolist()
-            names += recent_names
+            names += [f"{HISTORY_NS}={self.catalog.ids[r]}" for r in visitor.recent]
         for namespace, value, x in context:
             ns.append(self.space.ns_hash(namespace))
             raw.append(self.space.value_hash(namespace, value))
@@ -123,9 +166,13 @@ class Ranker:
         context: Sequence[tuple[str, str, float]] = (),
         with_explanations: bool = False,
         explore: ExplorationPolicy | None = None,
+        session: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
+        """The top ``k`` for ``user`` ("" for an anonymous visitor), who just interacted
+        with the ``session`` item ids (oldest first; not learned, only ranked with)."""
         started = time.perf_counter()
-        features, names = self.user_features(user, context)
+        visitor = self.visitor(user, session)
+        features, names = self.user_features(visitor, context)
         rows = None
         if candidates is not None:
             found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
@@ -133,12 +180,12 @@ class Ranker:
                 raise UnknownCandidates("none of the candidate items is in the catalog")
             rows = np.asarray(found, np.int64)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
-        signals = self._signal_values(user, rows)
+        signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
             scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
         excluded = np.zeros(scores.size, bool)
-        seen = self.users.seen(user) if self.exclude_seen else set()
+        seen = visitor.seen if self.exclude_seen else set()
         if seen:
             excluded = np.isin(positions, np.fromiter(seen, np.int64, len(seen)))
         ranked_by = scores
@@ -178,11 +225,11 @@ class Ranker:
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
 
-    def _signal_values(self, user: str, rows: np.ndarray | None) -> np.ndarray | None:
-        """(signals, candidates): the sequence signals of the user's recent items."""
+    def _signal_values(self, sequence: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
+        """(signals, candidates): the sequence signals of the visitor's recent items."""
         if self.sequence is None:
             return None
-        values = self.sequence.catalog_values(self.users.sequence(user), len(self.catalog))
+        values = self.sequence.catalog_values(sequence, len(self.catalog))
         return values if rows is None else values[:, rows]
 
     def _signal_terms(self, values: np.ndarray) -> list[tuple[str, float]]:

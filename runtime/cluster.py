@@ -385,10 +385,11 @@ class ClusterFront:
         explore: str | None = None,
         scale: float | None = None,
         epsilon: float | None = None,
+        session: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
         features = context_features(user, context, self.limits)
-        return self.ranker.recommend(user, k, candidates, features, explain)
+        return self.ranker.recommend(user, k, candidates, features, explain, session=session or ())
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""

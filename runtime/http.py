@@ -34,6 +34,7 @@ from runtime.http_middleware import (
 )
 from runtime.openapi import build_openapi
 from runtime.prometheus import HTTPMetrics
+from runtime.recommend_request import parse_recommend_request
 from runtime.replay import clean
 
 SYSTEM_KEY = web.AppKey("system", Front)
@@ -229,6 +230,23 @@ async def get_recommend(request: web.Request) -> web.Response:
     return _json({"user": user, "k": k, "items": items})
 
 
+async def post_recommend(request: web.Request) -> web.Response:
+    """Recommend for a JSON body: a known ``user``, an anonymous visitor's ``session`` of
+    item ids (oldest first; ranked with, not learned), or both."""
+    system = request.app[SYSTEM_KEY]
+    query = parse_recommend_request(await read_body(request), system.config.http)
+    if query.exploration and not system.exploration_available:
+        raise ExplorationError("exploration is not available on this server")
+    items = await system.recommend(
+        query.user, query.k, query.candidates, query.context, query.explain,
+        session=query.session, **query.exploration,
+    )  # fmt: skip
+    ignored = [i for i in query.session if i not in system.catalog.rows]
+    return _json(
+        {"user": query.user or None, "k": query.k, "items": items, "ignored_session_items": ignored}
+    )
+
+
 async def get_similar(request: web.Request) -> web.Response:
     item = request.match_info["item"]
     k = _int_param(request, "k", 10, 1, request.app[SYSTEM_KEY].config.http.max_k)
@@ -271,6 +289,7 @@ def make_app(system: Front) -> web.Application:
     app[ADMISSION_KEY] = system.admission
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/recommend", get_recommend)
+    app.router.add_post("/v1/recommend", post_recommend)
     app.router.add_get("/v1/items/{item}/similar", get_similar)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)

@@ -187,6 +187,20 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "items": {"type": "array", "items": _ref("RankedItem")},
         },
     },
+    "SessionRecommendation": {
+        "type": "object",
+        "required": ["user", "k", "items", "ignored_session_items"],
+        "properties": {
+            "user": {"type": "string", "nullable": True},
+            "k": {"type": "integer", "minimum": 1},
+            "items": {"type": "array", "items": _ref("RankedItem")},
+            "ignored_session_items": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Session item ids the catalog does not have",
+            },
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -306,8 +320,48 @@ def _bad_query() -> Schema:
     return response
 
 
+def _recommend_body(config: Config) -> Schema:
+    http = config.http
+    ids = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 256}}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "A known 'user', an anonymous visitor's 'session', or both",
+        "properties": {
+            "user": {"type": "string", "maxLength": 256},
+            "session": {
+                **ids,
+                "maxItems": http.max_candidates,
+                "description": "Item ids the visitor just interacted with, oldest first: "
+                "ranked with (signals, recent-item features, excluded as seen), not learned",
+            },
+            "k": {"type": "integer", "minimum": 1, "maximum": http.max_k, "default": 10},
+            "candidates": {**ids, "minItems": 1, "maxItems": http.max_candidates},
+            "context": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]},
+            "explain": {"type": "boolean", "default": False},
+            "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
+            "scale": {"type": "number"},
+            "epsilon": {"type": "number"},
+        },
+    }
+
+
 def _recommend(config: Config) -> Schema:
     return {
+        "post": {
+            "operationId": "recommendSession",
+            "summary": "Top-k items for a visitor's session (anonymous or a known user)",
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _recommend_body(config)}},
+            },
+            "responses": {
+                "200": _response("Ranked items, best first", _ref("SessionRecommendation")),
+                "400": _error("A missing, unknown or invalid field"),
+                "401": UNAUTHORIZED,
+                "503": BUSY,
+            },
+        },
         "get": {
             "operationId": "recommend",
             "summary": "Top-k items for a user with the model as it is now",

@@ -239,6 +239,7 @@ class System:
         explore: str | None = None,
         scale: float | None = None,
         epsilon: float | None = None,
+        session: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k items for ``user`` with the weights as they are now (every learned event counts).
 
@@ -249,7 +250,9 @@ class System:
         policy = self.exploration.override(explore, scale, epsilon)
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
-        return self.ranker.recommend(user, k, candidates, features, explain, active)
+        return self.ranker.recommend(
+            user, k, candidates, features, explain, active, session=session or ()
+        )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""

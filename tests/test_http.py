@@ -461,5 +461,6 @@ async def test_stats_after_training(start: Start) -> None:
 
 async def test_unknown_route_and_wrong_method(h: Harness) -> None:
     assert (await h.client.get("/v1/nothing")).status == 404
-    assert (await h.client.post("/v1/recommend")).status == 405
+    assert (await h.client.post("/v1/healthz")).status == 405
+    assert (await h.client.post("/v1/recommend")).status == 400  # POST: a session request
     assert (await h.client.get("/v1/events")).status == 405
