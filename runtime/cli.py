@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
+    _add_journal_parser(sub)
+    add_tune_parser(sub)
+    return parser
+
+
+def _add_journal_parser(sub: Any) -> None:
     journal = sub.add_parser("journal", help="the event journal of a state directory")
     journal_sub = journal.add_subparsers(dest="journal_command", required=True)
     export = journal_sub.add_parser("export", help="write the journal's events as JSON lines")
@@ -209,8 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--config", help="config (TOML)")
     export.add_argument("--output", help="file to write (default: standard output)")
     export.set_defaults(func=cmd_journal_export)
-    add_tune_parser(sub)
-    return parser
 
 
 def report_error(error: FreshrankError) -> int:

@@ -257,7 +257,7 @@ FSYNC_POLICIES = ("always", "interval")
 
 @dataclass
 class JournalConfig:
-    fsync: str = "interval"
+    fsync: str = "always"
     fsync_interval_ms: float = 100.0
     segment_bytes: int = 64 << 20
 

@@ -169,7 +169,7 @@ class Journal:
     def __init__(
         self,
         directory: str | Path,
-        fsync: str = "interval",
+        fsync: str = "always",
         fsync_interval_ms: float = 100.0,
         segment_bytes: int = 64 << 20,
     ) -> None:
