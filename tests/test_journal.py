@@ -160,3 +160,15 @@ def test_export_writes_every_event_as_a_json_line(tmp_path: Path) -> None:
         {"item": "i3", "ts": 1e30},  # past 64 bits: kept as the float validation saw
     ]
     assert decode_entry(encode_entry(1.0, "api", []))["source"] == "api"
+
+
+def test_the_cli_exports_a_state_directory(tmp_path: Path) -> None:
+    from runtime.cli import main
+
+    journal = opened(tmp_path / "journal")
+    journal.append(encode_entry(5.0, "http", [{"item": "i1"}, {"user": "u", "item": "i1"}]))
+    journal.close()
+    out = tmp_path / "events.jsonl"
+    assert main(["journal", "export", "--state", str(tmp_path), "--output", str(out)]) == 0
+    assert [json.loads(line)["item"] for line in out.read_text().splitlines()] == ["i1", "i1"]
+    assert main(["journal", "export", "--state", str(tmp_path / "nowhere")]) == 2
