@@ -35,9 +35,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log_json:
         config.http.log_format = "json"
     if args.state is not None:
-        config.state.snapshot_path = str(Path(args.state) / "snapshot.msgpack")
+        config.state.dir = args.state
         config.ingest.dead_letter_path = str(Path(args.state) / "dead_letters.jsonl")
     return run_daemon(config)
+
+
+def cmd_journal_export(args: argparse.Namespace) -> int:
+    from runtime.journal import export_jsonl
+
+    config = _load(args.config)
+    state = args.state if args.state is not None else config.state.dir
+    if not state:
+        print("freshrank journal export: no state directory (--state DIR or state.dir)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    directory = Path(state) / "journal"
+    if not directory.is_dir():
+        print(f"freshrank journal export: {directory} does not exist", file=sys.stderr)
+        return 2
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            count = export_jsonl(directory, out)
+    else:
+        count = export_jsonl(directory, sys.stdout)
+    print(f"freshrank journal export: {count} events", file=sys.stderr)
+    return 0
 
 
 async def _replay(args: argparse.Namespace, config: Config) -> dict[str, object]:
@@ -143,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help="HTTP port, 0 for any free port (overrides the config)"
     )
     run.add_argument(
-        "--state", help="directory for the snapshot and dead letters (overrides the config)"
+        "--state",
+        help="directory for the journal, snapshots and dead letters (state.dir; overrides "
+        "the config)",
     )
     run.add_argument(
         "--log-json", action="store_true", help="JSON-lines logs (same as http.log_format = json)"
@@ -178,8 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
+    _add_journal_parser(sub)
     add_tune_parser(sub)
     return parser
+
+
+def _add_journal_parser(sub: Any) -> None:
+    journal = sub.add_parser("journal", help="the event journal of a state directory")
+    journal_sub = journal.add_subparsers(dest="journal_command", required=True)
+    export = journal_sub.add_parser("export", help="write the journal's events as JSON lines")
+    export.add_argument("--state", help="state directory (default: the config's state.dir)")
+    export.add_argument("--config", help="config (TOML)")
+    export.add_argument("--output", help="file to write (default: standard output)")
+    export.set_defaults(func=cmd_journal_export)
 
 
 def report_error(error: FreshrankError) -> int:

@@ -237,9 +237,37 @@ def _check_token(token: str, where: str) -> None:
 class StateConfig:
     snapshot_path: str = "state/snapshot.msgpack"
     restore: bool = True
+    # durable state (journal + snapshots) lives here; "" keeps only snapshot_path
+    dir: str = ""
+    keep_snapshots: int = 3
+    snapshot_every_events: int = 100_000
+    snapshot_every_s: float = 300.0
 
     def check(self) -> None:
-        pass
+        _require(self.keep_snapshots >= 1, "state.keep_snapshots", "must be >= 1",
+                 self.keep_snapshots)  # fmt: skip
+        _require(self.snapshot_every_events >= 1, "state.snapshot_every_events",
+                 "must be >= 1", self.snapshot_every_events)  # fmt: skip
+        _require(self.snapshot_every_s > 0, "state.snapshot_every_s", "must be > 0",
+                 self.snapshot_every_s)  # fmt: skip
+
+
+FSYNC_POLICIES = ("always", "interval")
+
+
+@dataclass
+class JournalConfig:
+    fsync: str = "always"
+    fsync_interval_ms: float = 100.0
+    segment_bytes: int = 64 << 20
+
+    def check(self) -> None:
+        _require(self.fsync in FSYNC_POLICIES, "journal.fsync",
+                 f"must be one of {', '.join(FSYNC_POLICIES)}", self.fsync)  # fmt: skip
+        _require(self.fsync_interval_ms > 0, "journal.fsync_interval_ms", "must be > 0",
+                 self.fsync_interval_ms)  # fmt: skip
+        _require(self.segment_bytes >= 4096, "journal.segment_bytes", "must be >= 4096",
+                 self.segment_bytes)  # fmt: skip
 
 
 @dataclass
@@ -419,6 +447,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     simulator: SimulatorSection = field(default_factory=SimulatorSection)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

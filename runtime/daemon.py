@@ -2,8 +2,10 @@
 
 On a signal it stops taking requests, drains every queue (nothing accepted is
 lost), writes a state snapshot atomically and exits 0; the next start restores
-the snapshot, so a restarted daemon keeps what it learned.  An actor crash
-exits 1 with the cause logged.
+the snapshot, so a restarted daemon keeps what it learned.  With ``state.dir``
+(``--state DIR``) every accepted request is journaled before it is answered and
+snapshots are periodic, so even a ``kill -9`` loses nothing acknowledged
+(runtime/durability.py).  An actor crash exits 1 with the cause logged.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ async def serve(config: Config) -> int:
         log.error("an actor crashed, exiting: %r", failing.result())
         await system.stop(drain=False)
         return SystemFailed.exit_code
-    await system.stop(drain=True)
-    if config.state.snapshot_path:
+    await system.stop(drain=True)  # with state.dir: its final snapshot is written here
+    if config.state.snapshot_path and not config.state.dir:
         path = system.write_snapshot()
         log.info("snapshot written to %s", path)
     print("freshrank stopped cleanly", flush=True)

@@ -164,7 +164,9 @@ def as_http_error(error: FreshrankError) -> HTTPError:
     """The answer to a public error: its class's status and its message."""
     if isinstance(error, HTTPError):
         return error
-    return HTTPError(error.http_status, str(error))
+    retry = getattr(error, "retry_after_s", None)  # a passing condition (a full disk)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return HTTPError(error.http_status, str(error), headers)
 
 
 def _internal_error(request: web.Request, request_id: str) -> HTTPError:

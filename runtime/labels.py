@@ -42,6 +42,7 @@ class LabelStage:
         submit: Callable[[EventBatch], Awaitable[int]],
         wait_learned: Callable[[int], Awaitable[None]],
         learn: Callable[[list[Event], list[float]], Awaitable[int | None]],
+        lock: asyncio.Lock | None = None,
     ) -> None:
         self.joiner = model.labels
         self.catalog = model.catalog
@@ -52,6 +53,9 @@ class LabelStage:
         self._submit = submit
         self._wait_learned = wait_learned
         self._learn = learn
+        # held by the owner's ingest too: a snapshot's copy never falls between taking
+        # impressions out of the joiner and queueing them
+        self._lock = lock or asyncio.Lock()
         self._supervisor: Supervisor | None = None
         self._timer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -129,8 +133,9 @@ class LabelStage:
     async def flush(self, now: float | None = None) -> int | None:
         """Learn as negatives the impressions whose window closed before ``now`` (default:
         the stream time); the last queued batch's sequence number (None: nothing closed)."""
-        resolved = self.joiner.expire(self.joiner.stream_time() if now is None else now)
-        return await self._learn([r.event for r in resolved], [r.prescore for r in resolved])
+        async with self._lock:
+            resolved = self.joiner.expire(self.joiner.stream_time() if now is None else now)
+            return await self._learn([r.event for r in resolved], [r.prescore for r in resolved])
 
     async def _close_idle_windows(self) -> None:
         """Without new events, windows still close: once no event has moved the stream time

@@ -303,7 +303,12 @@ def _events(config: Config) -> Schema:
                 "415": _error("Unsupported content type"),
                 "422": _response("No event accepted: every one is invalid", _ref("IngestResult")),
                 "429": _error("Ingest overloaded (admission control)", "Retry-After"),
-                "503": BUSY,
+                "503": _error(
+                    "Too many requests in progress (http.max_connections), the pipeline "
+                    "crashed, or the event journal cannot be written (disk full): nothing "
+                    "of the request was accepted",
+                    "Retry-After",
+                ),
             },
         }
     }

@@ -17,6 +17,7 @@ with :class:`SystemFailed`, and is raised again when the ``async with`` block en
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,11 +32,21 @@ from actors.exploration import ExplorationPolicy
 from actors.model import build_model
 from actors.simulator import SimulatorConfig
 from actors.sources import SimulatorSource
-from actors.state import STATE_LIMITS, StateError
+from actors.state import STATE_LIMITS, StateError, compose, restore
 from runtime import snapshots
 from runtime.admission import Admission
+from runtime.codec import CodecError
 from runtime.config import Config
-from runtime.front import IngestResult, context_features, payload_text, split_events
+from runtime.durability import Durability, SnapshotTimer, freeze
+from runtime.errors import FreshrankError
+from runtime.front import (
+    IngestResult,
+    SplitEvents,
+    context_features,
+    payload_text,
+    split_events,
+)
+from runtime.journal import Record, decode_entry, encode_entry, read_records
 from runtime.labels import LabelStage
 from runtime.messages import DeadLetters, EventBatch
 from runtime.pipeline import Pipeline
@@ -45,6 +56,7 @@ from runtime.transport import MemoryTransport, Transport
 __all__ = ["STATE_LIMITS", "IngestResult", "SnapshotError", "System", "SystemFailed"]
 SNAPSHOT = "snapshot"
 SnapshotError = StateError
+log = logging.getLogger("freshrank.state")
 
 
 class System:
@@ -74,8 +86,15 @@ class System:
         self.pipeline = p = Pipeline(m, self.transport)
         self.hasher, self.trainer, self.learners = p.hasher, p.trainer, p.learners
         self.dead_letters = p.dead_letters
-        self.label_stage = LabelStage(m, self.ranker, self.submit, self.wait_learned, self._learn)
+        # journal order = learning order: a request's append and its queueing are one step
+        self._ingest_lock = asyncio.Lock()
+        self.label_stage = LabelStage(
+            m, self.ranker, self.submit, self.wait_learned, self._learn, self._ingest_lock
+        )
         self.services: list[Service] = [*p.services, self.label_stage]
+        self.durability = Durability(c) if c.state.dir else None
+        if self.durability is not None:
+            self.services.append(SnapshotTimer(self.durability, self.snapshot))
         self.simulator: SimulatorSource | None = None
         if c.simulator.enabled:
             s = c.simulator
@@ -113,10 +132,12 @@ class System:
         """Restore the snapshot (if configured and present) and start every service."""
         if self._started:
             return
-        self._restore_configured()
+        position = self._open_durable() if self.durability else self._restore_configured()
         self._started = True
         await self.transport.start()
         await self.supervisor.start(self.services)
+        if self.durability is not None:
+            await self._replay_journal(position)
 
     async def stop(self, drain: bool = True) -> None:
         """Drain (everything accepted gets learned), then stop every service in reverse."""
@@ -128,8 +149,12 @@ class System:
             await self.label_stage.stop()  # open impressions stay open (in the snapshot)
             if drain:
                 await self.drain()
+                if self.durability is not None:
+                    await self.snapshot()
         await self.supervisor.stop()
         await self.transport.stop()
+        if self.durability is not None:
+            self.durability.journal.close()
         self._started = False
 
     async def __aenter__(self) -> System:
@@ -158,27 +183,59 @@ class System:
     async def ingest(
         self, events: Iterable[Any], *, wait: bool = True, source: str = "api"
     ) -> IngestResult:
-        """Validate and queue events; with ``wait`` return once they are learned.
+        """Validate, journal (with ``state.dir``) and queue events; with ``wait`` return
+        once they are learned (and, with ``journal.fsync = "always"``, on disk).
 
         Bad events never raise: each is reported with its reason in the result and
         written to the dead-letter sink, and the good events of the same call are learned.
         """
         self.supervisor.check()
+        events = events if isinstance(events, list) else list(events)
         split = split_events(events, self.limits)
+        async with self._ingest_lock:
+            now = self.clock()
+            position = self._journal(events, split, source, now)
+            result, last = await self._apply(split, now, source)
+        if position is not None and self.durability is not None:
+            await self.durability.journal.durable(position)
+        if wait and last is not None:
+            await self.wait_learned(last)
+            result.learned = True
+        return result
+
+    def _journal(
+        self, events: list[Any], split: SplitEvents, source: str, now: float
+    ) -> int | None:
+        """Append the request's valid events to the journal; its record (None: not journaled)."""
+        if self.durability is None:
+            return None
+        refused = {index for index, _, _ in split.refused}
+        accepted = [obj for i, obj in enumerate(events) if i not in refused]
+        if not accepted:
+            return None
+        position = self.durability.journal.append(encode_entry(now, source, accepted))
+        self.durability.accepted(len(accepted))
+        return position
+
+    async def _apply(
+        self, split: SplitEvents, now: float, source: str | None
+    ) -> tuple[IngestResult, int | None]:
+        """Join, learn and dead-letter a request's events (``source`` None: a replay, whose
+        refusals were reported when the events first came)."""
+        for event in split.plain + [e for _, e, _ in split.delayed]:
+            if math.isnan(event.ts):  # an untimed event happened when it arrived
+                event.ts = now
         resolved, refused_outcomes = await self.label_stage.join(split.delayed)
         good = split.plain + [r.event for r in resolved]
         prescores = [math.nan] * len(split.plain) + [r.prescore for r in resolved]
         refused = sorted(split.refused + refused_outcomes, key=lambda r: int(r[0]))
         result = IngestResult(accepted=split.count - len(refused), rejected=len(refused))
         result.errors = [{"index": i, "reason": reason} for i, reason, _ in refused]
-        if refused:
+        if refused and source is not None:
             await self.reject([(reason, payload_text(obj)) for _, reason, obj in refused], source)
         last = await self._learn(good, prescores if split.delayed else None)
         result.seq = -1 if last is None else last
-        if wait and last is not None:
-            await self.wait_learned(last)
-            result.learned = True
-        return result
+        return result, last
 
     async def _learn(
         self, events: Sequence[Event], prescores: Sequence[float] | None
@@ -282,6 +339,7 @@ class System:
             "admission": self.admission.statistics(),
             "labels": self.labels.statistics(),
             "components": self.model.component_statistics(),
+            **(self.durability.statistics() if self.durability else {}),
             "failed": repr(failure) if failure else None,
         }
 
@@ -292,16 +350,130 @@ class System:
         target = Path(path or self.config.state.snapshot_path)
         return snapshots.save(target, SNAPSHOT, self.model.settings(), self.model.parts())
 
-    def _restore_configured(self) -> None:
+    def _restore_configured(self) -> int:
         """A first start has no snapshot; later starts continue from it."""
         state = self.config.state
         if state.restore and state.snapshot_path and Path(state.snapshot_path).exists():
             self.restore(state.snapshot_path)
+        return 0
 
     def restore(self, path: str | Path) -> None:
         """Load a snapshot written by :meth:`write_snapshot` (same model settings required)."""
         snapshots.load(Path(path), SNAPSHOT, self.model.settings(), self.model.parts())
         self.trainer.learned.advance(self.model.stream.seq)
+
+    # -- durable state (state.dir): journal + snapshots ---------------------
+
+    def _open_durable(self) -> int:
+        """Open the journal and load the newest valid snapshot; the journal position it covers
+        (the records after it are replayed once the services run)."""
+        assert self.durability is not None
+        journal = self.durability.journal
+        journal.open()
+        if not self.config.state.restore:
+            return journal.last_seq
+        position = self._load_newest_snapshot()
+        journal.skip_to(position)
+        segments = journal.statistics()["first_segment"]
+        if position == 0 and segments is not None and segments > 1:
+            log.warning(
+                "no usable snapshot, and the journal starts at record %d: the events of the "
+                "records before it (deleted with their snapshots) are not restored", segments,
+            )  # fmt: skip
+        return position
+
+    def _load_newest_snapshot(self) -> int:
+        """Newest first: a damaged, foreign or otherwise unloadable snapshot is reported in
+        one line and the previous one is tried; none: an empty model (position 0)."""
+        assert self.durability is not None
+        touched = False
+        for _, path in self.durability.store.paths():
+            try:
+                document = snapshots.read(path)
+                position = _snapshot_position(document)
+                touched = True
+                restore(document, SNAPSHOT, self.model.settings(), self.model.parts())
+            # a part's load_state meeting a malformed state raises whatever it meets
+            # (KeyError, ValueError, ...): any of them only means "not this snapshot"
+            except Exception as error:
+                self.durability.rejected(path, _reason(error))
+                continue
+            self.durability.restored_from = str(path)
+            self.trainer.learned.advance(self.model.stream.seq)
+            log.info("restored %s (journal position %d)", path, position)
+            return position
+        if touched:  # a failed load may have changed some parts: back to an empty model
+            empty = build_model(self.config, self.clock)
+            document = compose(SNAPSHOT, empty.settings(), empty.parts())
+            restore(document, SNAPSHOT, self.model.settings(), self.model.parts())
+        return 0
+
+    async def _replay_journal(self, position: int) -> None:
+        """Learn the journal's records after ``position``, in order, as when they came."""
+        assert self.durability is not None
+        d = self.durability
+        records = read_records(d.journal.directory, position)
+        last = None
+        for record in records:
+            last = await self._replay_record(record) or last
+        if last is not None:
+            await self.wait_learned(last)
+        if d.counters["replayed_records"]:
+            log.info("replayed %d journal records (%d events) after position %d",
+                     d.counters["replayed_records"], d.counters["replayed_events"], position)  # fmt: skip
+
+    async def _replay_record(self, record: Record) -> int | None:
+        assert self.durability is not None
+        d = self.durability
+        try:
+            entry = decode_entry(record.payload)
+        except CodecError as error:  # checksummed, so only a foreign writer gets here
+            log.warning("journal record %d is not an entry (%s); skipped", record.seq, error)
+            return None
+        split = split_events(entry["events"], self.limits)
+        async with self._ingest_lock:
+            result, last = await self._apply(split, float(entry.get("t", self.clock())), None)
+        d.counters["replayed_records"] += 1
+        d.counters["replayed_events"] += result.accepted
+        d.counters["replay_refused"] += result.rejected
+        d.accepted(split.count)
+        return last
+
+    async def snapshot(self) -> Path | None:
+        """Write a snapshot of the journal position learned so far (with ``state.dir``).
+
+        Ingest pauses only while the model is copied; encoding and writing run in a worker
+        thread.  A failed write is logged and counted: the journal still has the events."""
+        d = self.durability
+        if d is None:
+            return None
+        started = time.perf_counter()
+        async with self._ingest_lock:
+            await self.wait_learned(self.model.stream.seq)
+            position = d.journal.last_seq
+            document = freeze(compose(SNAPSHOT, self.model.settings(), self.model.parts()))
+            document["journal"] = {"position": position}
+            d.since_snapshot = 0
+        paused = time.perf_counter() - started
+        try:
+            return await asyncio.to_thread(d.write, document, position, paused)
+        except (OSError, FreshrankError) as error:
+            d.counters["snapshot_errors"] += 1
+            log.error("snapshot at journal position %d failed: %s", position, _reason(error))
+            return None
+
+
+def _snapshot_position(document: Any) -> int:
+    journal = document.get("journal") if isinstance(document, dict) else None
+    position = journal.get("position") if isinstance(journal, dict) else None
+    if not isinstance(position, int) or position < 0:
+        raise StateError("no journal position (not a snapshot of a state directory)")
+    return position
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, FreshrankError) else f"{type(error).__name__}: {text}"
 
 
 def _failed(error: BaseException) -> SystemFailed:

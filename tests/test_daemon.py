@@ -89,7 +89,7 @@ async def test_daemon_serves_drains_on_sigterm_and_restores(tmp_path: Path) -> N
         code, output = await stop(proc)
     assert code == 0, output
     assert "stopped cleanly" in output
-    assert (tmp_path / "snapshot.msgpack").exists()
+    assert list((tmp_path / "snapshots").glob("snapshot-*.msgpack"))
 
     async with daemon(tmp_path) as (proc, url), aiohttp.ClientSession() as http:
         async with http.get(f"{url}/v1/stats") as resp:
