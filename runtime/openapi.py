@@ -378,7 +378,7 @@ def _recommend(config: Config) -> Schema:
                 "413": _error("Too many candidates or context features"),
                 "503": BUSY,
             },
-        }
+        },
     }
 
 
