@@ -59,10 +59,10 @@ def _content(
 
 
 @njit(cache=True, nogil=True)
-def _mixture_log_np(shares: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _mixture_log_np(shares: np.ndarray, weights: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     """``SignalMixture.log_probability`` with the bucket's totals ``weights`` (a copy)."""
     for s in range(shares.shape[0]):
-        if not (shares[s] != 0.0).any():
+        if not evidence[s]:
             weights[1 + s] = 0.0
     weights /= weights.sum()
     out = np.full(shares.shape[1], weights[0])
@@ -72,11 +72,13 @@ def _mixture_log_np(shares: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _mixture_learn(totals: np.ndarray, bucket: int, shares: np.ndarray, keep: float) -> None:
+def _mixture_learn(
+    totals: np.ndarray, bucket: int, shares: np.ndarray, keep: float, evidence: np.ndarray
+) -> None:
     """``SignalMixture.learn``: one online EM step for the picked item's ``shares``."""
     weights = totals[bucket].copy()
     for s in range(shares.shape[0]):
-        if shares[s] == 0.0:
+        if not evidence[s]:
             weights[1 + s] = 0.0
     weights /= weights.sum()
     parts = weights.copy()
@@ -98,8 +100,9 @@ def _values(
     trends: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     mixture: tuple[np.ndarray, np.ndarray],
     sizes: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``SequenceSignals.values(recent, items)`` and the shares of ``items[0]``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``SequenceSignals.values(recent, items)``, the shares of ``items[0]`` and which
+    signals have evidence.
 
     ``sizes`` holds [ItemStats.n_items, TrendingCounts.rows]."""
     window, half_life, order, decay = stat_params
@@ -131,9 +134,10 @@ def _values(
         if totals[s] > 0:
             shares[s] = raw[s] * n / totals[s]
     bucket = np.searchsorted(buckets, recent.size, side="right")
-    out[base] = np.maximum(_mixture_log_np(shares, mix_totals[bucket].copy()), 0.0)
+    evidence = totals > 0
+    out[base] = np.maximum(_mixture_log_np(shares, mix_totals[bucket].copy(), evidence), 0.0)
     picked = shares[:, 0].copy() if m else np.zeros(base)
-    return out, picked
+    return out, picked, evidence
 
 
 @njit(cache=True, nogil=True)
@@ -233,7 +237,7 @@ def _walk(
         if hard[0] and draw[e] and recent.size:
             _draw_hard_negatives(recent, span, (hard[0], hard[1]), stats, stat_params, sizes[0])
         keep_rows = np.flatnonzero(span >= 0)
-        values, picked = _values(
+        values, picked, evidence = _values(
             recent, span[keep_rows], n_catalog, stats, stat_params, content,
             trends, (mix_totals, buckets), sizes,
         )  # fmt: skip
@@ -241,7 +245,7 @@ def _walk(
             signals[lo + keep_rows[k]] = values[:, k]
         if rank_slot[e] >= 0:
             every = np.arange(n_catalog)
-            catalog_values, _ = _values(
+            catalog_values, _, _ = _values(
                 recent, every, n_catalog, stats, stat_params, content,
                 trends, (mix_totals, buckets), sizes,
             )  # fmt: skip
@@ -250,7 +254,7 @@ def _walk(
             continue
         if named[e]:
             bucket = np.searchsorted(buckets, recent.size, side="right")
-            _mixture_learn(mix_totals, bucket, picked, keep)
+            _mixture_learn(mix_totals, bucket, picked, keep, evidence)
         _learn_trend(item, ts[e], trends, scalars)
         sizes[1] = int(scalars[0])
         if named[e]:

@@ -48,24 +48,29 @@ class SignalMixture:
     def bucket(self, history: int) -> int:
         return int(np.searchsorted(self.BUCKETS, history, side="right"))
 
-    def log_probability(self, shares: np.ndarray, bucket: int) -> np.ndarray:
+    def log_probability(self, shares: np.ndarray, bucket: int, evidence: np.ndarray) -> np.ndarray:
         """``log(n · p_mix)`` of items whose signal shares (value / sum over the catalog,
-        times the catalog size n) are ``shares`` (signals, items)."""
-        weights = self._weights(shares, bucket)
+        times the catalog size n) are ``shares`` (signals, items); ``evidence``: which
+        signals score some catalog item for this user (the others sit out)."""
+        weights = self._weights(bucket, evidence)
         return np.log(weights[0] + weights[1:] @ shares)
 
-    def learn(self, shares: np.ndarray, bucket: int) -> None:
+    def learn(self, shares: np.ndarray, bucket: int, evidence: np.ndarray) -> None:
         """An item was picked whose shares are ``shares`` (signals,): one EM step."""
-        weights = self._weights(shares[:, None], bucket)
+        weights = self._weights(bucket, evidence)
         parts = weights * np.concatenate(([1.0], shares))
         total = parts.sum()
         if total > 0:
             self.totals[bucket] = self.keep * self.totals[bucket] + parts / total
 
-    def _weights(self, shares: np.ndarray, bucket: int) -> np.ndarray:
-        """The bucket's weights over the uniform part and the signals with evidence."""
+    def _weights(self, bucket: int, evidence: np.ndarray) -> np.ndarray:
+        """The bucket's weights over the uniform part and the signals with evidence.
+
+        Evidence is a property of the user's catalog-wide distribution, not of the
+        items asked about, so a candidate subset, the training rows and the whole
+        catalog all get the same mixture."""
         weights = self.totals[bucket].copy()
-        weights[1:][~shares.any(axis=1)] = 0.0  # a signal with nothing to say for this user
+        weights[1:][~evidence] = 0.0
         return weights / weights.sum()
 
 
@@ -137,16 +142,15 @@ class SequenceSignals:
         self._personal = len(self.stats.names) + 1  # the co-occurrence signals and content
         self._base = len(self.names) - 1
         self.mixture = SignalMixture(self._base)
-        self._last_shares: tuple[np.ndarray, int, np.ndarray] | None = None
+        self._last_shares: tuple[np.ndarray, int, np.ndarray, np.ndarray] | None = None
 
     def learn_event(self, recent: np.ndarray | None, item: int, ts: float) -> None:
         """One interaction with catalog row ``item`` at stream time ``ts``; ``recent``: the
         user's items before it (None: an anonymous user, who only moves the trends)."""
         picked = np.array([item], np.int64)
         if recent is not None:
-            self.mixture.learn(
-                self._picked_shares(recent, picked), self.mixture.bucket(recent.size)
-            )
+            shares, evidence = self._picked_shares(recent, picked)
+            self.mixture.learn(shares, self.mixture.bucket(recent.size), evidence)
         self.trends.learn(picked, np.array([ts], np.float64))
         if recent is not None:
             self.stats.learn(recent, item)
@@ -221,14 +225,16 @@ class SequenceSignals:
         peaks[trends], totals[trends] = self.trends.summary()
         return raw, peaks, totals
 
-    def _picked_shares(self, recent: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    def _picked_shares(
+        self, recent: np.ndarray, picked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The shares of the item a user picked: those :meth:`values` computed for it just
         before (the trainer scores an event's rows, then learns it), else anew."""
         last = self._last_shares
         if last is not None and last[0] is recent and last[1] == int(picked[0]):
-            return last[2]
+            return last[2], last[3]
         raw, _, totals = self._raw(recent, picked)
-        return self._shares(raw, totals, self._rows_known(picked))[:, 0]
+        return self._shares(raw, totals, self._rows_known(picked))[:, 0], totals > 0
 
     def _shares(self, raw: np.ndarray, totals: np.ndarray, n: int) -> np.ndarray:
         """(signals, items): n · value / (the signal's total over the n rows)."""
@@ -249,8 +255,9 @@ class SequenceSignals:
         np.divide(raw, peaks[:, None], out=out[: self._base], where=peaks[:, None] > 0)
         shares = self._shares(raw, totals, self._rows_known(items))
         if items.size:  # what learn_event needs if the first item is the one picked
-            self._last_shares = (recent, int(items[0]), shares[:, 0].copy())
-        log_np = self.mixture.log_probability(shares, self.mixture.bucket(recent.size))
+            self._last_shares = (recent, int(items[0]), shares[:, 0].copy(), totals > 0)
+        bucket = self.mixture.bucket(recent.size)
+        log_np = self.mixture.log_probability(shares, bucket, totals > 0)
         out[self._base] = np.maximum(log_np, 0.0)  # evidence above a uniform guess only
         return out
 

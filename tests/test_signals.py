@@ -49,11 +49,11 @@ def test_trends_survive_a_msgpack_round_trip() -> None:
 def test_the_mixture_learns_to_trust_the_signal_that_predicts() -> None:
     mixture = SignalMixture(2, memory=1e9)
     for _ in range(200):  # signal 0 puts all its mass on the item picked; signal 1 none
-        mixture.learn(np.array([50.0, 0.5]), bucket=3)
+        mixture.learn(np.array([50.0, 0.5]), bucket=3, evidence=np.array([True, True]))
     weights = mixture.totals[3] / mixture.totals[3].sum()
     assert weights[1] > 0.9 > 0.05 > weights[2]  # index 0 is the uniform part
     shares = np.array([[50.0, 0.0], [0.5, 0.5]])  # (signals, items)
-    favoured, other = mixture.log_probability(shares, 3)
+    favoured, other = mixture.log_probability(shares, 3, np.array([True, True]))
     assert favoured > np.log(40) and other < 0
 
 
