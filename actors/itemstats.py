@@ -566,6 +566,17 @@ class ItemStats:
             self.inv_sqrt_count, self.mk_total, self._out, self._touched,
         )  # fmt: skip
 
+    def neighbour_rows(self, recent: np.ndarray) -> np.ndarray:
+        """Every row the signals can score above 0 after ``recent``: the kNN lists of its
+        last ``window`` known rows and the Markov lists of its last ``markov_order``
+        (repeats possible)."""
+        rows = np.asarray(recent, np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_items)]
+        p = self.params
+        parts = [self.knn_nbr[r, : self.knn_fill[r]] for r in rows[-p.window :].tolist()]
+        parts += [self.mk_nbr[r, : self.mk_fill[r]] for r in rows[-p.markov_order :].tolist()]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     def similar(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``k`` kNN neighbours of ``item`` by cosine, best first (ties: lower row)."""
         if not 0 <= item < self.n_items or k <= 0:

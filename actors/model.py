@@ -14,11 +14,12 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from actors.candidates import CandidateGenerator, CandidateParams
 from actors.delayed import DelayedLabelJoiner
 from actors.exploration import WeightPosterior
 from actors.factors import FactorParams, FactorStore
@@ -219,6 +220,9 @@ class Model:
             factors=self.factors,
             posterior=WeightPosterior(self.store.n, self.params) if exploration else None,
             sequence=self.sequence,
+            candidates=CandidateGenerator(
+                self.catalog, self.sequence, CandidateParams(**asdict(self.config.candidates))
+            ),
         )
 
     def apply_delta(self, delta: WeightDelta) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.candidates import CandidateGenerator
 from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
 from actors.factors import FactorScorer, FactorStore
 from actors.features import (
@@ -81,8 +82,10 @@ class Ranker:
         factors: FactorStore | None = None,
         posterior: WeightPosterior | None = None,  # None: Thompson exploration unavailable
         sequence: SequenceSignals | None = None,
+        candidates: CandidateGenerator | None = None,  # None: always the whole catalog
     ) -> None:
         self.space = space
+        self.candidates = candidates
         self.sequence = sequence
         self.posterior = posterior
         self.factors = factors
@@ -179,6 +182,8 @@ class Ranker:
             if not found and candidates:
                 raise UnknownCandidates("none of the candidate items is in the catalog")
             rows = np.asarray(found, np.int64)
+        elif self.candidates is not None:
+            rows = self.candidates.rows(visitor.sequence, time.monotonic())
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
@@ -229,8 +234,9 @@ class Ranker:
         """(signals, candidates): the sequence signals of the visitor's recent items."""
         if self.sequence is None:
             return None
-        values = self.sequence.catalog_values(sequence, len(self.catalog))
-        return values if rows is None else values[:, rows]
+        if rows is None:
+            return self.sequence.catalog_values(sequence, len(self.catalog))
+        return self.sequence.values(sequence, rows)
 
     def _signal_terms(self, values: np.ndarray) -> list[tuple[str, float]]:
         assert self.sequence is not None
@@ -241,4 +247,7 @@ class Ranker:
         ]
 
     def statistics(self) -> dict[str, Any]:
-        return {"requests": self.requests, "seconds": round(self.seconds, 3)}
+        stats: dict[str, Any] = {"requests": self.requests, "seconds": round(self.seconds, 3)}
+        if self.candidates is not None:
+            stats["candidates"] = self.candidates.statistics()
+        return stats

@@ -67,6 +67,16 @@ class TrendingCounts:
             self._summary = (used.max(axis=1, initial=0.0), used.sum(axis=1))
         return self._summary
 
+    def top(self, count: int) -> np.ndarray:
+        """The rows among the ``count`` highest of any trend (unordered, distinct)."""
+        used = self.scaled[:, : self.rows]
+        if count <= 0 or used.size == 0:
+            return np.zeros(0, np.int64)
+        if count >= self.rows:
+            return np.arange(self.rows, dtype=np.int64)
+        best = np.argpartition(-used, count - 1, axis=1)[:, :count]
+        return np.unique(best).astype(np.int64)
+
     def raw_scores_at(self, items: np.ndarray) -> np.ndarray:
         """(half-lives, items): the scaled counts (proportional to the trends)."""
         out = np.zeros((self.half_lives.size, items.size))

@@ -439,6 +439,27 @@ class SequenceConfig:
 
 
 @dataclass
+class CandidatesConfig:
+    """Which rows a recommendation scores (actors/candidates.py): the whole catalog
+    below ``whole_catalog_below`` items, else the neighbours and successors of the
+    visitor's recent items, the top trending and the newest items."""
+
+    whole_catalog_below: int = 50_000
+    trending: int = 200  # rows each trend ranks highest
+    newest: int = 100  # the newest catalog rows
+    refresh_s: float = 1.0  # the top trending rows are recomputed at most this often
+
+    def check(self) -> None:
+        for key in ("whole_catalog_below", "trending", "newest"):
+            value = getattr(self, key)
+            _require(0 <= value <= 1 << 31, f"candidates.{key}", "must be in 0..2^31", value)
+        _require(
+            0 <= self.refresh_s < float("inf"), "candidates.refresh_s", "must be >= 0 seconds",
+            self.refresh_s,
+        )  # fmt: skip
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
@@ -454,6 +475,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:

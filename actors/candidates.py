@@ -1,0 +1,77 @@
+"""Candidate generation for large catalogs: the rows worth scoring for one visitor.
+
+Scoring every catalog row costs O(catalog) per request; above
+``whole_catalog_below`` rows the ranker scores the union of
+
+* the kNN neighbours of the visitor's last ``window`` items and the Markov
+  successors of their last ``markov_order`` items (every row those signals can
+  score above 0: :meth:`ItemStats.neighbour_rows`),
+* the ``trending`` rows each trend ranks highest (recomputed at most every
+  ``refresh_s`` seconds, so the O(catalog) pass is shared by every request in
+  between),
+* the ``newest`` catalog rows, so new items can be shown (and explored) before
+  anyone has picked them together with anything.
+
+Below the threshold, and for the progressive evaluation, the whole catalog is
+scored.  Pure, synchronous code: the caller passes the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.features import Catalog
+from actors.signals import SequenceSignals
+
+
+@dataclass(frozen=True)
+class CandidateParams:
+    whole_catalog_below: int = 50_000
+    trending: int = 200
+    newest: int = 100
+    refresh_s: float = 1.0
+
+
+class CandidateGenerator:
+    """The rows to score for a visitor (None: the whole catalog)."""
+
+    def __init__(
+        self, catalog: Catalog, sequence: SequenceSignals | None, params: CandidateParams
+    ) -> None:
+        self.catalog = catalog
+        self.sequence = sequence
+        self.params = params
+        self._trending = np.zeros(0, np.int64)
+        self._refreshed_at = -np.inf
+        self.generated = 0  # requests answered from generated candidates
+        self.candidates = 0  # rows they scored, in total
+
+    def rows(self, sequence_rows: np.ndarray, now: float) -> np.ndarray | None:
+        """Sorted distinct candidate rows for a visitor whose last items are
+        ``sequence_rows``, or None when the whole catalog should be scored."""
+        n = len(self.catalog)
+        if self.sequence is None or n < self.params.whole_catalog_below:
+            return None
+        neighbours = self.sequence.stats.neighbour_rows(sequence_rows)
+        newest = np.arange(max(0, n - self.params.newest), n, dtype=np.int64)
+        rows = np.unique(np.concatenate([neighbours, self._top_trending(now), newest]))
+        rows = rows[(rows >= 0) & (rows < n)]
+        self.generated += 1
+        self.candidates += int(rows.size)
+        return rows
+
+    def _top_trending(self, now: float) -> np.ndarray:
+        if now - self._refreshed_at >= self.params.refresh_s:
+            assert self.sequence is not None
+            self._trending = self.sequence.trends.top(self.params.trending)
+            self._refreshed_at = now
+        return self._trending
+
+    def statistics(self) -> dict[str, float | int]:
+        return {
+            "whole_catalog_below": self.params.whole_catalog_below,
+            "generated_requests": self.generated,
+            "mean_candidates": round(self.candidates / max(self.generated, 1), 1),
+        }
