@@ -16,7 +16,6 @@ uniformly.  Target: p99 <= 5 ms with candidate generation.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import resource
 import time
