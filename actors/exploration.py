@@ -133,8 +133,8 @@ def _cross_pairs(
 def _require_posterior(posterior: WeightPosterior | None) -> WeightPosterior:
     if posterior is None:
         raise ExplorationUnavailable(
-            "thompson exploration needs the learners' per-coordinate state (n), "
-            "which this ranker does not hold; use explore=epsilon or off"
+            "thompson exploration needs FTRL's per-coordinate state (n), which this ranker "
+            "does not hold (a cluster ranker, or optimizer.kind = sgd); use explore=epsilon or off"
         )
     return posterior
 

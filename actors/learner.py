@@ -1,4 +1,5 @@
-"""Learner shards: each the single writer of its slice of the FTRL state (a parameter server).
+"""Learner shards: each the single writer of its slice of the optimizer state (a parameter
+server): FTRL-Proximal (actors/ftrl.py) or plain SGD (actors/sgd.py), ``[optimizer] kind``.
 
 Global feature index ``i`` belongs to shard ``i % shards`` at local slot
 ``i // shards``.  In one process the shards' arrays are strided views of one
@@ -15,21 +16,49 @@ import numpy as np
 
 from actors.factors import FactorParams, FactorStore, apply_factor_gradients
 from actors.ftrl import FTRLParams, apply_gradients, dot_rows, weights_at
+from actors.sgd import SGDParams, apply_sgd
 from runtime.actor import Actor
 from runtime.messages import GradBatch, WeightDelta
 from runtime.transport import Channel
 
+OptimizerParams = FTRLParams | SGDParams
+
+
+def learn_step(
+    params: OptimizerParams,
+    z: np.ndarray,
+    n: np.ndarray,
+    w: np.ndarray,
+    idx: np.ndarray,
+    grads: np.ndarray,
+) -> None:
+    """Apply (local coordinate, gradient) pairs to one shard's state, keeping ``w`` the
+    weights the trainers and rankers read."""
+    if isinstance(params, SGDParams):
+        apply_sgd(w, n, idx, grads, params)
+    else:
+        apply_gradients(z, n, idx, grads, params, w)
+
+
+def count_nonzero_weights(params: OptimizerParams, z: np.ndarray, w: np.ndarray) -> int:
+    if isinstance(params, SGDParams):
+        return int(np.count_nonzero(w))
+    return int(np.count_nonzero(np.abs(z) > params.l1))
+
 
 class ParameterStore:
-    """The FTRL sums ``z`` and ``n`` of the whole index space and the weight replica ``w``.
+    """The optimizer state of the whole index space and the weights ``w`` read for scoring.
 
-    The learners keep ``w[i]`` equal to the closed-form weight of ``(z[i], n[i])`` as they
-    update, so scoring is one gather per feature instead of a square root and a division.
+    FTRL: the sums ``z`` and ``n``; the learners keep ``w[i]`` equal to the closed-form
+    weight of ``(z[i], n[i])`` as they update, so scoring is one gather per feature
+    instead of a square root and a division.  SGD: ``w`` is the state itself and ``n``
+    its per-coordinate accumulator (update count or AdaGrad sum); ``z`` is empty.
     """
 
-    def __init__(self, size: int, params: FTRLParams) -> None:
+    def __init__(self, size: int, params: OptimizerParams) -> None:
         self.params = params
-        self.z = np.zeros(size, np.float64)
+        self.sgd = isinstance(params, SGDParams)
+        self.z = np.zeros(0 if self.sgd else size, np.float64)
         self.n = np.zeros(size, np.float64)
         self.w = np.zeros(size, np.float64)
 
@@ -37,11 +66,18 @@ class ParameterStore:
         return self.z[shard::shards], self.n[shard::shards], self.w[shard::shards]
 
     def refresh(self, idx: np.ndarray | None = None) -> None:
-        """Recompute the replica from z and n (after a restore, or writing z/n directly)."""
+        """Recompute the FTRL weights from z and n (after a restore, or writing z/n
+        directly); SGD's weights are its state, nothing to recompute."""
+        if isinstance(self.params, SGDParams):
+            return
         if idx is None:
             idx = np.flatnonzero(self.n)
             self.w[:] = 0.0
         self.w[idx] = weights_at(self.z, self.n, idx, self.params)
+
+    def learn(self, idx: np.ndarray, grads: np.ndarray) -> None:
+        """Apply (global coordinate, gradient) pairs, as one shard owning every index."""
+        learn_step(self.params, self.z, self.n, self.w, idx, grads)
 
     def weights(self, idx: np.ndarray) -> np.ndarray:
         return self.w[idx]
@@ -50,21 +86,28 @@ class ParameterStore:
         return dot_rows(self.w, indptr, indices, values)
 
     def nonzero_weights(self) -> int:
-        return int(np.count_nonzero(np.abs(self.z) > self.params.l1))
+        return count_nonzero_weights(self.params, self.z, self.w)
 
     STATE_VERSION: ClassVar[int] = 1
 
     def to_state(self) -> dict[str, Any]:
-        """The coordinates ever learned (``n > 0``); the replica ``w`` follows from them."""
+        """The coordinates ever learned (``n > 0``): FTRL's z and n (the weights follow from
+        them), or SGD's w and n."""
         touched = np.flatnonzero(self.n)
+        if self.sgd:
+            return {"index": touched, "w": self.w[touched], "n": self.n[touched]}
         return {"index": touched, "z": self.z[touched], "n": self.n[touched]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         index = np.asarray(state["index"], np.int64)
-        self.z[:] = 0.0
         self.n[:] = 0.0
-        self.z[index] = state["z"]
         self.n[index] = state["n"]
+        if self.sgd:
+            self.w[:] = 0.0
+            self.w[index] = state["w"]
+            return
+        self.z[:] = 0.0
+        self.z[index] = state["z"]
         self.refresh()
 
 
@@ -111,7 +154,7 @@ class LearnerActor(Actor):
         z: np.ndarray,
         n: np.ndarray,
         w: np.ndarray,
-        params: FTRLParams,
+        params: OptimizerParams,
         inbox: Channel,
         weights: Channel,
         factors: FactorShard | None = None,
@@ -146,7 +189,7 @@ class LearnerActor(Actor):
                 key=self.shard,
             )
             return
-        apply_gradients(self.z, self.n, message.index, message.grad, self.params, self.w)
+        learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
         factor_index, factor_v = self._apply_factors(message)
         self.updates += int(message.index.size)
         self.batches += 1
@@ -195,8 +238,8 @@ class LearnerActor(Actor):
             "shard": self.shard,
             "batches": self.batches,
             "updates": self.updates,
-            "slots": int(self.z.shape[0]),
-            "nonzero_weights": int(np.count_nonzero(np.abs(self.z) > self.params.l1)),
+            "slots": int(self.w.shape[0]),
+            "nonzero_weights": count_nonzero_weights(self.params, self.z, self.w),
             "factor_rows_learned": (
                 int(np.count_nonzero(self.factors.rows("active"))) if self.factors else 0
             ),

@@ -27,9 +27,10 @@ from actors.features import Catalog, FeatureSpace, UserState
 from actors.ftrl import FTRLParams
 from actors.hasher import Featurizer
 from actors.itemstats import ItemStatsParams
-from actors.learner import ParameterStore
+from actors.learner import OptimizerParams, ParameterStore
 from actors.metrics import ProgressiveMetrics
 from actors.ranker import Ranker
+from actors.sgd import SGDParams
 from actors.signals import SequenceSignals
 from actors.state import Stateful
 from runtime.config import Config
@@ -46,7 +47,11 @@ def feature_space(config: Config) -> FeatureSpace:
     return FeatureSpace(m.bits, m.seed, [(a, b) for a, b in m.crosses])
 
 
-def ftrl_params(config: Config) -> FTRLParams:
+def optimizer_params(config: Config) -> OptimizerParams:
+    """The linear weights' learner settings: FTRL's or SGD's (``optimizer.kind``)."""
+    o = config.optimizer
+    if o.kind == "sgd":
+        return SGDParams(o.rate, o.eta, o.l2)
     f = config.ftrl
     return FTRLParams(f.alpha, f.beta, f.l1, f.l2)
 
@@ -87,6 +92,8 @@ def model_settings(config: Config) -> dict[str, Any]:
         "factor_bits": fp.bits if fp else 0,
         "sequence": [sp.window, sp.neighbours, *config.sequence.trend_half_lives_s] if sp else None,
         "components": list(config.model.components),
+        # the weights part holds z and n under FTRL, w and n under SGD
+        **({"optimizer": "sgd"} if config.optimizer.kind == "sgd" else {}),
     }
 
 
@@ -167,7 +174,7 @@ class Model:
 
     config: Config
     space: FeatureSpace
-    params: FTRLParams
+    params: OptimizerParams
     store: ParameterStore
     factors: FactorStore | None
     catalog: Catalog
@@ -210,7 +217,8 @@ class Model:
 
     def ranker(self, exploration: bool = True) -> Ranker:
         """A ranker over this model's weights (``exploration``: Thompson sampling needs the
-        FTRL precisions, which a replica of the weights alone does not have)."""
+        FTRL precisions, which a replica of the weights alone, or SGD, does not have)."""
+        ftrl = self.params if isinstance(self.params, FTRLParams) else None
         return Ranker(
             self.space,
             self.store.w,
@@ -218,7 +226,7 @@ class Model:
             self.users,
             self.config.training.exclude_seen,
             factors=self.factors,
-            posterior=WeightPosterior(self.store.n, self.params) if exploration else None,
+            posterior=WeightPosterior(self.store.n, ftrl) if exploration and ftrl else None,
             sequence=self.sequence,
             candidates=CandidateGenerator(
                 self.catalog, self.sequence, CandidateParams(**asdict(self.config.candidates))
@@ -236,7 +244,7 @@ class Model:
 def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model:
     """The whole model of a config; ``clock`` times events without ``ts`` (delayed labels)."""
     space = feature_space(config)
-    params = ftrl_params(config)
+    params = optimizer_params(config)
     fp = factor_params(config)
     sp = sequence_params(config)
     t, lab = config.training, config.labels
@@ -289,6 +297,6 @@ def build_shard(config: Config, shard: int) -> ShardModel:
     if not 0 <= shard < shards:
         raise ValueError(f"shard id {shard} is outside 0..{shards - 1}")
     fp = factor_params(config)
-    store = ParameterStore(shard_slots(config.model.bits, shards, shard), ftrl_params(config))
+    store = ParameterStore(shard_slots(config.model.bits, shards, shard), optimizer_params(config))
     factors = FactorStore(fp, shard, shards) if fp is not None else None
     return ShardModel(config, shard, store, factors)

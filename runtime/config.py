@@ -88,6 +88,31 @@ class FTRLConfig:
             _require(getattr(self, key) >= 0, f"ftrl.{key}", "must be >= 0", getattr(self, key))
 
 
+OPTIMIZERS = ("ftrl", "sgd")
+SGD_RATES = ("constant", "invsqrt", "adagrad")
+
+
+@dataclass
+class OptimizerConfig:
+    """Which learner updates the linear weights: FTRL-Proximal (``[ftrl]``) or plain SGD
+    (actors/sgd.py) with the rate, ``eta`` and ``l2`` here."""
+
+    kind: str = "ftrl"
+    rate: str = "adagrad"  # sgd: constant | invsqrt | adagrad
+    eta: float = 0.05
+    l2: float = 0.0
+
+    def check(self) -> None:
+        _require(self.kind in OPTIMIZERS, "optimizer.kind",
+                 f"must be one of {', '.join(OPTIMIZERS)}", self.kind)  # fmt: skip
+        _require(self.rate in SGD_RATES, "optimizer.rate",
+                 f"must be one of {', '.join(SGD_RATES)}", self.rate)  # fmt: skip
+        _require(0 < self.eta < float("inf"), "optimizer.eta", "must be finite and > 0",
+                 self.eta)  # fmt: skip
+        _require(0 <= self.l2 < float("inf"), "optimizer.l2", "must be finite and >= 0",
+                 self.l2)  # fmt: skip
+
+
 @dataclass
 class TrainingConfig:
     shards: int = 1
@@ -463,6 +488,7 @@ class CandidatesConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     queues: QueueConfig = field(default_factory=QueueConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -494,6 +520,12 @@ class Config:
         config = cls(**kwargs)
         for f in dataclasses.fields(config):
             getattr(config, f.name).check()
+        _require(
+            not (config.optimizer.kind == "sgd" and config.exploration.mode == "thompson"),
+            "exploration.mode",
+            "cannot be thompson with optimizer.kind = sgd (the posterior is FTRL's)",
+            config.exploration.mode,
+        )
         return config
 
     @classmethod
