@@ -14,7 +14,11 @@ import pytest
 from actors.exploration import ExplorationUnavailable
 from actors.ftrl import GradientAggregator
 from actors.learner import ParameterStore, learn_step, split_by_shard
+from actors.model import build_shard
 from actors.sgd import RATES, SGDParams, fit_sequential
+from actors.state import StateError
+from runtime import snapshots
+from runtime.cluster import CHECKPOINT
 from runtime.config import Config, ConfigError
 from runtime.system import SnapshotError, System
 
@@ -238,3 +242,19 @@ async def test_a_snapshot_restores_the_sgd_state_and_learning_continues_the_same
     ftrl = Config.from_dict({**config.to_dict(), "optimizer": {"kind": "ftrl"}})
     with pytest.raises(SnapshotError, match="differ"):
         System(ftrl).restore(tmp_path / "s.msgpack")
+
+
+def test_a_shard_checkpoint_round_trips_the_sgd_slice(tmp_path: Path) -> None:
+    config = sgd_config(tmp_path, shards=2)
+    shard = build_shard(config, 1)
+    rng = np.random.default_rng(0)
+    shard.store.learn(rng.integers(0, shard.store.w.size, 500), rng.normal(size=500))
+    path = snapshots.save(tmp_path / "c", CHECKPOINT, shard.settings(), shard.parts())
+    restored = build_shard(config, 1)
+    snapshots.load(path, CHECKPOINT, restored.settings(), restored.parts())
+    np.testing.assert_array_equal(restored.store.w, shard.store.w)
+    np.testing.assert_array_equal(restored.store.n, shard.store.n)
+    assert np.count_nonzero(restored.store.w) > 100
+    with pytest.raises(StateError, match="differ"):
+        ftrl = build_shard(Config.from_dict({**config.to_dict(), "optimizer": {}}), 1)
+        snapshots.load(path, CHECKPOINT, ftrl.settings(), ftrl.parts())
