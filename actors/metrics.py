@@ -228,6 +228,28 @@ def _refresh_sorted(
     return out_values, out_seqs
 
 
+@njit(cache=True, nogil=True)
+def _best_f1(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """The highest F1 of "positive when score >= t" over every threshold t among the
+    scores, and the highest t reaching it, from the sorted scores of each label: one walk
+    down both from the top (a run of equal scores moves together)."""
+    i, j = pos.shape[0] - 1, neg.shape[0] - 1
+    tp = fp = 0
+    best, at = 0.0, math.inf
+    while i >= 0 or j >= 0:
+        v = max(pos[i] if i >= 0 else -math.inf, neg[j] if j >= 0 else -math.inf)
+        while i >= 0 and pos[i] == v:
+            tp += 1
+            i -= 1
+        while j >= 0 and neg[j] == v:
+            fp += 1
+            j -= 1
+        f1 = 2.0 * tp / (tp + fp + pos.shape[0])
+        if f1 > best:
+            best, at = f1, v
+    return best, at
+
+
 def _twice_u(pos: np.ndarray, neg: np.ndarray) -> int:
     """Twice the Mann–Whitney U of sorted positive and negative scores (ties half), by
     walking the shorter array through the longer one."""
@@ -292,6 +314,7 @@ class ROCAUC:
     _scores: npt.NDArray[np.float64]
     _labels: npt.NDArray[np.uint8]
     _cache: float | None
+    _best: tuple[float, float] | None
     _dropped: int
     _folded_from: int
     _folded_to: int
@@ -385,6 +408,20 @@ class ROCAUC:
         n_neg = fold_neg.size - left_neg.size + new_neg.size
         return twice_u / (2 * n_pos * n_neg) if n_pos and n_neg else math.nan
 
+    def best_f1(self) -> tuple[float, float]:
+        """The F1 of "positive when score >= t" at the threshold t that maximises it over
+        the window, and that t (the highest one reaching it); nan without a positive.
+        O(n) after a fold; cached until the next ``update``."""
+        if self._best is None:
+            if self._pending():
+                self._fold()
+            if self._pos.values.size == 0:
+                self._best = (math.nan, math.nan)
+            else:
+                best, at = _best_f1(self._pos.values, self._neg.values)
+                self._best = (float(best), float(at))
+        return self._best
+
     def update(self, scores: npt.ArrayLike, y: npt.ArrayLike) -> None:
         """Append a batch of scores (any monotone scale: probabilities or logits) and 0/1 labels."""
         s = _as_1d_float(scores, "scores")
@@ -404,6 +441,7 @@ class ROCAUC:
         if self._pending() >= max(self.MIN_FOLD, n_sorted // self.FOLD_FRACTION):
             self._fold()
         self._cache = None
+        self._best = None
 
     @property
     def n_neg(self) -> int:
@@ -425,6 +463,7 @@ class ROCAUC:
         self.count = 0
         self.n_pos = 0
         self._cache = None
+        self._best = None
         self._dropped = 0  # sequence number of buffer position 0
         # the sorted scores hold exactly the pairs numbered [_folded_from, _folded_to),
         # whose twice U is _twice_u (None: not counted yet)
@@ -915,6 +954,191 @@ class TimeDecayedPopularity(_PopularityBase):
         return m
 
 
+# ----------------------------------------------------------------------------- precision, recall, F1
+
+
+def _f1(precision: float, recall: float) -> float:
+    return 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+class ThresholdedCounts:
+    """Precision, recall and F1 of the labelled events' progressive predictions, an event
+    being predicted positive when its probability is at least ``threshold``.
+
+    Counts events (unweighted, like :class:`ROCAUC`): precision = TP / (TP + FP),
+    recall = TP / (TP + FN), F1 = 2 TP / (2 TP + FP + FN); nan where a denominator is 0.
+    """
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = float(threshold)
+        self.tp = self.fp = self.fn = self.tn = 0
+
+    def update(self, p: npt.ArrayLike, y: npt.ArrayLike) -> None:
+        pa = _as_1d_float(p, "p")
+        positive = _labels(y, pa.shape[0], binary=True) == 1.0
+        predicted = pa >= self.threshold
+        self.tp += int(np.count_nonzero(predicted & positive))
+        self.fp += int(np.count_nonzero(predicted & ~positive))
+        self.fn += int(np.count_nonzero(~predicted & positive))
+        self.tn += int(np.count_nonzero(~predicted & ~positive))
+
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else math.nan
+
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else math.nan
+
+    def f1(self) -> float:
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else math.nan
+
+    def to_state(self) -> State:
+        return {"threshold": self.threshold, "tp": self.tp, "fp": self.fp, "fn": self.fn,
+                "tn": self.tn}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: State) -> ThresholdedCounts:
+        m = cls(float(state["threshold"]))
+        m.tp, m.fp = int(state["tp"]), int(state["fp"])
+        m.fn, m.tn = int(state["fn"]), int(state["tn"])
+        return m
+
+
+def top_rows(
+    scores: npt.ArrayLike, k: int, exclude: npt.ArrayLike, keep: int = -1
+) -> npt.NDArray[np.int64]:
+    """The k best rows of ``scores`` not in ``exclude`` (``keep`` is never excluded), best
+    first, ties to the lower row and NaN last: the rows :func:`rank_of` ranks 0..k-1."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    s = np.where(np.isnan(s), -np.inf, s)
+    allowed = np.ones(s.shape[0], bool)
+    allowed[np.asarray(exclude, np.int64).reshape(-1)] = False
+    if 0 <= keep < s.shape[0]:
+        allowed[keep] = True
+    idx = np.flatnonzero(allowed)
+    cs = s[idx]
+    if idx.shape[0] > k:
+        kth = np.partition(cs, idx.shape[0] - k)[idx.shape[0] - k]
+        above = idx[cs > kth]
+        idx = np.concatenate((above, idx[cs == kth][: k - above.shape[0]]))
+    out: npt.NDArray[np.int64] = idx[np.lexsort((idx, -s[idx]))].astype(np.int64)
+    return out
+
+
+class NextItemMetrics:
+    """Progressive precision@k, recall@k and F1@k of the next-item protocol.
+
+    An evaluated interaction of user u is ranked before it is learned; its relevant set
+    is the distinct items of u's next ``relevant_next`` interactions, this one first.
+    With h the relevant items among the k ranked first: precision@k = h / k, recall@k =
+    h / |relevant|, F1@k = 2 P R / (P + R) (0 when h = 0); each is the mean over the
+    evaluations whose relevant set is complete.  With ``relevant_next = 1`` the relevant
+    set is the held-out item alone, so h is HR@k's hit.  An evaluation waits for the
+    user's later interactions; at most ``max_pending`` wait, the oldest past that is
+    dropped (counted in ``expired``).
+    """
+
+    def __init__(self, k: int = 10, relevant_next: int = 1, max_pending: int = 100_000) -> None:
+        if k < 1 or relevant_next < 1 or max_pending < 1:
+            raise ValueError("k, relevant_next and max_pending must be >= 1")
+        self.k, self.relevant_next, self.max_pending = int(k), int(relevant_next), max_pending
+        self.count = 0
+        self.expired = 0
+        self.precision_sum = self.recall_sum = self.f1_sum = 0.0
+        self._next_id = 0
+        # id -> [user, relevant items (distinct, in order), interactions seen, top rows]
+        self._pending: dict[int, list[Any]] = {}
+        self._by_user: dict[str, list[int]] = {}
+
+    def begin(self, user: str, item: int) -> int:
+        """An evaluation of ``user``'s interaction with ``item`` (ranked later by
+        :meth:`ranked`); returns its id."""
+        if not user and self.relevant_next > 1:
+            return -1  # an anonymous visitor's next items cannot be followed
+        evaluation = self._next_id
+        self._next_id += 1
+        self._pending[evaluation] = [user, [item], 1, None]
+        self._by_user.setdefault(user, []).append(evaluation)
+        while len(self._pending) > self.max_pending:
+            self._drop(next(iter(self._pending)))
+            self.expired += 1
+        return evaluation
+
+    def observe(self, user: str, item: int) -> None:
+        """A later interaction of ``user``: it joins the relevant sets still collecting."""
+        for evaluation in list(self._by_user.get(user, ())):
+            entry = self._pending[evaluation]
+            if entry[2] >= self.relevant_next:
+                continue
+            entry[2] += 1
+            if item not in entry[1]:
+                entry[1].append(item)
+            self._finish_if_complete(evaluation)
+
+    def ranked(self, evaluation: int, top: npt.ArrayLike) -> None:
+        """The rows the model ranked first (at most k) for ``evaluation``."""
+        entry = self._pending.get(evaluation)
+        if entry is not None:
+            entry[3] = [int(r) for r in np.asarray(top).reshape(-1)[: self.k]]
+            self._finish_if_complete(evaluation)
+
+    def _finish_if_complete(self, evaluation: int) -> None:
+        _, relevant, seen, top = self._pending[evaluation]
+        if top is None or seen < self.relevant_next:
+            return
+        hits = len(set(top) & set(relevant))
+        precision, recall = hits / self.k, hits / len(relevant)
+        self.count += 1
+        self.precision_sum += precision
+        self.recall_sum += recall
+        self.f1_sum += _f1(precision, recall)
+        self._drop(evaluation)
+
+    def _drop(self, evaluation: int) -> None:
+        user = self._pending.pop(evaluation)[0]
+        ids = self._by_user[user]
+        ids.remove(evaluation)
+        if not ids:
+            del self._by_user[user]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def precision(self) -> float:
+        return self.precision_sum / self.count if self.count else math.nan
+
+    def recall(self) -> float:
+        return self.recall_sum / self.count if self.count else math.nan
+
+    def f1(self) -> float:
+        return self.f1_sum / self.count if self.count else math.nan
+
+    def to_state(self) -> State:
+        return {
+            "k": self.k,
+            "relevant_next": self.relevant_next,
+            "max_pending": self.max_pending,
+            "count": self.count,
+            "expired": self.expired,
+            "sums": [self.precision_sum, self.recall_sum, self.f1_sum],
+            "next_id": self._next_id,
+            "pending": [[e, *entry] for e, entry in self._pending.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: State) -> NextItemMetrics:
+        m = cls(int(state["k"]), int(state["relevant_next"]), int(state["max_pending"]))
+        m.count, m.expired = int(state["count"]), int(state["expired"])
+        m.precision_sum, m.recall_sum, m.f1_sum = (float(x) for x in state["sums"])
+        m._next_id = int(state["next_id"])
+        for evaluation, user, relevant, seen, top in state["pending"]:
+            top = None if top is None else [int(r) for r in top]
+            m._pending[int(evaluation)] = [str(user), [int(i) for i in relevant], int(seen), top]
+            m._by_user.setdefault(str(user), []).append(int(evaluation))
+        return m
+
+
 # ----------------------------------------------------------------------------- latencies
 
 
@@ -944,9 +1168,18 @@ class LatencyWindow:
 class ProgressiveMetrics:
     """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
 
-    def __init__(self, k: int = 10, popularity: bool = True, auc_window: int | None = None) -> None:
+    def __init__(
+        self,
+        k: int = 10,
+        popularity: bool = True,
+        auc_window: int | None = None,
+        relevant_next: int = 1,
+        threshold: float = 0.5,
+    ) -> None:
         self.logloss = Logloss()
         self.auc = ROCAUC(auc_window)
+        self.thresholded = ThresholdedCounts(threshold)
+        self.next_item = NextItemMetrics(k, relevant_next)
         self.mean_ctr = RunningMeanCTR()
         self.ranking = RankingMetrics(k)
         self.popularity = PopularityBaseline(k) if popularity else None
@@ -969,7 +1202,12 @@ class ProgressiveMetrics:
                 auc=self.auc.result(),
                 labelled=self.logloss.count,
                 baseline_mean_ctr_logloss=self.mean_ctr.result(),
+                threshold=self.thresholded.threshold,
+                precision=self.thresholded.precision(),
+                recall=self.thresholded.recall(),
+                f1=self.thresholded.f1(),
             )
+            out["best_f1"], out["best_f1_threshold"] = self.auc.best_f1()
         if self.ranking.count:
             out.update(
                 {
@@ -984,6 +1222,19 @@ class ProgressiveMetrics:
             for name, metrics in self.signals.items():
                 out[f"signal_{name}_hr@{self.k}"] = metrics.hit_rate()
                 out[f"signal_{name}_ndcg@{self.k}"] = metrics.ndcg()
+        next_item = self.next_item
+        if next_item.count or next_item.pending:
+            out.update(
+                {
+                    f"precision@{self.k}": next_item.precision(),
+                    f"recall@{self.k}": next_item.recall(),
+                    f"f1@{self.k}": next_item.f1(),
+                    "relevant_next": next_item.relevant_next,
+                    "next_item_evaluated": next_item.count,
+                    "next_item_pending": next_item.pending,
+                    "next_item_expired": next_item.expired,
+                }
+            )
         return out
 
     STATE_VERSION: ClassVar[int] = 1
@@ -996,6 +1247,8 @@ class ProgressiveMetrics:
             "ranking": self.ranking.to_state(),
             "popularity_ranking": self.popularity_ranking.to_state(),
             "signals": {name: m.to_state() for name, m in self.signals.items()},
+            "thresholded": self.thresholded.to_state(),
+            "next_item": self.next_item.to_state(),
         }
         if self.popularity is not None:
             state["popularity"] = self.popularity.to_state()
@@ -1010,3 +1263,12 @@ class ProgressiveMetrics:
         self.signals = {n: RankingMetrics.from_state(s) for n, s in state["signals"].items()}
         if "popularity" in state:
             self.popularity = PopularityBaseline.from_state(state["popularity"])
+        # a snapshot from before these metrics, or of another threshold / relevant set,
+        # leaves them counting from here
+        thresholded = state.get("thresholded")
+        if thresholded is not None and thresholded["threshold"] == self.thresholded.threshold:
+            self.thresholded = ThresholdedCounts.from_state(thresholded)
+        next_item = state.get("next_item")
+        settings = (self.next_item.k, self.next_item.relevant_next)
+        if next_item is not None and (next_item["k"], next_item["relevant_next"]) == settings:
+            self.next_item = NextItemMetrics.from_state(next_item)

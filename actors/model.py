@@ -257,7 +257,9 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         factors=FactorStore(fp) if fp is not None else None,
         catalog=catalog,
         users=UserState(recent_len=config.model.history, sequence_len=sp.window if sp else 0),
-        metrics=ProgressiveMetrics(t.rank_k, t.popularity_baseline, t.auc_window or None),
+        metrics=ProgressiveMetrics(
+            t.rank_k, t.popularity_baseline, t.auc_window or None, t.relevant_next, t.threshold
+        ),
         labels=DelayedLabelJoiner(lab.window_s, lab.max_pending, lab.late, clock),
         sequence=SequenceSignals(space, catalog, sp, config.sequence.trend_half_lives_s)
         if sp

@@ -30,7 +30,7 @@ from actors.features import (
 from actors.ftrl import GradientAggregator
 from actors.hasher import take_rows
 from actors.learner import split_by_shard
-from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of
+from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model
 from actors.signals import SignalEvents, append_entries
 from runtime.actor import Actor
@@ -68,7 +68,8 @@ class UserWalk:
     def __init__(self, events: int) -> None:
         self.recent: list[tuple[int, ...]] = []  # recent distinct items (the h.item features)
         self.sequences: list[tuple[int, ...]] = []  # the last items, for the signals
-        self.ranked: list[tuple[int, np.ndarray]] = []  # (event, rows the user already saw)
+        # (event, rows the user already saw, its next-item evaluation)
+        self.ranked: list[tuple[int, np.ndarray, int]] = []
         self.rank_slot = np.full(events, -1, np.int64)  # its slot in the chunk's values
 
 
@@ -292,6 +293,7 @@ class TrainerActor(Actor):
         if evaluated.any():
             self.metrics.logloss.update(scores[evaluated], labels[evaluated], weights[evaluated])
             self.metrics.auc.update(scores[evaluated], labels[evaluated])
+            self.metrics.thresholded.update(scores[evaluated], labels[evaluated])
             self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
         self.model.stream.rows += int(labels.size)
         return step
@@ -350,19 +352,20 @@ class TrainerActor(Actor):
                 hard = (self.hard_negatives, known, seed)
                 values, ranked = sequence.walk(part, len(self.catalog), hard)
                 rows.signals[events.row_first[lo] : events.row_first[hi]] = values
-            for r, exclude in walk.ranked:
+            for r, exclude, evaluation in walk.ranked:
                 if lo <= r < hi:
                     signals = ranked[walk.rank_slot[r]] if ranked is not None else None
                     self._evaluate_ranking(
-                        user.row(r), signals, int(batch.item_rows[r]), exclude, known
+                        user.row(r), signals, int(batch.item_rows[r]), exclude, known, evaluation
                     )
         return user
 
     def _follow_users(self, batch: FeatureBatch, known: int) -> UserWalk:
         """Each event's user as of that event (recent items, sequence, what they saw
         when it is ranked), the popularity baseline's test-then-train; then the event
-        joins the user's history."""
-        users, popularity = self.users, self.metrics.popularity
+        joins the user's history and the relevant sets of the user's earlier next-item
+        evaluations."""
+        users, popularity, next_item = self.users, self.metrics.popularity, self.metrics.next_item
         names = batch.users or [""] * len(batch)
         walk = UserWalk(len(batch))
         for r, item in enumerate(batch.item_rows.tolist()):
@@ -373,11 +376,13 @@ class TrainerActor(Actor):
                 walk.sequences.append(())
                 continue
             walk.sequences.append(tuple(users.sequences.get(name, ())) if name else ())
+            if name:
+                next_item.observe(name, item)
             if batch.rank_eval[r]:
                 seen = users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
                 walk.rank_slot[r] = len(walk.ranked) % self._ranked_per_chunk()
-                walk.ranked.append((r, exclude))
+                walk.ranked.append((r, exclude, next_item.begin(name, item)))
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
                         popularity.evaluate(exclude, item, known)
@@ -422,17 +427,22 @@ class TrainerActor(Actor):
         item: int,
         exclude: np.ndarray,
         known: int,
+        evaluation: int,
     ) -> None:
         """The rank of ``item`` among the ``known`` catalog rows, by the model and by each
-        sequence signal alone (``signals``: their whole-catalog values for this event)."""
+        sequence signal alone (``signals``: their whole-catalog values for this event),
+        and the model's top rows for the next-item ``evaluation``."""
         candidates = np.arange(known) if known < len(self.catalog) else None
         scores = score_items(self.space, row, self.catalog, self.store.w, candidates, self.scorer)
         sequence = self.model.sequence
+        if sequence is not None and signals is not None:
+            signals = signals[:, : scores.size]
+            scores += sequence.logits(self.store.w, signals)
+        top = top_rows(scores, self.metrics.next_item.k, exclude, keep=item)
+        self.metrics.next_item.ranked(evaluation, top)
         if sequence is None or signals is None:
             self.metrics.ranking.update(rank_of(scores, item, exclude))
             return
-        signals = signals[:, : scores.size]
-        scores += sequence.logits(self.store.w, signals)
         ranks = ranks_of(np.vstack([scores[None, :], signals]), item, exclude).tolist()
         self.metrics.ranking.update(ranks[0])
         for name, rank in zip(sequence.names, ranks[1:], strict=True):

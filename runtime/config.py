@@ -125,8 +125,16 @@ class TrainingConfig:
     exclude_seen: bool = True
     popularity_baseline: bool = True
     auc_window: int = 1_000_000
+    # precision@k / recall@k / F1@k: the relevant set is the user's next N items
+    relevant_next: int = 1
+    # precision / recall / F1 of labelled events: predicted positive at p >= threshold
+    threshold: float = 0.5
 
     def check(self) -> None:
+        _require(1 <= self.relevant_next <= 1000, "training.relevant_next", "must be in 1..1000",
+                 self.relevant_next)  # fmt: skip
+        _require(0 <= self.threshold <= 1, "training.threshold", "must be in [0, 1]",
+                 self.threshold)  # fmt: skip
         _require(1 <= self.shards <= 1024, "training.shards", "must be in 1..1024", self.shards)
         _require(self.batch_size >= 1, "training.batch_size", "must be >= 1", self.batch_size)
         _require(

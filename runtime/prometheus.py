@@ -28,6 +28,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 EVENTS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000, 100000)
 OTHER = "other"
 _RANK_METRIC = re.compile(r"^(baseline_popularity_)?(hr|ndcg)@(\d+)$")
+_NEXT_ITEM_METRIC = re.compile(r"^(precision|recall|f1)@(\d+)$")
 
 
 class HTTPMetrics:
@@ -290,6 +291,30 @@ def _progressive(out: _Families, metrics: Mapping[str, Any]) -> None:
         name = "freshrank_progressive_hit_rate" if kind == "hr" else "freshrank_progressive_ndcg"
         doc = f"Progressive {'hit rate' if kind == 'hr' else 'NDCG'} at k (model or baseline)"
         out.add(GAUGE, name, doc, value, k=k, model=model)
+    relevant = str(metrics.get("relevant_next", ""))
+    for key, value in metrics.items():
+        match = _NEXT_ITEM_METRIC.match(key)
+        if match is not None:
+            kind, k = match.groups()
+            name = f"freshrank_progressive_next_item_{kind}"
+            doc = f"Progressive {kind} at k of the next-item protocol (relevant: next N items)"
+            out.add(GAUGE, name, doc, value, k=k, relevant_next=relevant)
+    out.add(COUNTER, "freshrank_progressive_next_item_evaluated_total",
+            "Next-item evaluations whose relevant set was complete",
+            metrics.get("next_item_evaluated"))  # fmt: skip
+    out.add(GAUGE, "freshrank_progressive_next_item_pending",
+            "Next-item evaluations waiting for the user's next items",
+            metrics.get("next_item_pending"))  # fmt: skip
+    threshold = str(metrics.get("threshold", ""))
+    for kind in ("precision", "recall", "f1"):
+        out.add(GAUGE, f"freshrank_progressive_labelled_{kind}",
+                f"Progressive {kind} of labelled events, positive at p >= threshold",
+                metrics.get(kind), threshold=threshold)  # fmt: skip
+    out.add(GAUGE, "freshrank_progressive_labelled_best_f1",
+            "F1 of labelled events at the threshold maximising it over the AUC window",
+            metrics.get("best_f1"))  # fmt: skip
+    out.add(GAUGE, "freshrank_progressive_labelled_best_f1_threshold",
+            "The threshold maximising F1 over the AUC window", metrics.get("best_f1_threshold"))  # fmt: skip
 
 
 def _shards(out: _Families, learners: list[Any]) -> None:
