@@ -93,7 +93,8 @@ def rates(now: Values, before: Values, seconds: float) -> Values:
 
 
 def quality(stats: Stats) -> Values:
-    """Progressive metrics: logloss and AUC of the CTR model, HR/NDCG@k against popularity."""
+    """Progressive metrics: logloss and AUC of the CTR model, HR/NDCG@k against popularity,
+    precision, recall and F1."""
     metrics = stats.get("metrics") or {}
     out: Values = {
         "logloss/model": number(metrics, "logloss"),
@@ -107,6 +108,14 @@ def quality(stats: Stats) -> Values:
                 continue
             out[f"ranking/{label}HR@{k}"] = number(metrics, f"{source}hr@{k}")
             out[f"ranking/{label}NDCG@{k}"] = number(metrics, f"{source}ndcg@{k}")
+    for key in sorted(metrics):  # next-item precision@k, recall@k, F1@k
+        name, _, k = key.partition("@")
+        if name in ("precision", "recall", "f1") and k.isdigit():
+            out[f"f1/{'F1' if name == 'f1' else name}@{k}"] = number(metrics, key)
+    for key, label in (("precision", "labelled precision"), ("recall", "labelled recall"),
+                       ("f1", "labelled F1"), ("best_f1", "labelled best F1")):  # fmt: skip
+        if key in metrics:
+            out[f"f1/{label}"] = number(metrics, key)
     return out
 
 

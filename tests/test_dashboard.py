@@ -42,7 +42,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-CHARTS = ("throughput", "logloss", "auc", "ranking", "freshness", "queues", "shards")
+CHARTS = ("throughput", "logloss", "auc", "ranking", "f1", "freshness", "queues", "shards")
 GENRES = ("drama", "war", "comedy", "noir", "western", "musical")
 N_ITEMS = 40
 N_USERS = 30
@@ -141,6 +141,11 @@ def fake_stats(events: int, shards: int = 1) -> dict[str, Any]:
             "ndcg@10": 0.2,
             "baseline_popularity_hr@10": 0.25,
             "baseline_popularity_ndcg@10": 0.15,
+            "precision@10": 0.03,
+            "recall@10": 0.3,
+            "f1@10": 0.05,
+            "f1": 0.4,
+            "best_f1": 0.45,
         },
     }
 
@@ -171,6 +176,13 @@ def test_history_samples_at_most_once_per_interval_and_computes_rates() -> None:
         "ranking/popularity NDCG@10": 0.15,
     }
     assert list(ranking)[:2] == ["ranking/HR@10", "ranking/NDCG@10"]  # the model first
+    assert {key: value for key, value in values.items() if key.startswith("f1/")} == {
+        "f1/precision@10": 0.03,
+        "f1/recall@10": 0.3,
+        "f1/F1@10": 0.05,
+        "f1/labelled F1": 0.4,
+        "f1/labelled best F1": 0.45,
+    }
     assert values["queues/events"] == 2
 
 

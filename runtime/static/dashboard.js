@@ -11,6 +11,7 @@
     { id: "logloss", title: "Progressive logloss", unit: "lower is better" },
     { id: "auc", title: "Progressive AUC", unit: "labelled events" },
     { id: "ranking", title: "Hit rate and NDCG", unit: "rank-evaluated events" },
+    { id: "f1", title: "Precision, recall and F1", unit: "next-item at k; labelled events" },
     { id: "freshness", title: "Freshness latency", unit: "ms, event to learned weights" },
     { id: "queues", title: "Queue depths", unit: "messages waiting per channel" },
     { id: "shards", title: "Shard sizes", unit: "non-zero weights per learner shard" },
