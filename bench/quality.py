@@ -21,8 +21,10 @@
   HR@10 over the best peer's.
 * **Criteo sample** (``../shared/data/criteo-sample``): train, dev, test rows in that
   order; progressive (predict, then learn) logloss and AUC for freshrank (``freshrank
-  replay --format criteo``'s reader and pipeline over the three files), VW settings,
-  River LR-FTRL and the running-mean CTR.
+  replay --format criteo``'s reader and pipeline over the three files) with its
+  config's learner (FTRL by default) and with plain SGD (``[optimizer] kind = "sgd"``,
+  ``FRESHRANK_SGD_SETTINGS``; ``--skip sgd`` leaves them out), VW settings, River
+  LR-FTRL and the running-mean CTR.
 
 Targets (issue 4): HR@10 ≥ 1.2 × the best peer; Criteo logloss ≤ the best VW setting.
 Writes ``bench/out/quality.json``.  freshrank's config is its defaults plus
@@ -110,6 +112,7 @@ PEER_GROUPS = (
     "river",
     "funkmf",
     "rtrec",
+    "sgd",
 )
 # refit a whole model every N events: minutes per data set, left out by --quick
 HEAVY_GROUPS = ("ease", "ials")
@@ -161,6 +164,13 @@ VW_ML_SETTINGS = {
     "VW --ftrl (VW's α 0.005, β 0.1), crosses": "--ftrl {crosses}",
     "VW --ftrl α 0.1 β 1 (freshrank's), crosses": VW_FTRL_MATCHED + " {crosses}",
     "VW default learner, crosses + --lrq ui8": "{crosses} --lrq ui8",
+}
+# freshrank's plain-SGD learners (``[optimizer]``) next to its default FTRL on the CTR sets
+FRESHRANK_SGD_SETTINGS = {
+    "freshrank SGD adagrad η 0.05": {"kind": "sgd", "rate": "adagrad", "eta": 0.05},
+    "freshrank SGD adagrad η 0.1": {"kind": "sgd", "rate": "adagrad", "eta": 0.1},
+    "freshrank SGD invsqrt η 0.005": {"kind": "sgd", "rate": "invsqrt", "eta": 0.005},
+    "freshrank SGD constant η 0.003": {"kind": "sgd", "rate": "constant", "eta": 0.003},
 }
 VW_CRITEO_SETTINGS = {
     "VW default learner (-l 0.5)": "",
@@ -233,7 +243,7 @@ def freshrank_in_process(config: Config, paths: Sequence[Path], fmt: str) -> dic
     result = asyncio.run(_replay(config, chunks))
     result["wall_seconds"] = round(time.perf_counter() - started, 3)
     settings = config.to_dict()
-    result["config"] = {key: settings[key] for key in ("model", "ftrl", "training")}
+    result["config"] = {key: settings[key] for key in ("model", "ftrl", "optimizer", "training")}
     return result
 
 
@@ -466,13 +476,27 @@ def run_criteo(args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -
         config = Config.from_dict(freshrank_settings(overrides, tmp))
         print(f"Criteo ({folder}, {' + '.join(CRITEO_FILES)}): freshrank replay ...", flush=True)
         fresh = freshrank_in_process(config, paths, "criteo")
+        fresh["name"] = f"freshrank ({config.optimizer.kind.upper()}, the config's learner)"
+        learners = []
+        for name, optimizer in FRESHRANK_SGD_SETTINGS.items() if "sgd" not in args.skip else ():
+            settings = freshrank_settings(overrides | {"optimizer": optimizer}, tmp)
+            print(f"Criteo: {name} ...", flush=True)
+            result = freshrank_in_process(Config.from_dict(settings), paths, "criteo")
+            learners.append({**result, "name": name})
     rows = load_criteo(paths)
     with contextlib.ExitStack() as stack:
         results = run_ctr(rows, ctr_peers(stack, args, config))
-    return ctr_report(fresh, results, len(rows))
+    return ctr_report(fresh, results, len(rows), learners)
 
 
-def ctr_report(fresh: dict[str, Any], results: list[CTRResult], n: int) -> dict[str, Any]:
+def ctr_report(
+    fresh: dict[str, Any],
+    results: list[CTRResult],
+    n: int,
+    sgd: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The table and JSON of a CTR set: freshrank with its config's learner, freshrank's
+    SGD settings (``sgd``) and the peers, by progressive logloss and AUC."""
     logloss = fresh.get("logloss", math.nan)
     mean_ctr = next((r for r in results if r.name == "running-mean CTR"), None)
     checks: dict[str, Any] = {}
@@ -489,7 +513,10 @@ def ctr_report(fresh: dict[str, Any], results: list[CTRResult], n: int) -> dict[
     verdict = ratio(logloss, best_vw.logloss) if best_vw else math.nan
     print(f"\nCriteo sample: {n:,} rows (train, dev, test), progressive logloss and AUC")
     print(f"{'system':<52} {'logloss':>8} {'AUC':>7} {'s':>6} {'fr ÷':>6}")
-    table = [("freshrank", logloss, fresh.get("auc", math.nan), fresh["wall_seconds"])]
+    fresh_name = fresh.get("name", "freshrank")
+    table = [(fresh_name, logloss, fresh.get("auc", math.nan), fresh["wall_seconds"])]
+    table += [(s["name"], s.get("logloss", math.nan), s.get("auc", math.nan), s["wall_seconds"])
+              for s in sgd]  # fmt: skip
     table += [(r.name, r.logloss, r.auc, r.seconds) for r in results]
     for name, loss, auc, seconds in table:
         print(f"{name:<52} {loss:>8.5f} {auc:>7.4f} {seconds:>6.1f} {ratio(logloss, loss):>6.3f}")
@@ -501,10 +528,19 @@ def ctr_report(fresh: dict[str, Any], results: list[CTRResult], n: int) -> dict[
         print(f"target logloss ≤ best VW setting: {met}")
     if best is not None:
         print(f"best peer overall: {best.name} ({best.logloss:.5f})")
+    best_sgd = min(sgd, key=lambda s: s.get("logloss", math.inf), default=None)
+    if best_sgd is not None:
+        print(
+            f"best freshrank SGD: {best_sgd['name']} ({best_sgd['logloss']:.5f}) vs {fresh_name}"
+            f" ({logloss:.5f})"
+        )
     print(f"checks: {checks}")
     return {
         "rows": n,
         "freshrank": fresh,
+        "freshrank_sgd": list(sgd),
+        "best_freshrank_sgd": best_sgd["name"] if best_sgd else None,
+        "sgd_beats_config_learner": bool(best_sgd and best_sgd["logloss"] < logloss),
         "peers": [vars(r) for r in results],
         "best_vw": best_vw.name if best_vw else None,
         "freshrank_over_best_vw": verdict,
