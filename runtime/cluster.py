@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -48,7 +49,14 @@ from runtime.admission import Admission
 from runtime.config import Config
 from runtime.front import IngestResult, context_features, payload_text, split_events
 from runtime.kafka import KafkaChannel, KafkaTransport
-from runtime.messages import DeadLetters, EventBatch, GradBatch, WeightDelta
+from runtime.messages import (
+    DeadLetters,
+    EventBatch,
+    FeatureBatch,
+    GradBatch,
+    UserRecommendations,
+    WeightDelta,
+)
 from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
 from runtime.transport import Envelope
@@ -178,17 +186,85 @@ class ItemsFollower(Actor):
             await self._progress.wait()
 
 
-class EventsWorker(Actor):
-    """events record → featurize → train → gradients acknowledged → commit the offset."""
+class RecommendationSink:
+    """After each learned batch, the fresh top ``sink.k`` of every user the batch touched,
+    to ``<prefix>.recommendations``, one record per user keyed by the user id, with the
+    model version the list reflects (:class:`UserRecommendations`)."""
 
     def __init__(
-        self, model: Model, trainer: TrainerActor, items: ItemsFollower, inbox: KafkaChannel
+        self,
+        model: Model,
+        trainer: TrainerActor,
+        items: ItemsFollower,
+        transport: KafkaTransport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = model.config.sink
+        self.ranker = model.ranker(exploration=False)
+        self.trainer = trainer
+        self.items = items
+        self.items_partitions = model.config.kafka.items_partitions
+        self.weights = transport.channel("weights")
+        self.channel = transport.channel("recommendations")
+        self.clock = clock
+        self.last_published: dict[str, float] = {}
+        self.published = 0
+        self.rate_limited = 0
+
+    async def publish(self, batch: FeatureBatch, position: tuple[int, int]) -> None:
+        await self.trainer.learned.wait_for(batch.seq)
+        # every list is computed before the first send: a send yields, and the replica
+        # may apply another trainer's deltas meanwhile
+        weights = [self.weights.positions.get(p, -1) for p in range(self.weights.partitions)]
+        items = [self.items.upto.get(p, -1) for p in range(self.items_partitions)]
+        now, interval = self.clock(), self.settings.min_interval_s
+        lists = []
+        for user in dict.fromkeys(u for u in batch.users if u):
+            if interval and now - self.last_published.get(user, -math.inf) < interval:
+                self.rate_limited += 1
+                continue
+            self.last_published[user] = now
+            top = self.ranker.recommend(user, self.settings.k)
+            lists.append(
+                UserRecommendations(
+                    user=user,
+                    items=[entry["item"] for entry in top],
+                    scores=[float(entry["score"]) for entry in top],
+                    seq=batch.seq,
+                    trainer=self.trainer.name,
+                    events_partition=position[0],
+                    events_offset=position[1],
+                    weights_offsets=weights,
+                    items_offsets=items,
+                    created_at=time.time(),
+                )
+            )
+        for message in lists:
+            await self.channel.send(message, record_key=message.user.encode())
+            self.published += 1
+
+    def statistics(self) -> dict[str, Any]:
+        return {"published": self.published, "rate_limited": self.rate_limited}
+
+
+class EventsWorker(Actor):
+    """events record → featurize → train → gradients acknowledged → (fresh lists to the
+    recommendations sink) → commit the offset."""
+
+    def __init__(
+        self,
+        model: Model,
+        trainer: TrainerActor,
+        items: ItemsFollower,
+        inbox: KafkaChannel,
+        sink: RecommendationSink | None = None,
     ) -> None:
         super().__init__("events", inbox)
         self.featurizer = model.featurizer()
         self.trainer = trainer
         self.items = items
         self.channel = inbox
+        self.sink = sink
         self.records = 0
 
     async def handle_envelope(self, envelope: Envelope) -> None:
@@ -196,7 +272,10 @@ class EventsWorker(Actor):
         assert envelope.position is not None
         message.source_partition, message.source_offset = envelope.position
         await self.items.wait_for(message.items_upto)
-        await self.trainer.handle(self.featurizer.featurize(message))
+        features = self.featurizer.featurize(message)
+        await self.trainer.handle(features)
+        if self.sink is not None:
+            await self.sink.publish(features, envelope.position)
         await self.channel.commit(envelope.position)
         self.records += 1
 
@@ -230,11 +309,17 @@ async def run_trainer(config: Config, index: int) -> int:
         model, inbox=None, grads=grads, weights=channel("weights"), name=name, shared_replica=False
     )
     items = ItemsFollower(model, channel("items"))
-    events = EventsWorker(model, trainer, items, channel("events"))
+    sink = (
+        RecommendationSink(model, trainer, items, transport)
+        if config.sink.recommendations
+        else None
+    )
+    events = EventsWorker(model, trainer, items, channel("events"), sink)
 
     def stats() -> dict[str, Any]:
         return {
             "trainer": trainer.statistics(),
+            "sink": sink.statistics() if sink is not None else None,
             "events_records": events.records,
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),
@@ -411,6 +496,10 @@ class ClusterFront:
             "users": len(self.users.history),
             "weight_deltas": self.deltas,
             "followed_events": self.followed_events,
+            # the model version of the replicas: the last record applied per partition
+            "followed_offsets": {
+                name: self._offsets(name) for name in ("weights", "items", "events")
+            },
             "freshness": self.freshness.summary(),
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),
@@ -418,6 +507,10 @@ class ClusterFront:
             "components": self.model.component_statistics(),
             "failed": repr(failure) if failure else None,
         }
+
+    def _offsets(self, topic: str) -> list[int]:
+        channel = self.transport.channel(topic)
+        return [channel.positions.get(p, -1) for p in range(channel.partitions)]
 
 
 class Follower(Actor):

@@ -387,6 +387,24 @@ class KafkaConfig:
 
 
 @dataclass
+class SinkConfig:
+    """Cluster mode: what trainers publish besides the gradients (``<prefix>.recommendations``)."""
+
+    # after each learned batch, the fresh top k of every user the batch touched, one
+    # record per user keyed by the user id (a compacted topic keeps each user's latest)
+    recommendations: bool = False
+    k: int = 10
+    min_interval_s: float = 0.0  # a user's list is published at most this often (0: always)
+    partitions: int = 1  # of the recommendations topic
+
+    def check(self) -> None:
+        _require(1 <= self.k <= 1000, "sink.k", "must be in 1..1000", self.k)
+        _require(0 <= self.min_interval_s < float("inf"), "sink.min_interval_s",
+                 "must be finite seconds >= 0", self.min_interval_s)  # fmt: skip
+        _require(self.partitions >= 1, "sink.partitions", "must be >= 1", self.partitions)
+
+
+@dataclass
 class ClusterConfig:
     """How many processes of each role `freshrank launch` starts (shards: training.shards)."""
 
@@ -507,6 +525,7 @@ class Config:
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)

@@ -66,6 +66,11 @@ def topic_layout(config: Config) -> dict[str, TopicSpec]:
         "weights": TopicSpec(shards),
         "items": TopicSpec(config.kafka.items_partitions, compacted=True),
         "dlq": TopicSpec(1),
+        **(
+            {"recommendations": TopicSpec(config.sink.partitions, compacted=True)}
+            if config.sink.recommendations
+            else {}
+        ),
     }
 
 
@@ -207,12 +212,19 @@ class KafkaChannel(Channel):
         """Start receiving this partition at ``offset`` (before the first recv)."""
         self.start_offset = offset
 
-    async def send(self, message: Any, key: int | None = None) -> None:
+    async def send(
+        self, message: Any, key: int | None = None, record_key: bytes | None = None
+    ) -> None:
+        """``key``: the partition, modulo the partitions; ``record_key``: the record's Kafka
+        key (a compacted topic keeps each key's latest record), which also picks the
+        partition by Kafka's own hash when ``key`` is None."""
         data = encode_message(message)
         partition = self.partition
         if partition is None and key is not None:
             partition = key % self.partitions
-        meta = await self.transport.producer().send_and_wait(self.topic, data, partition=partition)
+        meta = await self.transport.producer().send_and_wait(
+            self.topic, data, key=record_key, partition=partition
+        )
         self.last_sent = (meta.partition, meta.offset)
         self.sent += 1
         self.bytes += len(data)

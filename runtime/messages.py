@@ -156,6 +156,33 @@ class WeightDelta:
 
 @register_message
 @dataclass
+class UserRecommendations:
+    """One user's fresh top k, published by a cluster trainer after a learned batch that
+    touched the user (``sink.recommendations``).  One user per record, unlike the other
+    messages: the topic is compacted by user, so it holds each user's latest list.
+
+    The model version it reflects: the last record of each weights partition and of
+    each items partition the trainer's replicas had applied, and the events record
+    (``events_partition``, ``events_offset``) whose batch was just learned.
+    """
+
+    KIND: ClassVar[str] = "user_recommendations"
+    VERSION: ClassVar[int] = 1
+
+    user: str
+    items: list[str]
+    scores: list[float]
+    seq: int
+    trainer: str
+    events_partition: int
+    events_offset: int
+    weights_offsets: list[int]
+    items_offsets: list[int]
+    created_at: float
+
+
+@register_message
+@dataclass
 class DeadLetters:
     """Rejected input with the reason each was rejected."""
 

@@ -1,0 +1,113 @@
+"""The recommendations sink of cluster mode (``[sink] recommendations``), over a real
+broker: after each learned batch a trainer publishes the fresh top k of every user the
+batch touched, keyed by user, and each list equals what ``GET /v1/recommend`` answers
+for that user once the ranker's replicas are at the list's model version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from runtime.codec import decode_message
+from runtime.config import Config
+from runtime.messages import UserRecommendations
+from tests.conftest import Broker
+from tests.test_cluster import cluster_config, processes
+
+K = 5
+ITEMS = [
+    {"item": f"{genre}-{k}", "item_features": {"genre": [genre]}}
+    for genre in ("war", "comedy", "noir")
+    for k in range(8)
+]
+STEPS = [
+    [{"user": "alice", "item": "war-0"}, {"user": "bob", "item": "comedy-1"}],
+    [{"user": "alice", "item": "war-1", "label": 1}, {"user": "carol", "item": "noir-2"}],
+    [{"user": "bob", "item": "comedy-2"}, {"user": "bob", "item": "comedy-3", "label": 0}],
+    [{"user": "alice", "item": "war-2"}, {"user": "carol", "item": "noir-3"},
+     {"user": "dave", "item": "war-3"}],
+    [{"user": "carol", "item": "comedy-4"}, {"user": "alice", "item": "noir-5"}],
+]  # fmt: skip
+
+
+async def next_lists(consumer: AIOKafkaConsumer, users: set[str]) -> list[UserRecommendations]:
+    """The records published for one batch: one per distinct user it touched."""
+    lists: list[UserRecommendations] = []
+    while len(lists) < len(users):
+        record = await asyncio.wait_for(consumer.getone(), 60.0)
+        message = decode_message(record.value or b"")
+        assert isinstance(message, UserRecommendations)
+        assert record.key == message.user.encode()  # keyed by user: compaction keeps the latest
+        lists.append(message)
+    assert {m.user for m in lists} == users
+    assert (
+        len({(m.events_partition, m.events_offset, tuple(m.weights_offsets)) for m in lists}) == 1
+    )
+    return lists
+
+
+async def ranker_at(http: Any, url: str, version: UserRecommendations) -> dict[str, Any]:
+    """The ranker's statistics once its replicas have applied exactly the list's version."""
+    want = {"weights": version.weights_offsets, "items": version.items_offsets}
+    stats: dict[str, Any] = {}
+    for _ in range(1200):  # another process's progress, seen only through its statistics
+        async with http.get(f"{url}/v1/stats") as resp:
+            stats = await resp.json()
+        offsets = stats["followed_offsets"]
+        events = offsets["events"][version.events_partition]
+        if {key: offsets[key] for key in want} == want and events == version.events_offset:
+            return stats
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the ranker did not reach {version}: {stats}")
+
+
+async def test_each_published_list_equals_the_rankers_answer_at_its_model_version(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    import aiohttp
+
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 2, "sync": True},
+        http={"port": 0}, sink={"recommendations": True, "k": K},
+    )  # fmt: skip
+    config = Config.load(path)
+    roles = [("shard", 0), ("shard", 1), ("trainer", 0), ("ranker", 0)]
+    async with processes(path, *roles) as procs:
+        url = procs["ranker-0"].ready_line.split()[3]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(f"{topic_prefix}.recommendations", 0)])
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{url}/v1/events", json=ITEMS) as resp:
+                    assert resp.status == 200
+                compared = 0
+                for step, clicks in enumerate(STEPS):
+                    async with http.post(f"{url}/v1/events", json=clicks) as resp:
+                        assert resp.status == 200 and (await resp.json())["accepted"] == len(clicks)
+                    lists = await next_lists(consumer, {c["user"] for c in clicks})
+                    await ranker_at(http, url, lists[0])
+                    for message in lists:
+                        params = {"user": message.user, "k": str(K)}
+                        async with http.get(f"{url}/v1/recommend", params=params) as resp:
+                            served = (await resp.json())["items"]
+                        assert [it["item"] for it in served] == message.items, (step, message)
+                        np.testing.assert_allclose(
+                            [it["score"] for it in served], message.scores, rtol=0, atol=1e-9
+                        )
+                        assert len(message.items) == K
+                        compared += 1
+            assert compared == sum(len({c["user"] for c in clicks}) for clicks in STEPS) == 10
+        finally:
+            await consumer.stop()
+        for proc in procs.values():
+            assert await proc.stop() == 0, proc.log.read_text()[-2000:]
+    trainer = json.loads((Path(config.cluster.checkpoint_dir) / "trainer-0.json").read_text())
+    assert trainer["sink"] == {"published": 10, "rate_limited": 0}
