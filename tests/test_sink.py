@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from actors.model import build_model
+from actors.trainer import Watermark
+from runtime.cluster import RecommendationSink
 from runtime.codec import decode_message
 from runtime.config import Config
 from runtime.messages import UserRecommendations
@@ -111,3 +115,47 @@ async def test_each_published_list_equals_the_rankers_answer_at_its_model_versio
             assert await proc.stop() == 0, proc.log.read_text()[-2000:]
     trainer = json.loads((Path(config.cluster.checkpoint_dir) / "trainer-0.json").read_text())
     assert trainer["sink"] == {"published": 10, "rate_limited": 0}
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.partitions = 2
+        self.positions = {0: 7}
+        self.sent: list[tuple[Any, bytes | None]] = []
+
+    async def send(
+        self, message: Any, key: int | None = None, record_key: bytes | None = None
+    ) -> None:
+        self.sent.append((message, record_key))
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.channels: dict[str, FakeChannel] = {}
+
+    def channel(self, name: str) -> FakeChannel:
+        return self.channels.setdefault(name, FakeChannel())
+
+
+async def test_a_users_list_is_published_at_most_every_min_interval() -> None:
+    config = Config.from_dict(
+        {"model": {"bits": 12, "factor_bits": 10}, "sink": {"recommendations": True,
+                                                            "min_interval_s": 10.0}}
+    )  # fmt: skip
+    model = build_model(config)
+    now = [100.0]
+    trainer = SimpleNamespace(learned=Watermark(50), name="trainer-x")
+    items = SimpleNamespace(upto={0: 3})
+    transport = FakeTransport()
+    sink = RecommendationSink(model, trainer, items, transport, clock=lambda: now[0])  # type: ignore[arg-type]
+    for seq, users, at in ((1, ["a", "b", "a"], 100.0), (2, ["a", "c"], 105.0), (3, ["a"], 110.0)):
+        now[0] = at
+        await sink.publish(SimpleNamespace(users=users, seq=seq), (1, seq + 40))  # type: ignore[arg-type]
+    sent = transport.channels["recommendations"].sent
+    assert [(m.user, m.seq, key) for m, key in sent] == [
+        ("a", 1, b"a"), ("b", 1, b"b"), ("c", 2, b"c"), ("a", 3, b"a")
+    ]  # fmt: skip
+    assert sink.statistics() == {"published": 4, "rate_limited": 1}
+    first = sent[0][0]
+    assert (first.weights_offsets, first.items_offsets) == ([7, -1], [3])
+    assert (first.events_partition, first.events_offset, first.trainer) == (1, 41, "trainer-x")
