@@ -204,6 +204,8 @@ class TrainerActor(Actor):
         self.factor_step = FactorAggregator(self.space.size, size) if self.factors else None
         self.scorer = FactorScorer(self.factors) if self.factors else None
         self._pending: dict[int, tuple[int, float]] = {}
+        # the last batch's labelled events and the scores they were evaluated with
+        self.scored = (np.zeros(0, np.int64), np.zeros(0))
         self.batches = 0
         self.busy_seconds = 0.0
 
@@ -258,6 +260,7 @@ class TrainerActor(Actor):
         n = len(batch)
         self.model.stream.events += n
         self.batches += 1
+        self.scored = (np.zeros(0, np.int64), np.zeros(0))
         if n == 0:
             return BatchGradients.empty()
         if batch.dense.size:
@@ -290,6 +293,7 @@ class TrainerActor(Actor):
             )
             step = BatchGradients(touched, grads, ftouched, fgrads)
         scores, evaluated = evaluation_rows(batch.prescore, origin, probs, explicit)
+        self.scored = (origin[evaluated], scores[evaluated])
         if evaluated.any():
             self.metrics.logloss.update(scores[evaluated], labels[evaluated], weights[evaluated])
             self.metrics.auc.update(scores[evaluated], labels[evaluated])

@@ -1,7 +1,7 @@
 """Cluster mode: shard, trainer and ranker processes that exchange the embedded
 mode's messages over Kafka (the topic table is in docs/architecture.md and the README).
 
-* A **shard** owns the FTRL state of global indices ``i % shards == k`` (local slot
+* A **shard** owns the optimizer state (FTRL or SGD) of global indices ``i % shards == k`` (local slot
   ``i // shards``), applies ``grads`` partition ``k`` and publishes the new weights
   on ``weights`` partition ``k``.  It checkpoints its state together with the next
   grads offset (atomically) and on start resumes from there, so a crash loses and
@@ -15,6 +15,9 @@ mode's messages over Kafka (the topic table is in docs/architecture.md and the R
   are acknowledged by Kafka (and, in synchronous mode, applied by every shard).
 * A **ranker** serves the HTTP API from replicas of the weights, catalog and user
   histories, and publishes the events it is sent.
+* With ``[sink]``, a trainer also publishes, after each learned batch, the fresh top k
+  of every user it touched (``recommendations``, keyed by user) and its labelled
+  events with their pre-learning scores (``scores``).
 
 Delivery guarantee: at-least-once delivery of events to trainers (commit after
 produce), made exactly-once in effect on the model by the shards' per-partition
@@ -52,6 +55,7 @@ from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.messages import (
     DeadLetters,
     EventBatch,
+    EventScores,
     FeatureBatch,
     GradBatch,
     UserRecommendations,
@@ -247,9 +251,42 @@ class RecommendationSink:
         return {"published": self.published, "rate_limited": self.rate_limited}
 
 
+class ScoreSink:
+    """After each learned batch, its labelled events with the score each was evaluated
+    with (before it was learned), to ``<prefix>.scores`` (:class:`EventScores`)."""
+
+    def __init__(self, model: Model, trainer: TrainerActor, transport: KafkaTransport) -> None:
+        self.catalog = model.catalog
+        self.trainer = trainer
+        self.channel = transport.channel("scores")
+        self.published = 0
+
+    async def publish(self, batch: FeatureBatch, position: tuple[int, int]) -> None:
+        events, scores = self.trainer.scored  # read now: the next batch replaces them
+        if events.size == 0:
+            return
+        await self.trainer.learned.wait_for(batch.seq)
+        names = batch.users or [""] * len(batch)
+        rows = batch.item_rows[events] if batch.item_rows.size else np.full(events.size, -1)
+        message = EventScores(
+            seq=batch.seq,
+            trainer=self.trainer.name,
+            events_partition=position[0],
+            events_offset=position[1],
+            users=[names[e] for e in events.tolist()],
+            items=[self.catalog.ids[r] if r >= 0 else "" for r in rows.tolist()],
+            labels=batch.label[events].astype(np.float64),
+            scores=scores.astype(np.float64),
+            ts=batch.ts[events].astype(np.float64),
+            created_at=time.time(),
+        )
+        await self.channel.send(message, key=position[1])
+        self.published += int(events.size)
+
+
 class EventsWorker(Actor):
-    """events record → featurize → train → gradients acknowledged → (fresh lists to the
-    recommendations sink) → commit the offset."""
+    """events record → featurize → train → gradients acknowledged → (scores and fresh
+    lists to the sinks) → commit the offset."""
 
     def __init__(
         self,
@@ -258,6 +295,7 @@ class EventsWorker(Actor):
         items: ItemsFollower,
         inbox: KafkaChannel,
         sink: RecommendationSink | None = None,
+        scores: ScoreSink | None = None,
     ) -> None:
         super().__init__("events", inbox)
         self.featurizer = model.featurizer()
@@ -265,6 +303,7 @@ class EventsWorker(Actor):
         self.items = items
         self.channel = inbox
         self.sink = sink
+        self.scores = scores
         self.records = 0
 
     async def handle_envelope(self, envelope: Envelope) -> None:
@@ -274,6 +313,8 @@ class EventsWorker(Actor):
         await self.items.wait_for(message.items_upto)
         features = self.featurizer.featurize(message)
         await self.trainer.handle(features)
+        if self.scores is not None:
+            await self.scores.publish(features, envelope.position)
         if self.sink is not None:
             await self.sink.publish(features, envelope.position)
         await self.channel.commit(envelope.position)
@@ -314,12 +355,14 @@ async def run_trainer(config: Config, index: int) -> int:
         if config.sink.recommendations
         else None
     )
-    events = EventsWorker(model, trainer, items, channel("events"), sink)
+    scores = ScoreSink(model, trainer, transport) if config.sink.scores else None
+    events = EventsWorker(model, trainer, items, channel("events"), sink, scores)
 
     def stats() -> dict[str, Any]:
         return {
             "trainer": trainer.statistics(),
             "sink": sink.statistics() if sink is not None else None,
+            "scores_published": scores.published if scores is not None else None,
             "events_records": events.records,
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),

@@ -395,7 +395,10 @@ class SinkConfig:
     recommendations: bool = False
     k: int = 10
     min_interval_s: float = 0.0  # a user's list is published at most this often (0: always)
-    partitions: int = 1  # of the recommendations topic
+    # every labelled event of a learned batch with the score the model gave it before
+    # learning it, to <prefix>.scores (calibration and auditing downstream)
+    scores: bool = False
+    partitions: int = 1  # of the recommendations and scores topics
 
     def check(self) -> None:
         _require(1 <= self.k <= 1000, "sink.k", "must be in 1..1000", self.k)

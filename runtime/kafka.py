@@ -71,6 +71,7 @@ def topic_layout(config: Config) -> dict[str, TopicSpec]:
             if config.sink.recommendations
             else {}
         ),
+        **({"scores": TopicSpec(config.sink.partitions)} if config.sink.scores else {}),
     }
 
 

@@ -183,6 +183,28 @@ class UserRecommendations:
 
 @register_message
 @dataclass
+class EventScores:
+    """The labelled events of one learned batch with the probability the model gave each
+    before learning it (its prescore when it had one), published by a cluster trainer
+    (``sink.scores``); the events record is (``events_partition``, ``events_offset``)."""
+
+    KIND: ClassVar[str] = "event_scores"
+    VERSION: ClassVar[int] = 1
+
+    seq: int
+    trainer: str
+    events_partition: int
+    events_offset: int
+    users: list[str]
+    items: list[str]  # "" for an event without an item (a row of a CTR log)
+    labels: np.ndarray  # float64
+    scores: np.ndarray  # float64
+    ts: np.ndarray  # float64
+    created_at: float
+
+
+@register_message
+@dataclass
 class DeadLetters:
     """Rejected input with the reason each was rejected."""
 

@@ -1,7 +1,8 @@
-"""The recommendations sink of cluster mode (``[sink] recommendations``), over a real
-broker: after each learned batch a trainer publishes the fresh top k of every user the
-batch touched, keyed by user, and each list equals what ``GET /v1/recommend`` answers
-for that user once the ranker's replicas are at the list's model version."""
+"""The sinks of cluster mode (``[sink]``), over a real broker: after each learned batch
+a trainer publishes the fresh top k of every user the batch touched, keyed by user,
+and each list equals what ``GET /v1/recommend`` answers for that user once the
+ranker's replicas are at the list's model version; and the batch's labelled events
+with the score the model gave each before learning it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from actors.model import build_model
@@ -19,7 +21,7 @@ from actors.trainer import Watermark
 from runtime.cluster import RecommendationSink
 from runtime.codec import decode_message
 from runtime.config import Config
-from runtime.messages import UserRecommendations
+from runtime.messages import EventScores, UserRecommendations
 from tests.conftest import Broker
 from tests.test_cluster import cluster_config, processes
 
@@ -77,7 +79,7 @@ async def test_each_published_list_equals_the_rankers_answer_at_its_model_versio
 
     path = cluster_config(
         tmp_path, broker, topic_prefix, training={"shards": 2, "sync": True},
-        http={"port": 0}, sink={"recommendations": True, "k": K},
+        http={"port": 0}, sink={"recommendations": True, "k": K, "scores": True},
     )  # fmt: skip
     config = Config.load(path)
     roles = [("shard", 0), ("shard", 1), ("trainer", 0), ("ranker", 0)]
@@ -86,17 +88,38 @@ async def test_each_published_list_equals_the_rankers_answer_at_its_model_versio
         consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
         )
+        scores = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
         await consumer.start()
+        await scores.start()
         try:
             consumer.assign([TopicPartition(f"{topic_prefix}.recommendations", 0)])
+            scores.assign([TopicPartition(f"{topic_prefix}.scores", 0)])
+            await scores.seek_to_beginning()
             async with aiohttp.ClientSession() as http:
                 async with http.post(f"{url}/v1/events", json=ITEMS) as resp:
                     assert resp.status == 200
                 compared = 0
+                scored: list[tuple[str, str, float, float]] = []
                 for step, clicks in enumerate(STEPS):
+                    first = clicks[0]
+                    if "label" in first:  # what the model says of it before learning it
+                        params = {"user": first["user"], "candidates": first["item"]}
+                        async with http.get(f"{url}/v1/recommend", params=params) as resp:
+                            before = (await resp.json())["items"][0]["score"]
                     async with http.post(f"{url}/v1/events", json=clicks) as resp:
                         assert resp.status == 200 and (await resp.json())["accepted"] == len(clicks)
                     lists = await next_lists(consumer, {c["user"] for c in clicks})
+                    labelled = [c for c in clicks if "label" in c]
+                    if labelled:
+                        record = await asyncio.wait_for(scores.getone(), 60.0)
+                        batch = decode_message(record.value or b"")
+                        assert isinstance(batch, EventScores)
+                        assert batch.users == [c["user"] for c in labelled]
+                        assert batch.items == [c["item"] for c in labelled]
+                        assert batch.labels.tolist() == [c["label"] for c in labelled]
+                        assert batch.events_offset == lists[0].events_offset
+                        if "label" in first:
+                            scored.append((first["user"], first["item"], before, batch.scores[0]))
                     await ranker_at(http, url, lists[0])
                     for message in lists:
                         params = {"user": message.user, "k": str(K)}
@@ -108,13 +131,18 @@ async def test_each_published_list_equals_the_rankers_answer_at_its_model_versio
                         )
                         assert len(message.items) == K
                         compared += 1
+            assert len(scored) == 1
+            for user, item, before, published in scored:
+                assert published == pytest.approx(before, abs=1e-9), (user, item)
             assert compared == sum(len({c["user"] for c in clicks}) for clicks in STEPS) == 10
         finally:
             await consumer.stop()
+            await scores.stop()
         for proc in procs.values():
             assert await proc.stop() == 0, proc.log.read_text()[-2000:]
     trainer = json.loads((Path(config.cluster.checkpoint_dir) / "trainer-0.json").read_text())
     assert trainer["sink"] == {"published": 10, "rate_limited": 0}
+    assert trainer["scores_published"] == 2
 
 
 class FakeChannel:
