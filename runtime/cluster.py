@@ -1,9 +1,9 @@
 """Cluster mode: shard, trainer and ranker processes that exchange the embedded
 mode's messages over Kafka (the topic table is in docs/architecture.md and the README).
 
-* A **shard** owns the optimizer state (FTRL or SGD) of global indices ``i % shards == k`` (local slot
-  ``i // shards``), applies ``grads`` partition ``k`` and publishes the new weights
-  on ``weights`` partition ``k``.  It checkpoints its state together with the next
+* A **shard** owns the optimizer state (FTRL or SGD) of global indices
+  ``i % shards == k`` (local slot ``i // shards``), applies ``grads`` partition ``k``
+  and publishes the new weights on ``weights`` partition ``k``.  It checkpoints its state together with the next
   grads offset (atomically) and on start resumes from there, so a crash loses and
   doubles nothing.  It also remembers the last events offset it applied per events
   partition and skips a batch re-sent by a trainer that died before committing:
