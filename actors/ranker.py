@@ -96,6 +96,7 @@ class Ranker:
         self.exclude_seen = exclude_seen
         self.requests = 0
         self.seconds = 0.0
+        self.shown = np.zeros(0, np.int64)  # per catalog row: answers it was in, since start
 
     def visitor(self, user: str, session: Sequence[str] = ()) -> Visitor:
         """Who asks: a known user's history, extended by ``session`` (item ids the visitor
@@ -215,6 +216,7 @@ class Ranker:
                     extra,
                 )  # fmt: skip
             result.append(entry)
+        self._count_shown(positions[best])
         self.requests += 1
         self.seconds += time.perf_counter() - started
         return result
@@ -229,6 +231,61 @@ class Ranker:
         rows, scores = self.sequence.stats.similar(row, k)
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
+
+    def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
+        """What the model knows of one item: its features with their learned weights,
+        its kNN neighbours and Markov successors, and its exposure (interactions
+        learned, answers it was in since start, each trend relative to the top item's)."""
+        row = self.catalog.rows.get(item)
+        if row is None:
+            raise UnknownItem(f"unknown item {item[:64]!r}")
+        exposure: dict[str, float | int] = {
+            "shown": int(self.shown[row]) if row < self.shown.size else 0
+        }
+        neighbours: list[dict[str, Any]] = []
+        successors: list[dict[str, Any]] = []
+        if self.sequence is not None:
+            stats, ids = self.sequence.stats, self.catalog.ids
+            exposure["interactions"] = int(stats.item_count[row]) if row < stats.n_items else 0
+            trends = self.sequence.trends.scores_at(np.array([row], np.int64))[:, 0]
+            for name, value in zip(self.sequence.trends.names, trends, strict=True):
+                exposure[name] = round(float(value), 6)
+            for found, out in (
+                (stats.similar(row, k), neighbours),
+                (stats.successors(row, k), successors),
+            ):
+                out.extend({"item": ids[r], "score": float(v)} for r, v in zip(*found, strict=True))
+        return {
+            "item": item,
+            "features": self._item_weights(row),
+            "neighbours": neighbours,
+            "successors": successors,
+            "exposure": exposure,
+        }
+
+    def _item_weights(self, row: int) -> list[dict[str, Any]]:
+        """The item's own features, largest |w·x| first (crosses depend on the user)."""
+        x, raw, names = self.catalog.x[row], self.catalog.raw[row], self.catalog.names[row]
+        present = np.flatnonzero(x != 0)
+        weights = self.weights[self.space.index(raw[present])]
+        terms = [
+            {
+                "feature": names[p] if p < len(names) else f"item#{p}",
+                "value": float(x[p]),
+                "weight": float(w),
+            }
+            for p, w in zip(present.tolist(), weights.tolist(), strict=True)
+        ]
+        return sorted(terms, key=lambda t: -abs(t["weight"] * t["value"]))
+
+    def _count_shown(self, rows: np.ndarray) -> None:
+        if rows.size and int(rows.max()) >= self.shown.size:
+            grown = np.zeros(
+                max(2 * self.shown.size, len(self.catalog), int(rows.max()) + 1), np.int64
+            )
+            grown[: self.shown.size] = self.shown
+            self.shown = grown
+        self.shown[rows] += 1
 
     def _signal_values(self, sequence: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
         """(signals, candidates): the sequence signals of the visitor's recent items."""
