@@ -28,7 +28,7 @@ from actors.signals import SequenceSignals
 
 @dataclass(frozen=True)
 class CandidateParams:
-    whole_catalog_below: int = 50_000
+    whole_catalog_below: int = 5_000
     trending: int = 200
     newest: int = 100
     refresh_s: float = 1.0

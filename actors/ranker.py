@@ -185,6 +185,8 @@ class Ranker:
             rows = np.asarray(found, np.int64)
         elif self.candidates is not None:
             rows = self.candidates.rows(visitor.sequence, time.monotonic())
+            if rows is not None and self._unseen(rows, visitor) < k:
+                rows = None  # too few to fill k: the whole catalog can
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
@@ -231,6 +233,12 @@ class Ranker:
         rows, scores = self.sequence.stats.similar(row, k)
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
+
+    def _unseen(self, rows: np.ndarray, visitor: Visitor) -> int:
+        if not self.exclude_seen or not visitor.seen:
+            return int(rows.size)
+        seen = np.fromiter(visitor.seen, np.int64, len(visitor.seen))
+        return int(np.count_nonzero(~np.isin(rows, seen)))
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
         """What the model knows of one item: its features with their learned weights,
