@@ -177,25 +177,14 @@ class Ranker:
         started = time.perf_counter()
         visitor = self.visitor(user, session)
         features, names = self.user_features(visitor, context)
-        rows = None
-        if candidates is not None:
-            found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
-            if not found and candidates:
-                raise UnknownCandidates("none of the candidate items is in the catalog")
-            rows = np.asarray(found, np.int64)
-        elif self.candidates is not None:
-            rows = self.candidates.rows(visitor.sequence, time.monotonic())
-            if rows is not None and self._unseen(rows, visitor) < k:
-                rows = None  # too few to fill k: the whole catalog can
+        rows, excluded = self._rows_to_score(visitor, k, candidates)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
             scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
-        excluded = np.zeros(scores.size, bool)
-        seen = visitor.seen if self.exclude_seen else set()
-        if seen:
-            excluded = np.isin(positions, np.fromiter(seen, np.int64, len(seen)))
+        if excluded is None:
+            excluded = self._seen_mask(positions, visitor)
         ranked_by = scores
         if explore is not None:  # the reported score stays the model's mean estimate
             ranked_by = explore.perturb(
@@ -205,12 +194,10 @@ class Ranker:
         if explore is not None:
             best = explore.substitute(best, excluded)
         result = []
-        for pos in best:
+        probabilities = sigmoid(scores[best]).tolist()
+        for pos, probability in zip(best, probabilities, strict=True):
             row = int(positions[pos])
-            entry: dict[str, Any] = {
-                "item": self.catalog.ids[row],
-                "score": float(sigmoid(np.array([scores[pos]]))[0]),
-            }
+            entry: dict[str, Any] = {"item": self.catalog.ids[row], "score": probability}
             if with_explanations:
                 extra = self._signal_terms(signals[:, pos]) if signals is not None else []
                 entry["explanation"] = explain(
@@ -234,11 +221,30 @@ class Ranker:
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
 
-    def _unseen(self, rows: np.ndarray, visitor: Visitor) -> int:
+    def _rows_to_score(
+        self, visitor: Visitor, k: int, candidates: Sequence[str] | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The catalog rows to score (None: all of them) and, when already known, which
+        of them the visitor has seen."""
+        if candidates is not None:
+            found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
+            if not found and candidates:
+                raise UnknownCandidates("none of the candidate items is in the catalog")
+            return np.asarray(found, np.int64), None
+        if self.candidates is None:
+            return None, None
+        rows = self.candidates.rows(visitor.sequence, time.monotonic())
+        if rows is None:
+            return None, None
+        seen = self._seen_mask(rows, visitor)
+        if rows.size - int(np.count_nonzero(seen)) < k:
+            return None, None  # too few to fill k: the whole catalog can
+        return rows, seen
+
+    def _seen_mask(self, rows: np.ndarray, visitor: Visitor) -> np.ndarray:
         if not self.exclude_seen or not visitor.seen:
-            return int(rows.size)
-        seen = np.fromiter(visitor.seen, np.int64, len(visitor.seen))
-        return int(np.count_nonzero(~np.isin(rows, seen)))
+            return np.zeros(rows.size, bool)
+        return np.isin(rows, np.fromiter(visitor.seen, np.int64, len(visitor.seen)))
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
         """What the model knows of one item: its features with their learned weights,
