@@ -21,14 +21,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from actors.features import Catalog
 from actors.signals import SequenceSignals
 
 
+@njit(cache=True, nogil=True)
+def _distinct(parts: np.ndarray, n: int, marks: np.ndarray) -> np.ndarray:
+    """The distinct values of ``parts`` in [0, n), sorted; ``marks`` is all False before
+    and after (a scratch of at least n flags, so no O(n) clearing per call)."""
+    out = np.empty(parts.size, np.int64)
+    count = 0
+    for value in parts:
+        if 0 <= value < n and not marks[value]:
+            marks[value] = True
+            out[count] = value
+            count += 1
+    for i in range(count):
+        marks[out[i]] = False
+    return np.sort(out[:count])
+
+
 @dataclass(frozen=True)
 class CandidateParams:
-    whole_catalog_below: int = 50_000
+    whole_catalog_below: int = 5_000
     trending: int = 200
     newest: int = 100
     refresh_s: float = 1.0
@@ -45,6 +62,7 @@ class CandidateGenerator:
         self.params = params
         self._trending = np.zeros(0, np.int64)
         self._refreshed_at = -np.inf
+        self._marks = np.zeros(0, np.bool_)
         self.generated = 0  # requests answered from generated candidates
         self.candidates = 0  # rows they scored, in total
 
@@ -56,8 +74,10 @@ class CandidateGenerator:
             return None
         neighbours = self.sequence.stats.neighbour_rows(sequence_rows)
         newest = np.arange(max(0, n - self.params.newest), n, dtype=np.int64)
-        rows = np.unique(np.concatenate([neighbours, self._top_trending(now), newest]))
-        rows = rows[(rows >= 0) & (rows < n)]
+        if self._marks.size < n:
+            self._marks = np.zeros(2 * n, np.bool_)
+        parts = np.concatenate([neighbours, self._top_trending(now), newest])
+        rows = _distinct(parts, n, self._marks)
         self.generated += 1
         self.candidates += int(rows.size)
         return rows

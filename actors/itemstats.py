@@ -588,6 +588,17 @@ class ItemStats:
         best = np.lexsort((rows, -cosine))[:k]
         return rows[best], cosine[best]
 
+    def successors(self, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` items most often next after ``item`` (the Markov list), best first,
+        each with its share of the transitions from ``item`` (ties: lower row)."""
+        if not 0 <= item < self.n_items or k <= 0 or self.mk_total[item] <= 0.0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        used = int(self.mk_fill[item])
+        rows = self.mk_nbr[item, :used].astype(np.int64)
+        share = self.mk_sure[item, :used] / self.mk_total[item]
+        best = np.lexsort((rows, -share))[:k]
+        return rows[best], share[best]
+
     # ------------------------------------------------------------------ state
 
     def to_state(self) -> dict[str, Any]:

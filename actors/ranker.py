@@ -96,6 +96,7 @@ class Ranker:
         self.exclude_seen = exclude_seen
         self.requests = 0
         self.seconds = 0.0
+        self.shown = np.zeros(0, np.int64)  # per catalog row: answers it was in, since start
 
     def visitor(self, user: str, session: Sequence[str] = ()) -> Visitor:
         """Who asks: a known user's history, extended by ``session`` (item ids the visitor
@@ -176,23 +177,14 @@ class Ranker:
         started = time.perf_counter()
         visitor = self.visitor(user, session)
         features, names = self.user_features(visitor, context)
-        rows = None
-        if candidates is not None:
-            found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
-            if not found and candidates:
-                raise UnknownCandidates("none of the candidate items is in the catalog")
-            rows = np.asarray(found, np.int64)
-        elif self.candidates is not None:
-            rows = self.candidates.rows(visitor.sequence, time.monotonic())
+        rows, excluded = self._rows_to_score(visitor, k, candidates)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
             scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
-        excluded = np.zeros(scores.size, bool)
-        seen = visitor.seen if self.exclude_seen else set()
-        if seen:
-            excluded = np.isin(positions, np.fromiter(seen, np.int64, len(seen)))
+        if excluded is None:
+            excluded = self._seen_mask(positions, visitor)
         ranked_by = scores
         if explore is not None:  # the reported score stays the model's mean estimate
             ranked_by = explore.perturb(
@@ -202,12 +194,10 @@ class Ranker:
         if explore is not None:
             best = explore.substitute(best, excluded)
         result = []
-        for pos in best:
+        probabilities = sigmoid(scores[best]).tolist()
+        for pos, probability in zip(best, probabilities, strict=True):
             row = int(positions[pos])
-            entry: dict[str, Any] = {
-                "item": self.catalog.ids[row],
-                "score": float(sigmoid(np.array([scores[pos]]))[0]),
-            }
+            entry: dict[str, Any] = {"item": self.catalog.ids[row], "score": probability}
             if with_explanations:
                 extra = self._signal_terms(signals[:, pos]) if signals is not None else []
                 entry["explanation"] = explain(
@@ -215,6 +205,7 @@ class Ranker:
                     extra,
                 )  # fmt: skip
             result.append(entry)
+        self._count_shown(positions[best])
         self.requests += 1
         self.seconds += time.perf_counter() - started
         return result
@@ -229,6 +220,86 @@ class Ranker:
         rows, scores = self.sequence.stats.similar(row, k)
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
+
+    def _rows_to_score(
+        self, visitor: Visitor, k: int, candidates: Sequence[str] | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The catalog rows to score (None: all of them) and, when already known, which
+        of them the visitor has seen."""
+        if candidates is not None:
+            found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
+            if not found and candidates:
+                raise UnknownCandidates("none of the candidate items is in the catalog")
+            return np.asarray(found, np.int64), None
+        if self.candidates is None:
+            return None, None
+        rows = self.candidates.rows(visitor.sequence, time.monotonic())
+        if rows is None:
+            return None, None
+        seen = self._seen_mask(rows, visitor)
+        if rows.size - int(np.count_nonzero(seen)) < k:
+            return None, None  # too few to fill k: the whole catalog can
+        return rows, seen
+
+    def _seen_mask(self, rows: np.ndarray, visitor: Visitor) -> np.ndarray:
+        if not self.exclude_seen or not visitor.seen:
+            return np.zeros(rows.size, bool)
+        return np.isin(rows, np.fromiter(visitor.seen, np.int64, len(visitor.seen)))
+
+    def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
+        """What the model knows of one item: its features with their learned weights,
+        its kNN neighbours and Markov successors, and its exposure (interactions
+        learned, answers it was in since start, each trend relative to the top item's)."""
+        row = self.catalog.rows.get(item)
+        if row is None:
+            raise UnknownItem(f"unknown item {item[:64]!r}")
+        exposure: dict[str, float | int] = {
+            "shown": int(self.shown[row]) if row < self.shown.size else 0
+        }
+        neighbours: list[dict[str, Any]] = []
+        successors: list[dict[str, Any]] = []
+        if self.sequence is not None:
+            stats, ids = self.sequence.stats, self.catalog.ids
+            exposure["interactions"] = int(stats.item_count[row]) if row < stats.n_items else 0
+            trends = self.sequence.trends.scores_at(np.array([row], np.int64))[:, 0]
+            for name, value in zip(self.sequence.trends.names, trends, strict=True):
+                exposure[name] = round(float(value), 6)
+            for found, out in (
+                (stats.similar(row, k), neighbours),
+                (stats.successors(row, k), successors),
+            ):
+                out.extend({"item": ids[r], "score": float(v)} for r, v in zip(*found, strict=True))
+        return {
+            "item": item,
+            "features": self._item_weights(row),
+            "neighbours": neighbours,
+            "successors": successors,
+            "exposure": exposure,
+        }
+
+    def _item_weights(self, row: int) -> list[dict[str, Any]]:
+        """The item's own features, largest |w·x| first (crosses depend on the user)."""
+        x, raw, names = self.catalog.x[row], self.catalog.raw[row], self.catalog.names[row]
+        present = np.flatnonzero(x != 0)
+        weights = self.weights[self.space.index(raw[present])]
+        terms = [
+            {
+                "feature": names[p] if p < len(names) else f"item#{p}",
+                "value": float(x[p]),
+                "weight": float(w),
+            }
+            for p, w in zip(present.tolist(), weights.tolist(), strict=True)
+        ]
+        return sorted(terms, key=lambda t: -abs(t["weight"] * t["value"]))
+
+    def _count_shown(self, rows: np.ndarray) -> None:
+        if rows.size and int(rows.max()) >= self.shown.size:
+            grown = np.zeros(
+                max(2 * self.shown.size, len(self.catalog), int(rows.max()) + 1), np.int64
+            )
+            grown[: self.shown.size] = self.shown
+            self.shown = grown
+        self.shown[rows] += 1
 
     def _signal_values(self, sequence: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
         """(signals, candidates): the sequence signals of the visitor's recent items."""

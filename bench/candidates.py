@@ -1,5 +1,5 @@
 """Recommend latency on a synthetic 1,000,000-item catalog: generated candidates
-(``[candidates]``, the default above 50,000 items) against scoring the whole catalog,
+(``[candidates]``, the default from 5,000 items) against scoring the whole catalog,
 in the same process and run, with the memory it takes.
 
 Data (fixed seed): ``--items`` items with one of 50 genres; ``--users`` users, each

@@ -8,8 +8,9 @@ items of two favourite genres, with Zipf-popular items.
 1. In-process: ``System(Config.from_dict({"state": {"restore": False}, "ingest":
    {"dead_letter_path": ""}, "http": {"port": 0}}))``, the items and events go in
    through ``await s.ingest(...)`` (validated, hashed, learned), then ``--requests``
-   timed ``await s.recommend(user, k=10)`` calls (after ``--warmup`` untimed ones).
-   Target p99 <= 2 ms.
+   timed ``await s.recommend(user, k=10)`` calls (after ``--warmup`` untimed ones),
+   with the default ``[candidates]`` (generated from 5,000 items), then the same calls
+   scoring the whole catalog (``whole_catalog`` in the JSON).  Target p99 <= 1 ms.
 2. HTTP: the real daemon ``freshrank run --port 0 --state <tmpdir>`` in its own
    process (stopped with SIGTERM); this process is the client: the same items and
    events via ``POST /v1/events`` (JSON arrays), then ``--requests`` sequential
@@ -159,11 +160,17 @@ async def in_process(
         async def call(user: str) -> Any:
             return await s.recommend(user, k=10)
 
-        stats = s.statistics()
         wait_quiet()
         samples = await timed_calls(call, users, args.warmup, args.requests, args.seed)
+        stats = s.statistics()
+        generator, s.ranker.candidates = s.ranker.candidates, None
+        wait_quiet()
+        whole = await timed_calls(call, users, args.warmup, args.requests, args.seed)
+        s.ranker.candidates = generator
         return {
             **summarise(samples),
+            "candidates": stats["ranker"].get("candidates"),
+            "whole_catalog": summarise(whole),
             "load_s": round(load_s, 2),
             "catalog_items": stats["catalog_items"],
             "users": stats["users"],
@@ -266,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(items):,} items, {len(users):,} users with events, {len(events):,} events",
         flush=True,
     )
-    modes = [("inproc", in_process, 2.0), ("http", over_http, 10.0)]
+    modes = [("inproc", in_process, 1.0), ("http", over_http, 10.0)]
     results: dict[str, Any] = {}
     for name, fn, target in modes:
         if args.only and name != args.only:
@@ -278,13 +285,22 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"run {r + 1}/{args.runs} {name:6s} p50 {res['p50_ms']:.3f} ms  "
                 f"p99 {res['p99_ms']:.3f} ms  max {res['max_ms']:.3f} ms  "
-                f"(load {res['load_s']:.1f} s)",
+                f"(load {res['load_s']:.1f} s)"
+                + (
+                    f"; whole catalog p99 {res['whole_catalog']['p99_ms']:.3f} ms"
+                    if name == "inproc"
+                    else ""
+                ),
                 flush=True,
             )
         keys = ["mean_ms", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms"]
         if name == "http":
             keys.append("server_ranker_mean_ms")
         med = {k: round(median([r[k] for r in runs]), 4) for k in keys}
+        if name == "inproc":
+            med["whole_catalog_p99_ms"] = round(
+                median([r["whole_catalog"]["p99_ms"] for r in runs]), 4
+            )
         results[name] = {
             "median_of_runs": med,
             "target_p99_ms": target,
@@ -313,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:8s} {m['mean_ms']:8.3f} {m['p50_ms']:8.3f} {m['p90_ms']:8.3f} "
             f"{m['p99_ms']:8.3f} {m['p99_9_ms']:8.3f}  p99 <= {res['target_p99_ms']} ms: {verdict}"
         )
+    if "inproc" in results:
+        whole = results["inproc"]["median_of_runs"]["whole_catalog_p99_ms"]
+        print(f"in-process, scoring the whole catalog instead: p99 {whole:.3f} ms")
     if "http" in results:
         print(
             f"server-side ranker time per request (mean): "

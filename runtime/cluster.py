@@ -524,6 +524,11 @@ class ClusterFront:
         self._check()
         return self.ranker.similar(item, k)
 
+    async def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
+        """What this ranker's replica knows of one item (:meth:`Ranker.inspect`)."""
+        self._check()
+        return self.ranker.inspect(item, k)
+
     def health(self) -> dict[str, Any]:
         failure = self.supervisor.failure
         if failure is not None:

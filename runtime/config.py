@@ -498,7 +498,7 @@ class CandidatesConfig:
     below ``whole_catalog_below`` items, else the neighbours and successors of the
     visitor's recent items, the top trending and the newest items."""
 
-    whole_catalog_below: int = 50_000
+    whole_catalog_below: int = 5_000
     trending: int = 200  # rows each trend ranks highest
     newest: int = 100  # the newest catalog rows
     refresh_s: float = 1.0  # the top trending rows are recomputed at most this often

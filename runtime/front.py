@@ -117,6 +117,10 @@ class Front(Protocol):
         """The item's neighbours by co-occurrence (UnknownItem: not in the catalog)."""
         ...
 
+    async def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
+        """Features with weights, neighbours, successors, exposure (UnknownItem)."""
+        ...
+
     def statistics(self) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]:

@@ -254,6 +254,12 @@ async def get_similar(request: web.Request) -> web.Response:
     return _json({"item": item, "k": k, "similar": similar})
 
 
+async def get_item(request: web.Request) -> web.Response:
+    item = request.match_info["item"]
+    k = _int_param(request, "k", 10, 1, request.app[SYSTEM_KEY].config.http.max_k)
+    return _json({"k": k, **await request.app[SYSTEM_KEY].inspect(item, k)})
+
+
 async def get_health(request: web.Request) -> web.Response:
     health = request.app[SYSTEM_KEY].health()
     return _json(health, 503 if health["status"] == "failed" else 200)
@@ -291,6 +297,7 @@ def make_app(system: Front) -> web.Application:
     app.router.add_get("/v1/recommend", get_recommend)
     app.router.add_post("/v1/recommend", post_recommend)
     app.router.add_get("/v1/items/{item}/similar", get_similar)
+    app.router.add_get("/v1/items/{item}", get_item)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

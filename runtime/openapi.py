@@ -478,15 +478,62 @@ def _similar(config: Config) -> Schema:
             },
         },
     }
+    operation = _get("similar", "The item's neighbours by co-occurrence, best first",
+                     _response("Neighbours with their cosine scores", neighbours))  # fmt: skip
+    return _of_one_item(config, operation, "How many neighbours")
+
+
+def _of_one_item(config: Config, operation: Schema, k_means: str) -> Schema:
+    """An operation on ``/v1/items/{item}...`` with ``?k=``: 400 for a bad k, 404 for an
+    item not in the catalog."""
     k = {"type": "integer", "minimum": 1, "maximum": config.http.max_k, "default": 10}
     item = {"name": "item", "in": "path", "required": True, "description": "The item id",
             "schema": {"type": "string", "minLength": 1}}  # fmt: skip
-    operation = _get("similar", "The item's neighbours by co-occurrence, best first",
-                     _response("Neighbours with their cosine scores", neighbours))  # fmt: skip
-    operation["get"]["parameters"] = [item, _query("k", "How many neighbours", k)]
+    operation["get"]["parameters"] = [item, _query("k", k_means, k)]
     operation["get"]["responses"]["400"] = _bad_query()
     operation["get"]["responses"]["404"] = _error("The item is not in the catalog")
     return operation
+
+
+def _item(config: Config) -> Schema:
+    scored = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["item", "score"],
+            "properties": {"item": {"type": "string"}, "score": {"type": "number"}},
+        },
+    }
+    feature = {
+        "type": "object",
+        "required": ["feature", "value", "weight"],
+        "properties": {"feature": {"type": "string"}, "value": {"type": "number"},
+                       "weight": {"type": "number"}},
+    }  # fmt: skip
+    exposure = {
+        "type": "object",
+        "required": ["shown"],
+        "description": "shown: recommendation answers the item was in since start; "
+        "interactions: events learned; trend_*: the decayed count relative to the top item's",
+        "additionalProperties": {"type": "number"},
+    }
+    inspected = {
+        "type": "object",
+        "required": ["item", "k", "features", "neighbours", "successors", "exposure"],
+        "properties": {
+            "item": {"type": "string"},
+            "k": {"type": "integer"},
+            "features": {"type": "array", "items": feature,
+                         "description": "The item's features, largest |weight × value| first"},
+            "neighbours": {**scored, "description": "kNN neighbours by cosine, best first"},
+            "successors": {**scored, "description": "Items most often next (share of the "
+                           "distance-weighted transitions), best first"},
+            "exposure": exposure,
+        },
+    }  # fmt: skip
+    operation = _get("inspectItem", "What the model knows of one item",
+                     _response("Features, neighbours, successors and exposure", inspected))  # fmt: skip
+    return _of_one_item(config, operation, "How many neighbours and successors")
 
 
 def _health() -> Schema:
@@ -565,6 +612,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
             "/v1/events": _events(config),
             "/v1/recommend": _recommend(config),
             "/v1/items/{item}/similar": _similar(config),
+            "/v1/items/{item}": _item(config),
             "/v1/healthz": _health(),
             "/v1/stats": stats,
             "/metrics": _metrics(config.http.metrics_public),

@@ -316,6 +316,11 @@ class System:
         self.supervisor.check()
         return self.ranker.similar(item, k)
 
+    async def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
+        """What the model knows of one item (:meth:`Ranker.inspect`)."""
+        self.supervisor.check()
+        return self.ranker.inspect(item, k)
+
     def health(self) -> dict[str, Any]:
         failure = self.supervisor.failure
         if failure is not None:

@@ -89,3 +89,22 @@ async def test_generated_candidates_rank_like_the_whole_catalog() -> None:
             stats = system.statistics()["ranker"]["candidates"]
     assert rankings[0] == rankings[1] and rankings[0][0][0] == "x4"
     assert stats["generated_requests"] == 3 and stats["mean_candidates"] < 40
+
+
+async def test_too_few_candidates_for_k_rank_the_whole_catalog() -> None:
+    config = Config.from_dict(
+        {
+            "model": {"bits": 16},
+            "state": {"restore": False, "snapshot_path": ""},
+            "ingest": {"dead_letter_path": ""},
+            "http": {"enabled": False},
+            "candidates": {"whole_catalog_below": 1, "trending": 3, "newest": 2},
+        }
+    )
+    async with System(config) as system:
+        await system.ingest(sequences())
+        few = await system.recommend("", k=3, session=["x3"])
+        many = await system.recommend("", k=40, session=["x3"])
+        assert len(few) == 3
+        assert len(many) == 39  # every item but the session's, not just the candidates
+        assert [r["item"] for r in many[:3]] == [r["item"] for r in few]

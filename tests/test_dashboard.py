@@ -414,6 +414,30 @@ async def test_dashboard_page_in_headless_chromium(tmp_path: Path) -> None:
             shown = page.locator("#recommend-result tr.recommendation td:nth-child(2)")
             assert await shown.all_inner_texts() == [entry["item"] for entry in expected]
 
+            first_item = expected[0]["item"]
+            await page.click("#recommend-result tr.recommendation .item-link >> nth=0")
+            await page.wait_for_selector("#inspect-result:not([hidden])")
+            assert await page.input_value("#inspect-item") == first_item
+            inspected = await system.inspect(first_item)
+            neighbours = page.locator("#inspect-neighbours tr.scored td:first-child")
+            assert inspected["neighbours"]  # random co-clicks: every popular item has some
+            assert await neighbours.all_inner_texts() == [
+                n["item"] for n in inspected["neighbours"]
+            ]
+            shown_field = page.locator("#inspect-exposure dd[data-field=shown]")
+            assert int(await shown_field.inner_text()) >= 1  # it was in the answer above
+            assert await page.locator("#inspect-features li.feature").count() == len(
+                inspected["features"]
+            )
+            assert problems == []
+            await page.fill("#inspect-item", "no-such-item")
+            await page.click("#inspect-form button[type=submit]")
+            await page.wait_for_selector("#inspect-error:not([hidden])")
+            assert "unknown item" in await page.inner_text("#inspect-error")
+            # the browser logs the deliberate 404 itself; nothing else may be logged
+            assert all("status of 404" in problem for problem in problems), problems
+            problems.clear()
+
             ARTIFACTS.mkdir(exist_ok=True)
             screenshot = ARTIFACTS / "dashboard.png"
             await page.screenshot(path=str(screenshot), full_page=True)

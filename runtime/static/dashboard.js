@@ -1,5 +1,6 @@
 // freshrank dashboard: polls /v1/dashboard/series and /v1/dashboard/top every second and
-// draws them with uPlot; the form asks /v1/recommend for one user's items with explanations.
+// draws them with uPlot; the form asks /v1/recommend for one user's items with explanations,
+// and the item inspector asks /v1/items/{item} (any item name on the page opens it).
 // Plain JS, no build step. Test hooks: window.freshrankDashboard (points per chart, polls).
 "use strict";
 
@@ -214,7 +215,7 @@
           "tr",
           {},
           el("td", {}, String(i + 1)),
-          el("td", {}, item.item),
+          el("td", {}, itemLink(item.item)),
           el("td", { class: "num" }, fmt(item.recent)),
           el("td", { class: "num" }, fmt(item.total)),
           el("td", { class: "tags" }, item.features.join(", ")),
@@ -267,7 +268,7 @@
             "tr",
             { class: "recommendation" },
             el("td", {}, String(i + 1)),
-            el("td", {}, item.item),
+            el("td", {}, itemLink(item.item)),
             el("td", { class: "num" }, item.score.toFixed(4)),
             el("td", {}, explanation(item.explanation)),
           ),
@@ -279,6 +280,58 @@
       error.textContent = failure.message;
       error.hidden = false;
       table.hidden = true;
+    }
+  }
+
+  // ---------------------------------------------------------------- one item
+
+  function itemLink(item) {
+    const link = el("button", { type: "button", class: "item-link", title: "inspect this item" }, item);
+    link.addEventListener("click", () => {
+      document.getElementById("inspect-item").value = item;
+      inspect();
+    });
+    return link;
+  }
+
+  function scoredRows(entries) {
+    if (!entries.length) return [el("tr", {}, el("td", { class: "muted" }, "none yet"))];
+    return entries.map((entry) =>
+      el("tr", { class: "scored" }, el("td", {}, itemLink(entry.item)), el("td", { class: "num" }, fmt(entry.score))),
+    );
+  }
+
+  async function inspect(event) {
+    if (event) event.preventDefault();
+    const error = document.getElementById("inspect-error");
+    const result = document.getElementById("inspect-result");
+    const item = document.getElementById("inspect-item").value.trim();
+    try {
+      const found = await getJSON(`/v1/items/${encodeURIComponent(item)}?k=10`);
+      document.getElementById("inspect-exposure").replaceChildren(
+        ...Object.entries(found.exposure).map(([name, value]) =>
+          el("div", {}, el("dt", {}, name.replaceAll("_", " ")), el("dd", { "data-field": name }, fmt(value))),
+        ),
+      );
+      document.getElementById("inspect-features").replaceChildren(
+        ...found.features.map((f) => {
+          const sign = f.weight * f.value < 0 ? "negative" : "positive";
+          return el(
+            "li",
+            { class: `feature ${sign}` },
+            el("span", { class: "name" }, f.feature),
+            el("span", { class: "value" }, (f.weight >= 0 ? "+" : "") + f.weight.toFixed(3)),
+          );
+        }),
+      );
+      document.querySelector("#inspect-neighbours tbody").replaceChildren(...scoredRows(found.neighbours));
+      document.querySelector("#inspect-successors tbody").replaceChildren(...scoredRows(found.successors));
+      result.hidden = false;
+      error.hidden = true;
+    } catch (failure) {
+      error.textContent = failure.message;
+      error.hidden = false;
+      result.hidden = true;
     }
   }
 
@@ -299,6 +352,7 @@
 
   buildCards();
   document.getElementById("recommend-form").addEventListener("submit", recommend);
+  document.getElementById("inspect-form").addEventListener("submit", inspect);
   window.addEventListener("resize", () => {
     for (const chart of Object.values(charts)) {
       if (chart.uplot) chart.uplot.setSize({ width: Math.max(chart.plot.clientWidth, 300), height: 200 });
