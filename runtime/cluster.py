@@ -52,6 +52,7 @@ from runtime.admission import Admission
 from runtime.config import Config
 from runtime.front import IngestResult, context_features, payload_text, split_events
 from runtime.kafka import KafkaChannel, KafkaTransport
+from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
     DeadLetters,
     EventBatch,
@@ -442,18 +443,37 @@ class ClusterFront:
         self.deltas = 0
         self.followed_events = 0  # of the events topic: user histories and statistics
         self.supervisor = Supervisor(self.name)
+        # recommend over Kafka: the rankers share the requests topic in a consumer group
+        self.requests: RequestServer | None = None
+        self.requests_transport: KafkaTransport | None = None
+        if config.kafka.recommend_requests:
+            group = f"{config.kafka.topic_prefix}-rankers"
+            self.requests_transport = KafkaTransport(config, group, group_topics=("requests",))
 
     async def start(self) -> None:
         await self.transport.start()
         channel = self.transport.channel
-        await self.supervisor.start([
+        services: list[Service] = [
             Follower("weights", channel("weights"), self._apply_delta),
             Follower("items", channel("items"), self._apply_items),
             Follower("history", channel("events"), self._apply_events),
-        ])  # fmt: skip
+        ]
+        if self.requests_transport is not None:
+            await self.requests_transport.start()
+            self.requests = RequestServer(
+                self.name, self._recommend_request, self.requests_transport.channel("requests"),
+                channel("replies"), self.config.http.max_k,
+            )  # fmt: skip
+            services.append(self.requests)
+        await self.supervisor.start(services)
+
+    async def _recommend_request(self, user: str, k: int) -> list[dict[str, Any]]:
+        return await self.recommend(user, k)
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        if self.requests_transport is not None:
+            await self.requests_transport.stop()
         await self.transport.stop()
 
     async def _apply_delta(self, delta: WeightDelta) -> None:
@@ -552,6 +572,7 @@ class ClusterFront:
             "ranker": self.ranker.statistics(),
             "queues": self.transport.statistics(),
             "published": self.publisher.published,
+            "requests": self.requests.statistics() if self.requests is not None else None,
             "components": self.model.component_statistics(),
             "failed": repr(failure) if failure else None,
         }

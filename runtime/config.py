@@ -358,8 +358,13 @@ class KafkaConfig:
     # passed to every aiokafka client as keyword arguments (security_protocol,
     # sasl_mechanism, sasl_plain_username, ...); a value "env:NAME" is read from $NAME
     client: dict[str, str] = field(default_factory=dict)
+    # rankers also answer recommend requests on <prefix>.requests, replying on .replies
+    recommend_requests: bool = False
+    requests_partitions: int = 1
 
     def check(self) -> None:
+        _require(self.requests_partitions >= 1, "kafka.requests_partitions", "must be >= 1",
+                 self.requests_partitions)  # fmt: skip
         _require(
             bool(self.bootstrap_servers),
             "kafka.bootstrap_servers",

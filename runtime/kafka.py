@@ -72,6 +72,14 @@ def topic_layout(config: Config) -> dict[str, TopicSpec]:
             else {}
         ),
         **({"scores": TopicSpec(config.sink.partitions)} if config.sink.scores else {}),
+        **(
+            {
+                "requests": TopicSpec(config.kafka.requests_partitions),
+                "replies": TopicSpec(config.kafka.requests_partitions),
+            }
+            if config.kafka.recommend_requests
+            else {}
+        ),
     }
 
 

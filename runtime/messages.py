@@ -205,6 +205,38 @@ class EventScores:
 
 @register_message
 @dataclass
+class RecommendRequest:
+    """``GET /v1/recommend?user=&k=`` over Kafka: answered by one ranker (of the rankers'
+    consumer group) on the replies topic under the same ``correlation_id``, unless
+    ``deadline`` (Unix seconds) has passed, which is answered as an error."""
+
+    KIND: ClassVar[str] = "recommend_request"
+    VERSION: ClassVar[int] = 1
+
+    correlation_id: str
+    user: str
+    k: int
+    deadline: float
+
+
+@register_message
+@dataclass
+class RecommendReply:
+    """The answer to a :class:`RecommendRequest`: the items, or ``error`` saying why not."""
+
+    KIND: ClassVar[str] = "recommend_reply"
+    VERSION: ClassVar[int] = 1
+
+    correlation_id: str
+    user: str
+    items: list[str]
+    scores: list[float]
+    error: str
+    ranker: str
+
+
+@register_message
+@dataclass
 class DeadLetters:
     """Rejected input with the reason each was rejected."""
 
