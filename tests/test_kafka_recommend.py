@@ -88,6 +88,10 @@ async def test_a_ranker_answers_over_kafka_as_over_http_and_silence_is_reported(
                     await client.recommend("alice", 0, timeout_s=60.0)
                 async with http.get(f"{url}/v1/stats") as resp:
                     requests = (await resp.json())["requests"]
+                async with http.get(f"{url}/metrics") as resp:
+                    scraped = await resp.text()
+                assert f"freshrank_kafka_recommend_answered_total {float(len(USERS))}" in scraped
+                assert "freshrank_kafka_recommend_refused_total 1.0" in scraped
             assert requests["answered"] == len(USERS) and requests["refused"] == 1
             assert await procs["ranker-0"].stop() == 0
             with pytest.raises(RecommendTimeout, match="within 1 s"):
