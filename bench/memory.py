@@ -142,7 +142,7 @@ async def child(bits: int, shards: int, data: Path | None, batch_size: int) -> d
             replayed["rss_growth_after_release_mib"] = round(
                 stages["trimmed"] - stages["touched"], 1
             )
-    slots = store.z.size
+    slots = store.w.size
     arrays = {f"store.{k}": v.nbytes for k, v in arrays_of(store).items()}
     arrays |= {f"aggregator.{k}": v.nbytes for k, v in arrays_of(system.trainer.aggregate).items()}
     state_mib = (stages["touched"] - stages["baseline"]) * MIB
@@ -150,7 +150,7 @@ async def child(bits: int, shards: int, data: Path | None, batch_size: int) -> d
         "bits": bits,
         "shards": shards,
         "slots": slots,
-        "slots_per_shard": [int(learner.z.shape[0]) for learner in system.learners],
+        "slots_per_shard": [int(learner.w.shape[0]) for learner in system.learners],
         "rss_mib": {k: round(v, 1) for k, v in stages.items()},
         "peak_rss_mib": round(status_kib("VmHWM") / 1024, 1),
         "state_mib": round(state_mib / MIB, 1),
