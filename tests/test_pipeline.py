@@ -26,7 +26,17 @@ from actors.features import score_items
 from actors.readers import read_ctr_tsv, read_movielens
 from runtime.codec import CodecError, decode_message, encode_message, message_types
 from runtime.config import Config
-from runtime.messages import DeadLetters, EventBatch, FeatureBatch, GradBatch, WeightDelta
+from runtime.messages import (
+    DeadLetters,
+    EventBatch,
+    EventScores,
+    FeatureBatch,
+    GradBatch,
+    RecommendReply,
+    RecommendRequest,
+    UserRecommendations,
+    WeightDelta,
+)
 from runtime.replay import replay
 from runtime.system import System
 
@@ -279,6 +289,48 @@ MESSAGES = {
         reasons=texts,
         payloads=texts,
         ts=st.floats(allow_nan=True, allow_infinity=True),
+    ),
+    UserRecommendations: st.builds(
+        UserRecommendations,
+        user=st.text(max_size=20),
+        items=texts,
+        scores=st.lists(st.floats(allow_nan=False), max_size=6),
+        seq=int64s,
+        trainer=st.text(max_size=20),
+        events_partition=st.integers(-1, 1023),
+        events_offset=int64s,
+        weights_offsets=st.lists(int64s, max_size=6),
+        items_offsets=st.lists(int64s, max_size=6),
+        created_at=st.floats(allow_nan=False),
+    ),
+    EventScores: st.builds(
+        EventScores,
+        seq=int64s,
+        trainer=st.text(max_size=20),
+        events_partition=st.integers(-1, 1023),
+        events_offset=int64s,
+        users=texts,
+        items=texts,
+        labels=arrays(np.float64),
+        scores=arrays(np.float64),
+        ts=arrays(np.float64),
+        created_at=st.floats(allow_nan=False),
+    ),
+    RecommendRequest: st.builds(
+        RecommendRequest,
+        correlation_id=st.text(max_size=32),
+        user=st.text(max_size=20),
+        k=st.integers(-5, 10_000),
+        deadline=st.floats(allow_nan=False),
+    ),
+    RecommendReply: st.builds(
+        RecommendReply,
+        correlation_id=st.text(max_size=32),
+        user=st.text(max_size=20),
+        items=texts,
+        scores=st.lists(st.floats(allow_nan=False), max_size=6),
+        error=st.text(max_size=40),
+        ranker=st.text(max_size=20),
     ),
 }
 
