@@ -50,7 +50,13 @@ from runtime import snapshots
 from runtime.actor import Actor
 from runtime.admission import Admission
 from runtime.config import Config
-from runtime.front import IngestResult, context_features, payload_text, split_events
+from runtime.front import (
+    IngestResult,
+    context_features,
+    payload_text,
+    recommend_target,
+    split_events,
+)
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
@@ -536,6 +542,7 @@ class ClusterFront:
         session: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
+        user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         return self.ranker.recommend(user, k, candidates, features, explain, session=session or ())
 

@@ -17,6 +17,7 @@ from actors.events import Event, EventLimits, Feature, InvalidEvent, Unparsable,
 from actors.features import Catalog
 from runtime.admission import Admission
 from runtime.config import Config
+from runtime.errors import BadRequest
 
 
 @dataclass
@@ -34,6 +35,16 @@ class IngestResult:
             "errors": self.errors,
             "learned": self.learned,
         }
+
+
+def recommend_target(user: Any, k: Any) -> tuple[str, int]:
+    """``user`` as events spell it (an integer id is its decimal text) and ``k``, or
+    BadRequest saying what is wrong, so an embedding caller gets the HTTP API's rules."""
+    if isinstance(user, bool) or not isinstance(user, str | int):
+        raise BadRequest(f"user must be a string or integer id, got {type(user).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise BadRequest(f"k must be an integer of at least 1, got {k!r}")
+    return str(user), k
 
 
 def payload_text(obj: Any) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from actors.events import Unparsable
 from actors.exploration import ExplorationError
 from runtime.admission import Admission, Overload, Ticket
+from runtime.bodies import parse_json_array, parse_ndjson
 from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
 from runtime.errors import BadRequest
@@ -48,50 +48,6 @@ def _error(status: int, reason: str, **extra: Any) -> web.Response:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(clean(data), status=status)
-
-
-def _parse_json_array(body: bytes) -> list[Any]:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"body is not valid UTF-8 (byte {error.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-        ) from None
-    if isinstance(data, dict):
-        return [data]
-    if not isinstance(data, list):
-        raise ValueError(
-            f"body must be a JSON array of events (or one event object), got {type(data).__name__}"
-        )
-    return data
-
-
-def _parse_ndjson(body: bytes) -> list[Any]:
-    out: list[Any] = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line.decode("utf-8")))
-        except UnicodeDecodeError:
-            out.append(
-                Unparsable(
-                    f"line {number}: not valid UTF-8", line[:8192].decode("utf-8", "replace")
-                )
-            )
-        except ValueError as error:  # JSONDecodeError, or e.g. an integer over 4300 digits
-            reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)[:200]
-            out.append(
-                Unparsable(
-                    f"line {number}: not valid JSON: {reason}",
-                    line[:8192].decode("utf-8", "replace"),
-                )
-            )
-    return out
 
 
 def _parse_msgpack(body: bytes, limits: Limits) -> list[Any]:
@@ -133,11 +89,11 @@ async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
     limits = Limits(max_bytes=cfg.max_body_bytes, max_str_len=cfg.max_string_len * 4)
     try:
         if ctype in ("application/x-ndjson", "application/jsonl", "application/ndjson"):
-            events = _parse_ndjson(body)
+            events = parse_ndjson(body)
         elif ctype in ("application/msgpack", "application/x-msgpack"):
             events = _parse_msgpack(body, limits)
         elif ctype in ("application/json", "application/octet-stream", "text/plain", ""):
-            events = _parse_json_array(body)
+            events = parse_json_array(body)
         else:
             return _error(
                 415,

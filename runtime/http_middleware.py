@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from runtime.config import ConfigError, HTTPConfig
 from runtime.errors import FreshrankError
@@ -138,6 +139,8 @@ async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
         seconds = time.perf_counter() - started
         metrics.in_flight.dec()
         metrics.observe_request(_route(request), _method(request), status, seconds)
+        if status == 499:
+            metrics.client_disconnects.inc()
         if settings.access_log:
             _log_access(request, status, seconds)
         REQUEST_ID.reset(context)
@@ -282,6 +285,20 @@ async def read_body(request: web.Request) -> bytes:
         raise HTTPError(408, reason, close=True) from None
     except web.HTTPRequestEntityTooLarge:
         raise _body_too_large(request) from None
+    except web.RequestPayloadError as error:
+        if isinstance(error.__cause__, ContentEncodingError):
+            encoding = printable(request.headers.get("Content-Encoding", ""), 40)
+            reason = f"the body is not valid {encoding} (Content-Encoding): send it encoded or drop the header"
+            raise HTTPError(400, reason, close=True) from None
+        raise _client_gone(request) from None
+    except ConnectionError:
+        raise _client_gone(request) from None
+
+
+def _client_gone(request: web.Request) -> HTTPError:
+    """The client closed the connection mid-body: nothing to answer and nobody's fault
+    here, so no error log (the access log shows 499, :func:`observe` counts it)."""
+    return HTTPError(499, "the client closed the connection before the whole body", close=True)
 
 
 def _route(request: web.Request) -> str:

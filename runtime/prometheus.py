@@ -61,6 +61,11 @@ class HTTPMetrics:
             buckets=EVENTS_BUCKETS,
             registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "freshrank_http_client_disconnects",
+            "Requests whose client closed the connection before sending the whole body",
+            registry=self.registry,
+        )
         self.ingest_events = Counter(
             "freshrank_ingest_events",
             "Events received over HTTP, by outcome (accepted, rejected)",

@@ -7,10 +7,10 @@ silently (an unknown key is an error, not a default).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.bodies import loads
 from runtime.config import HTTPConfig
 from runtime.errors import BadRequest
 
@@ -32,9 +32,11 @@ class RecommendRequest:
 def parse_recommend_request(body: bytes, limits: HTTPConfig) -> RecommendRequest:
     """The request in a JSON body, or BadRequest naming what is wrong."""
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        data = loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
         raise BadRequest("the body must be a JSON object (UTF-8)") from None
+    except ValueError as error:
+        raise BadRequest(f"the body must be a JSON object: {str(error)[:200]}") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(data) - set(FIELDS))

@@ -44,6 +44,7 @@ from runtime.front import (
     SplitEvents,
     context_features,
     payload_text,
+    recommend_target,
     split_events,
 )
 from runtime.journal import Record, decode_entry, encode_entry, read_records
@@ -190,6 +191,8 @@ class System:
         written to the dead-letter sink, and the good events of the same call are learned.
         """
         self.supervisor.check()
+        if isinstance(events, dict):  # one event, not an iterable of its keys
+            events = [events]
         events = events if isinstance(events, list) else list(events)
         split = split_events(events, self.limits)
         async with self._ingest_lock:
@@ -305,6 +308,7 @@ class System:
         """
         self.supervisor.check()
         policy = self.exploration.override(explore, scale, epsilon)
+        user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
         return self.ranker.recommend(
