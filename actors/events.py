@@ -56,6 +56,29 @@ class Unparsable:
 
 
 @dataclass(frozen=True)
+class TimeBounds:
+    """Plausible event times: an implausible ``ts`` (milliseconds sent as seconds, 1e300)
+    is refused instead of moving the trends and the delayed-label watermark."""
+
+    min_ts: float = 0.0
+    max_ahead_s: float = 86_400.0
+
+    def problem(self, ts: float, now: float) -> str | None:
+        """Why ``ts`` is refused at server time ``now``, or None (an absent ts is fine)."""
+        if math.isnan(ts):
+            return None
+        if ts > now + self.max_ahead_s:
+            hint = " (milliseconds? ts is in seconds)" if 1e3 * now / 2 < ts < 1e3 * now * 2 else ""
+            return (
+                f"'ts' {ts:.6g} is {ts - now:.3g} s ahead of the server's clock, more than "
+                f"ingest.max_ahead_s = {self.max_ahead_s:g}{hint}"
+            )
+        if ts < self.min_ts:
+            return f"'ts' {ts:.6g} is before ingest.min_ts = {self.min_ts:g}"
+        return None
+
+
+@dataclass(frozen=True)
 class EventLimits:
     """Caps on untrusted input, so one hostile event cannot exhaust memory or time."""
 

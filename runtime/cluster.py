@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from actors.batching import batch_from_events, take_events
-from actors.events import EventLimits
+from actors.events import EventLimits, TimeBounds
 from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
 from actors.model import Model, ShardModel, build_model, build_shard
@@ -438,8 +438,10 @@ class ClusterFront:
         self.featurizer = self.model.featurizer()
         self.ranker = self.model.ranker(exploration=False)
         self.limits = EventLimits(
-            config.ingest.max_string_len, config.ingest.max_features_per_event
+            max_string_len=config.ingest.max_string_len,
+            max_features=config.ingest.max_features_per_event,
         )
+        self.times = TimeBounds(config.ingest.min_ts, config.ingest.max_ahead_s)
         self.publisher = Publisher(self.transport, config)
         cfg = config.ingest  # events are pending here until published
         self.admission = Admission(
@@ -514,7 +516,9 @@ class ClusterFront:
 
     async def ingest(self, events: Any, *, wait: bool = True, source: str = "api") -> IngestResult:
         self._check()
-        split = split_events(events, self.limits)  # no joiner here: impressions are refused
+        split = split_events(
+            events, self.limits, self.times, time.time()
+        )  # no joiner here: impressions are refused
         result = IngestResult(accepted=len(split.plain), rejected=len(split.refused))
         result.errors = [{"index": i, "reason": reason} for i, reason, _ in split.refused]
         if split.refused:

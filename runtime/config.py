@@ -178,6 +178,10 @@ class IngestConfig:
     max_pending_events: int = 100_000  # accepted over HTTP and not yet learned
     max_inflight_requests: int = 256  # ingest requests being read, queued or waited on
     retry_after_s: int = 1  # the Retry-After header of a 429
+    # plausible event times: a ts further ahead of the server clock, or before min_ts,
+    # is refused with its reason (it would move trends and the label watermark)
+    max_ahead_s: float = 86_400.0
+    min_ts: float = 0.0
 
     def check(self) -> None:
         for key in (
@@ -189,6 +193,7 @@ class IngestConfig:
             "max_inflight_requests",
         ):
             _require(getattr(self, key) >= 1, f"ingest.{key}", "must be >= 1", getattr(self, key))
+        _require(self.max_ahead_s >= 0, "ingest.max_ahead_s", "must be >= 0", self.max_ahead_s)
         _require(
             self.max_pending_events >= self.max_events_per_request,
             "ingest.max_pending_events",

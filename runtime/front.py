@@ -13,7 +13,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from actors.events import Event, EventLimits, Feature, InvalidEvent, Unparsable, validate_event
+from actors.events import (
+    Event,
+    EventLimits,
+    Feature,
+    InvalidEvent,
+    TimeBounds,
+    Unparsable,
+    validate_event,
+)
 from actors.features import Catalog
 from runtime.admission import Admission
 from runtime.config import Config
@@ -71,8 +79,14 @@ class SplitEvents:
     refused: list[Refusal] = field(default_factory=list)
 
 
-def split_events(events: Iterable[Any], limits: EventLimits) -> SplitEvents:
-    """Validate every input; impressions and outcomes go to ``delayed``."""
+def split_events(
+    events: Iterable[Any],
+    limits: EventLimits,
+    times: TimeBounds | None = None,
+    now: float = 0.0,
+) -> SplitEvents:
+    """Validate every input (and its time against ``times`` at ``now``); impressions and
+    outcomes go to ``delayed``."""
     split = SplitEvents()
     for index, obj in enumerate(events):
         split.count += 1
@@ -80,6 +94,10 @@ def split_events(events: Iterable[Any], limits: EventLimits) -> SplitEvents:
             event = validate_event(obj, limits)
         except InvalidEvent as error:
             split.refused.append((index, str(error), obj))
+            continue
+        problem = times.problem(event.ts, now) if times is not None else None
+        if problem is not None:
+            split.refused.append((index, problem, obj))
             continue
         if event.event is None:
             split.plain.append(event)

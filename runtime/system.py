@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from actors.batching import batch_from_events
-from actors.events import Event, EventLimits
+from actors.events import Event, EventLimits, TimeBounds
 from actors.exploration import ExplorationPolicy
 from actors.model import build_model
 from actors.simulator import SimulatorConfig
@@ -81,6 +81,7 @@ class System:
             max_features=c.ingest.max_features_per_event,
             delayed_labels=True,
         )
+        self.times = TimeBounds(c.ingest.min_ts, c.ingest.max_ahead_s)
         self.ranker = m.ranker()
         e = c.exploration
         self.exploration = ExplorationPolicy.from_settings(e.mode, e.scale, e.epsilon, e.seed)
@@ -194,9 +195,9 @@ class System:
         if isinstance(events, dict):  # one event, not an iterable of its keys
             events = [events]
         events = events if isinstance(events, list) else list(events)
-        split = split_events(events, self.limits)
         async with self._ingest_lock:
             now = self.clock()
+            split = split_events(events, self.limits, self.times, now)
             position = self._journal(events, split, source, now)
             result, last = await self._apply(split, now, source)
         if position is not None and self.durability is not None:

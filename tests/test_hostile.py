@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import logging
+import time
 
 import pytest
 
@@ -169,3 +170,26 @@ async def test_post_recommend_refuses_duplicated_keys(h: Harness) -> None:
     )
     assert resp.status == 400
     assert "duplicate key 'user'" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize("ts", [time.time() * 1000.0, 1e300, -5.0])
+async def test_an_implausible_time_is_refused_and_moves_no_watermark(h: Harness, ts: float) -> None:
+    system = h.system
+    ok = await system.ingest(
+        {"user": "u", "item": "i", "event": "impression", "impression_id": "p1", "ts": time.time()}
+    )
+    assert ok.accepted == 1
+    watermark = system.model.labels.watermark
+    result = await system.ingest(
+        [
+            {"user": "u", "item": "j", "event": "impression", "impression_id": "p2", "ts": ts},
+            GOOD[0],
+        ]
+    )
+    assert (result.accepted, result.rejected) == (1, 1)
+    reason = result.errors[0]["reason"]
+    assert "'ts'" in reason and ("max_ahead_s" in reason or "min_ts" in reason)
+    if ts > 1e12 and ts < 1e14:
+        assert "milliseconds" in reason
+    assert system.model.labels.watermark == watermark
+    assert h.dead_letters()[-1]["reason"] == reason
