@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from actors.events import Unparsable
+from runtime.errors import BadInput
 
 PAYLOAD_BYTES = 8192
 NESTED = "nested too deeply"
 
 
-class DuplicateKey(ValueError):
+class DuplicateKey(BadInput, ValueError):
     """A JSON object names one key twice."""
 
 
