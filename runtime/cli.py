@@ -18,6 +18,15 @@ from runtime.replay import FORMATS, open_log, replay
 from runtime.tune import add_tune_parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("freshrank")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _load(path: str | None) -> Config:
     return Config.load(path) if path else Config()
 
@@ -89,6 +98,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
+    if not result.get("events") and result.get("rejected"):
+        print(
+            f"freshrank replay: every one of the {result['rejected']} records was rejected "
+            f"(see the dead letters); is --format {args.format} the file's format?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -149,6 +165,7 @@ async def _replay_cluster(args: argparse.Namespace, config: Config) -> dict[str,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshrank", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"freshrank {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",

@@ -107,3 +107,22 @@ def test_tsv_with_user_and_item_columns(tmp_path: Path) -> None:
         json.loads(line)["reason"] for line in (tmp_path / "dlq.jsonl").read_text().splitlines()
     ]
     assert any("expected 4 fields" in r for r in reasons) and any("label" in r for r in reasons)
+
+
+def test_version_and_a_replay_that_learns_nothing(tmp_path: Path) -> None:
+    version = subprocess.run(
+        [sys.executable, "-m", "runtime", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and version.stdout.startswith("freshrank ")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"nope": 1}\nnot json\n', encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "replay", str(bad), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "every one of the 2 records was rejected" in proc.stderr
+    assert "Traceback" not in proc.stderr
