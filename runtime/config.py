@@ -223,6 +223,8 @@ class HTTPConfig:
     max_k: int = 1000  # GET /v1/recommend limits
     max_candidates: int = 1000
     max_context_keys: int = 64
+    # an unknown or repeated query parameter is a 400 (false: ignored, the first one wins)
+    strict_params: bool = True
 
     def check(self) -> None:
         _require(0 <= self.port <= 65535, "http.port", "must be in 0..65535", self.port)

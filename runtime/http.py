@@ -119,14 +119,46 @@ async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
     return _json(result.to_dict(), status)
 
 
+# the query parameters each API route takes; the others (health, metrics, the page) are free
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "/v1/events": frozenset({"wait"}),
+    "/v1/recommend": frozenset(
+        {"user", "k", "candidates", "context", "explain", "explore", "scale", "epsilon"}
+    ),
+    "/v1/items/{item}/similar": frozenset({"k"}),
+    "/v1/items/{item}": frozenset({"k"}),
+    "/v1/dashboard/series": frozenset({"since"}),
+    "/v1/dashboard/top": frozenset({"k"}),
+}
+INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: no "1_000", "٣" or " 5 "
+
+
+@web.middleware
+async def strict_query(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An unknown or repeated query parameter is a 400 naming it (``http.strict_params``)."""
+    resource = request.match_info.route.resource
+    allowed = QUERY_PARAMS.get(resource.canonical) if resource is not None else None
+    if allowed is not None and request.app[SYSTEM_KEY].config.http.strict_params:
+        unknown = sorted({name for name in request.query if name not in allowed})
+        if unknown:
+            names = ", ".join(repr(n[:40]) for n in unknown[:5])
+            raise BadRequest(
+                f"unknown query parameter(s) {names}; this route takes {sorted(allowed)}"
+            )
+        for name in set(request.query):
+            if len(request.query.getall(name)) > 1:
+                raise BadRequest(f"query parameter {name!r} is given more than once")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an integer, got {raw[:40]!r}") from None
+    if not INTEGER.fullmatch(raw):
+        raise BadRequest(f"'{name}' must be an integer (ASCII digits), got {raw[:40]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"'{name}' must be in {low}..{high}, got {value}")
     return value
@@ -162,6 +194,8 @@ async def get_recommend(request: web.Request) -> web.Response:
     candidates = None
     if "candidates" in request.query:
         candidates = [c for c in request.query["candidates"].split(",") if c]
+        if not candidates:
+            return _error(400, "'candidates' names no item: give comma-separated item ids")
         if len(candidates) > limits.max_candidates:
             return _error(
                 413,
@@ -243,7 +277,9 @@ def make_app(system: Front) -> web.Application:
     max_body = system.config.ingest.max_body_bytes
     settings = HTTPSettings.from_config(system.config.http, max_body, os.environ)
     app = web.Application(
-        client_max_size=max_body, middlewares=MIDDLEWARES, handler_args=handler_args(settings)
+        client_max_size=max_body,
+        middlewares=[*MIDDLEWARES, strict_query],
+        handler_args=handler_args(settings),
     )
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = HTTPMetrics(system.statistics)

@@ -21,6 +21,7 @@ from tests.test_bad_input import (
     JSON,
     NDJSON,
     Harness,
+    Start,
     assert_still_serving,
 )
 
@@ -193,3 +194,34 @@ async def test_an_implausible_time_is_refused_and_moves_no_watermark(h: Harness,
         assert "milliseconds" in reason
     assert system.model.labels.watermark == watermark
     assert h.dead_letters()[-1]["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({"user": "u", "explian": "1"}, "unknown query parameter(s) 'explian'"),
+        ({"user": "u", "k": "1_000"}, "ASCII digits"),
+        ({"user": "u", "k": "٣"}, "ASCII digits"),
+        ({"user": "u", "k": " 5 "}, "ASCII digits"),
+        ({"user": "u", "candidates": ",,,"}, "names no item"),
+    ],
+)
+async def test_strict_query_parameters(h: Harness, query: dict[str, str], reason: str) -> None:
+    resp = await h.client.get("/v1/recommend", params=query)
+    assert resp.status == 400, await resp.text()
+    assert reason in (await resp.json())["error"]
+
+
+async def test_a_repeated_query_parameter_is_a_400(h: Harness) -> None:
+    resp = await h.client.get("/v1/recommend?user=a&user=b")
+    assert resp.status == 400
+    assert "'user' is given more than once" in (await resp.json())["error"]
+    ok = await h.client.get("/v1/recommend?user=a&k=3")
+    assert ok.status == 200
+
+
+async def test_strict_params_off_ignores_unknown_ones(start: Start) -> None:
+    relaxed = await start()
+    relaxed.system.config.http.strict_params = False
+    resp = await relaxed.client.get("/v1/recommend", params={"user": "u", "explian": "1"})
+    assert resp.status == 200
