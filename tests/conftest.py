@@ -105,3 +105,17 @@ def _drain(stream: Any) -> None:
 def topic_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix unique to the test."""
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(autouse=True)
+def _forget_finished_apps() -> Iterator[None]:
+    """aiohttp caches each app's middleware chain (``web_app._cached_build_middleware``,
+    an lru_cache of 1,024 entries) and with it the app, whose System then outlives its
+    test: ~140 MB each at the default 2^22 slots, 21 GB over the suite. A daemon has
+    one app, so only a test run needs the cache emptied."""
+    yield
+    from aiohttp import web_app
+
+    cache = getattr(web_app, "_cached_build_middleware", None)
+    if cache is not None:
+        cache.cache_clear()
