@@ -27,6 +27,17 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0..65535 (0: any free port)")
+    return port
+
+
 def _load(path: str | None) -> Config:
     return Config.load(path) if path else Config()
 
@@ -179,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", help="HTTP bind address (overrides the config)")
     run.add_argument(
-        "--port", type=int, help="HTTP port, 0 for any free port (overrides the config)"
+        "--port", type=port_number, help="HTTP port, 0 for any free port (overrides the config)"
     )
     run.add_argument(
         "--state",
@@ -214,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id", type=int, default=0, required=role == "shard")
         p.add_argument("--config", help="deploy config (TOML)")
         if role == "ranker":
-            p.add_argument("--port", type=int, help="HTTP port (default: http.port + id)")
+            p.add_argument("--port", type=port_number, help="HTTP port (default: http.port + id)")
         p.set_defaults(func=cmd_role)
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")

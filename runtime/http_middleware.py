@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 
 from runtime.config import ConfigError, HTTPConfig
-from runtime.errors import FreshrankError
+from runtime.errors import FreshrankError, SetupError
 from runtime.logs import REQUEST_ID, printable, request_id_from
 from runtime.prometheus import HTTPMetrics
 
@@ -351,5 +351,18 @@ async def start_site(app: web.Application, http: HTTPConfig) -> web.AppRunner:
     """Serve ``app`` on ``http.host:http.port`` (no aiohttp access log: ours replaces it)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, http.host, http.port).start()
+    try:
+        await web.TCPSite(runner, http.host, http.port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise PortUnavailable(
+            f"cannot listen on {http.host}:{http.port}: {error.strerror or error}; "
+            "choose another --port (0: any free port) or stop what uses it"
+        ) from None
     return runner
+
+
+class PortUnavailable(SetupError):
+    """The HTTP port cannot be bound (in use, or not allowed)."""
+
+    cli_label = "http"

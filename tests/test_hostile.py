@@ -8,7 +8,11 @@ import asyncio
 import gzip
 import json
 import logging
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +229,22 @@ async def test_strict_params_off_ignores_unknown_ones(start: Start) -> None:
     relaxed.system.config.http.strict_params = False
     resp = await relaxed.client.get("/v1/recommend", params={"user": "u", "explian": "1"})
     assert resp.status == 200
+
+
+def test_a_port_out_of_range_or_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    def run(port: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "runtime", "run", "--port", port, "--state", str(tmp_path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    for bad in ("99999", "-5", "http"):
+        proc = run(bad)
+        assert proc.returncode == 2 and "--port" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run(str(taken.getsockname()[1]))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("freshrank:")]
+    assert len(lines) == 1 and "address already in use" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
