@@ -29,6 +29,7 @@ from runtime.http_middleware import (
     MIDDLEWARES,
     SETTINGS_KEY,
     HTTPSettings,
+    first_chunk,
     handler_args,
     read_body,
 )
@@ -63,12 +64,15 @@ def _parse_msgpack(body: bytes, limits: Limits) -> list[Any]:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    """Admission first: past the ingest bounds a 429 before the body is even read."""
+    """Admission once the body starts arriving: past the ingest bounds a 429 before the
+    rest of it is read, and a client that sends headers and no body holds no capacity
+    (only a connection, until ``http.body_timeout_s``)."""
+    first = await first_chunk(request)
     ticket = request.app[ADMISSION_KEY].enter()
     if isinstance(ticket, Overload):
         return _overloaded(ticket)
     with ticket:
-        return await _ingest_events(request, ticket)
+        return await _ingest_events(request, ticket, first)
 
 
 def _overloaded(overload: Overload) -> web.Response:
@@ -79,10 +83,10 @@ def _overloaded(overload: Overload) -> web.Response:
     )
 
 
-async def _ingest_events(request: web.Request, ticket: Ticket) -> web.Response:
+async def _ingest_events(request: web.Request, ticket: Ticket, first: bytes) -> web.Response:
     system = request.app[SYSTEM_KEY]
     cfg = system.config.ingest
-    body = await read_body(request)
+    body = await read_body(request, first)
     if not body.strip():
         return _error(400, "empty body: send a JSON array, NDJSON or msgpack array of events")
     ctype = request.content_type

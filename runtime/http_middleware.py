@@ -24,7 +24,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -271,13 +271,28 @@ MIDDLEWARES = [observe, authenticate, limit_requests]
 # --------------------------------------------------------------------------- helpers
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body, or a 408 when the client sends it slower than ``http.body_timeout_s``
-    (it would hold a request slot as long as it likes) and a JSON 413 when it is too large."""
+async def first_chunk(request: web.Request) -> bytes:
+    """Wait (at most ``http.body_timeout_s``) until the body starts arriving and return
+    what came: a caller takes capacity only then, so connections that send headers and
+    no body cannot hold it."""
+    return await _bounded(request, request.content.readany())
+
+
+async def read_body(request: web.Request, prefix: bytes = b"") -> bytes:
+    """The whole body (after ``prefix``, what :func:`first_chunk` took), or a 408 when the
+    client sends it slower than ``http.body_timeout_s`` (it would hold a request slot as
+    long as it likes) and a JSON 413 when it is too large."""
+    rest = await _bounded(request, request.read())
+    if prefix and len(prefix) + len(rest) > request.app[SETTINGS_KEY].max_body_bytes:
+        raise _body_too_large(request)
+    return prefix + rest
+
+
+async def _bounded(request: web.Request, reading: Awaitable[bytes]) -> bytes:
     settings = request.app[SETTINGS_KEY]
     try:
         async with asyncio.timeout(settings.body_timeout_s):
-            return await request.read()
+            return await reading
     except TimeoutError:
         reason = (
             f"request body not received within {settings.body_timeout_s:g} s (http.body_timeout_s)"

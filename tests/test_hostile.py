@@ -248,3 +248,28 @@ def test_a_port_out_of_range_or_in_use_is_one_line_and_exit_2(tmp_path: Path) ->
     lines = [line for line in proc.stderr.splitlines() if line.startswith("freshrank:")]
     assert len(lines) == 1 and "address already in use" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_clients_that_send_no_body_take_no_admission_capacity(start: Start) -> None:
+    h = await start(max_inflight_requests=16)
+    server = h.client.server
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    idle = []
+    try:
+        for _ in range(200):  # far more than the 16 requests admission lets in at once
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(head)
+            await writer.drain()
+            idle.append((reader, writer))
+        # each idle request has been handed to its handler once a later request is answered
+        for _ in range(5):
+            resp = await h.post(json.dumps(GOOD).encode(), JSON)
+            assert resp.status == 200, await resp.text()
+        assert h.stats()["admission"]["inflight_requests"] == 0
+    finally:
+        for _, writer in idle:
+            writer.close()
+    await assert_still_serving(h)
