@@ -50,7 +50,14 @@ def top_k(scores: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
     k = min(k, allowed)
     if k <= 0:
         return np.zeros(0, np.int64)
-    part = np.argpartition(-masked, k - 1)[:k] if k < masked.size else np.arange(masked.size)
+    if k < masked.size:
+        # argpartition breaks ties at the k-th score arbitrarily, and differently for arrays
+        # of other lengths: two replicas with equal scores must answer the same list
+        kth = np.partition(masked, masked.size - k)[masked.size - k]
+        above = np.flatnonzero(masked > kth)
+        part = np.concatenate((above, np.flatnonzero(masked == kth)[: k - above.size]))
+    else:
+        part = np.arange(masked.size)
     return part[np.lexsort((part, -masked[part]))]
 
 
