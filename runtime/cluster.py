@@ -461,9 +461,10 @@ class ClusterFront:
     async def start(self) -> None:
         await self.transport.start()
         channel = self.transport.channel
+        self.items = ItemsFollower(self.model, channel("items"))
         services: list[Service] = [
             Follower("weights", channel("weights"), self._apply_delta),
-            Follower("items", channel("items"), self._apply_items),
+            self.items,
             Follower("history", channel("events"), self._apply_events),
         ]
         if self.requests_transport is not None:
@@ -490,12 +491,12 @@ class ClusterFront:
         if delta.created_at and delta.index.size:
             self.freshness.add(time.time() - delta.created_at)
 
-    async def _apply_items(self, batch: EventBatch) -> None:
-        self.featurizer.featurize(batch)
-
     async def _apply_events(self, batch: EventBatch) -> None:
         """User histories and the sequence statistics, learned as the trainers learn them
-        (``TrainerActor._walk_events``): event by event, in the topic's order."""
+        (``TrainerActor._walk_events``): event by event, in the topic's order, each batch
+        after the item upserts it depends on, as the trainers featurize it (an item the
+        catalog met first in an event would get another row than the trainers gave it)."""
+        await self.items.wait_for(batch.items_upto)
         features = self.featurizer.featurize(batch)
         sequence = self.model.sequence
         for r, row in enumerate(features.item_rows.tolist()):

@@ -446,3 +446,26 @@ def test_unreachable_broker_is_a_clear_error_not_a_traceback_storm(tmp_path: Pat
     assert "not reachable after 2 s" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert 2 <= proc.stderr.count("retrying in") <= 10
+
+
+async def test_a_ranker_follows_an_events_batch_only_after_its_item_upserts() -> None:
+    """The ranker reads the events and items topics with two followers; an events batch
+    read first must wait, or its items get other catalog rows than the trainers gave
+    them (under load the cluster then served other lists than the embedded run)."""
+    from actors.batching import batch_from_events
+    from actors.events import validate_event
+    from runtime.cluster import ClusterFront, ItemsFollower
+    from runtime.transport import Envelope
+
+    front = ClusterFront(Config(), 0)
+    front.items = ItemsFollower(front.model, None)
+    upserts = batch_from_events([validate_event({"item": name}) for name in ("b", "a")])
+    clicks = batch_from_events([validate_event({"user": "u", "item": "a"})])
+    clicks.items_upto = [0]  # the items record at offset 0 of partition 0
+    following = asyncio.ensure_future(front._apply_events(clicks))
+    await asyncio.sleep(0)
+    assert not following.done() and len(front.catalog) == 0
+    await front.items.handle_envelope(Envelope(upserts, (0, 0)))
+    await asyncio.wait_for(following, 5.0)
+    assert front.followed_events == 1
+    assert front.catalog.ids == ["b", "a"]
