@@ -174,6 +174,13 @@ class LearnerActor(Actor):
         # events partition -> last events offset applied (exactly-once in effect)
         self.applied_upto: dict[int, int] = {}
 
+    async def start(self) -> None:
+        if self.factors is not None:
+            # the seeded start of the vectors (2^18 x k normals) is made now, not while
+            # the first batch after "ready" waits for it
+            self.factors.rows("init")
+        await super().start()
+
     async def handle(self, message: GradBatch) -> None:
         if self._already_applied(message):
             self.duplicates += 1

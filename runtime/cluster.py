@@ -611,9 +611,11 @@ async def run_ranker(config: Config, index: int) -> int:
     from runtime.http import make_app
     from runtime.http_middleware import check_exposure, start_site
     from runtime.logs import configure_logging
+    from runtime.warmup import warm_up
 
     token = check_exposure(config.http, os.environ)
     configure_logging(config.http.log_format, secrets=[token])
+    await warm_up(config)
     front = ClusterFront(config, index)
     await front.start()
     runner = await start_site(make_app(front), config.http)

@@ -23,6 +23,7 @@ from runtime.http import make_app
 from runtime.http_middleware import check_exposure, start_site
 from runtime.logs import configure_logging
 from runtime.system import System, SystemFailed
+from runtime.warmup import warm_up
 
 log = logging.getLogger("freshrank")
 
@@ -34,6 +35,7 @@ async def serve(config: Config) -> int:
     anything starts.
     """
     check_exposure(config.http, os.environ)
+    await warm_up(config)
     system = System(config)
     await system.start()
     app = make_app(system)
