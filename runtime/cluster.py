@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from aiokafka.errors import KafkaError
 
 from actors.batching import batch_from_events, take_events
 from actors.events import EventLimits, TimeBounds
@@ -57,7 +58,7 @@ from runtime.front import (
     recommend_target,
     split_events,
 )
-from runtime.kafka import KafkaChannel, KafkaTransport
+from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport
 from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
     DeadLetters,
@@ -164,7 +165,8 @@ async def run_shard(config: Config, shard: int) -> int:
     restored = learner.restore()
     state = "restored" if restored else "fresh"
     log.info("shard %d: %s at grads offset %d", shard, state, learner.next_offset)
-    code = await serve(f"shard-{shard}", [learner], learner.statistics)
+    watch = BrokerWatch([learner.grads], config.kafka.broker_check_s)
+    code = await serve(f"shard-{shard}", [learner, watch], learner.statistics)
     learner.write_checkpoint()
     await transport.stop()
     return code
@@ -375,7 +377,10 @@ async def run_trainer(config: Config, index: int) -> int:
             "components": model.component_statistics(),
         }
 
-    services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events]
+    watch = BrokerWatch(
+        [channel("events"), channel("weights"), channel("items")], config.kafka.broker_check_s
+    )
+    services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events, watch]
     code = await serve(name, services, stats)
     stats_file = Path(config.cluster.checkpoint_dir) / f"trainer-{index}.json"
     snapshots.write_atomically(stats_file, json.dumps(clean(stats()), indent=2).encode())
@@ -466,6 +471,10 @@ class ClusterFront:
             Follower("weights", channel("weights"), self._apply_delta),
             self.items,
             Follower("history", channel("events"), self._apply_events),
+            BrokerWatch(
+                [channel(name) for name in ("weights", "items", "events")],
+                self.config.kafka.broker_check_s,
+            ),
         ]
         if self.requests_transport is not None:
             await self.requests_transport.start()
@@ -592,6 +601,40 @@ class ClusterFront:
     def _offsets(self, topic: str) -> list[int]:
         channel = self.transport.channel(topic)
         return [channel.positions.get(p, -1) for p in range(channel.partitions)]
+
+
+class BrokerWatch(Actor):
+    """Every ``kafka.broker_check_s``, checks that the broker still holds every record this
+    process read from ``channels``; a lost log fails the process with the reason
+    (:class:`BrokerLostLog`).  A broker that does not answer in time is no verdict: the
+    clients retry it, and the check runs again."""
+
+    def __init__(self, channels: Sequence[KafkaChannel], every_s: float) -> None:
+        super().__init__("broker-watch")
+        self.channels = channels
+        self.every_s = every_s
+        self.checks = 0
+        self.unanswered = 0
+
+    async def start(self) -> None:
+        await super().start()
+        self.spawn(self._watch(), "watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)  # a period, not a synchronisation
+            for channel in self.channels:
+                try:
+                    lost = await asyncio.wait_for(channel.lost_records(), self.every_s)
+                except (TimeoutError, KafkaError):
+                    self.unanswered += 1
+                    continue
+                if lost is not None:
+                    raise BrokerLostLog(lost)
+            self.checks += 1
+
+    def statistics(self) -> dict[str, Any]:
+        return {"checks": self.checks, "unanswered": self.unanswered}
 
 
 class Follower(Actor):

@@ -368,10 +368,14 @@ class KafkaConfig:
     # rankers also answer recommend requests on <prefix>.requests, replying on .replies
     recommend_requests: bool = False
     requests_partitions: int = 1
+    # how often a cluster process checks that the broker still holds what it read
+    broker_check_s: float = 2.0
 
     def check(self) -> None:
         _require(self.requests_partitions >= 1, "kafka.requests_partitions", "must be >= 1",
                  self.requests_partitions)  # fmt: skip
+        _require(self.broker_check_s > 0, "kafka.broker_check_s", "must be > 0",
+                 self.broker_check_s)  # fmt: skip
         _require(
             bool(self.bootstrap_servers),
             "kafka.bootstrap_servers",

