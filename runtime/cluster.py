@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from actors.batching import batch_from_events, take_events
-from actors.events import EventLimits, TimeBounds
 from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
 from actors.model import Model, ShardModel, build_model, build_shard
@@ -53,6 +52,7 @@ from runtime.config import Config
 from runtime.front import (
     IngestResult,
     context_features,
+    event_bounds,
     payload_text,
     recommend_target,
     split_events,
@@ -437,16 +437,10 @@ class ClusterFront:
         self.catalog, self.users = self.model.catalog, self.model.users
         self.featurizer = self.model.featurizer()
         self.ranker = self.model.ranker(exploration=False)
-        self.limits = EventLimits(
-            max_string_len=config.ingest.max_string_len,
-            max_features=config.ingest.max_features_per_event,
-        )
-        self.times = TimeBounds(config.ingest.min_ts, config.ingest.max_ahead_s)
+        self.limits, self.times = event_bounds(config.ingest, delayed_labels=False)
         self.publisher = Publisher(self.transport, config)
-        cfg = config.ingest  # events are pending here until published
-        self.admission = Admission(
-            cfg.max_pending_events, cfg.max_inflight_requests, cfg.retry_after_s
-        )
+        # events are pending here until published
+        self.admission = Admission.from_config(config.ingest)
         self.freshness = LatencyWindow()
         self.deltas = 0
         self.followed_events = 0  # of the events topic: user histories and statistics

@@ -23,7 +23,7 @@ from actors.ftrl import sigmoid
 from actors.hasher import Featurizer
 from actors.model import Model
 from actors.ranker import Ranker
-from runtime.front import Delayed, Refusal
+from runtime.front import Delayed, Refusal, SplitEvents
 from runtime.messages import EventBatch
 from runtime.supervisor import Supervisor, SystemFailed
 
@@ -60,6 +60,11 @@ class LabelStage:
         self._timer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
+    @property
+    def timer(self) -> asyncio.Task[None] | None:
+        """The task closing idle windows (None: not running)."""
+        return self._timer
+
     def attach(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
 
@@ -76,6 +81,18 @@ class LabelStage:
         self._stop.set()
         await asyncio.gather(self._timer, return_exceptions=True)
         self._timer = None
+
+    async def resolve(
+        self, split: SplitEvents
+    ) -> tuple[list[Event], list[float] | None, list[Refusal]]:
+        """A request's events to learn now: the plain ones, then the impressions whose label
+        is known, with their prescores (None: the request had no impressions or outcomes);
+        and every refusal, in request order."""
+        resolved, refused = await self.join(split.delayed)
+        good = split.plain + [r.event for r in resolved]
+        prescores = [math.nan] * len(split.plain) + [r.prescore for r in resolved]
+        refusals = sorted(split.refused + refused, key=lambda r: int(r[0]))
+        return good, prescores if split.delayed else None, refusals
 
     async def join(self, delayed: Sequence[Delayed]) -> tuple[list[Resolved], list[Refusal]]:
         """The impressions whose label is known now, and the outcomes the joiner refuses."""
