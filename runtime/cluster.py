@@ -60,6 +60,9 @@ from runtime.front import (
 from runtime.kafka import KafkaChannel, KafkaTransport
 from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
+    INTERACTION,
+    ITEM_UPSERT,
+    NEGATIVE,
     DeadLetters,
     EventBatch,
     EventScores,
@@ -407,14 +410,14 @@ class Publisher:
         untimed = np.isnan(batch.ts)
         if untimed.any():  # an event without a time happened when it was published
             batch.ts = np.where(untimed, batch.created_at, batch.ts)
-        upserts = np.flatnonzero(batch.kind == 1)
+        upserts = np.flatnonzero(batch.kind == ITEM_UPSERT)
         if upserts.size:
             items = self.transport.channel("items")
             await items.send(take_events(batch, upserts), key=0)
             assert items.last_sent is not None
             partition, offset = items.last_sent
             self.items_upto[partition] = offset
-        interactions = np.flatnonzero(batch.kind == 0)
+        interactions = np.flatnonzero(batch.kind == INTERACTION)
         if interactions.size:
             part = batch if interactions.size == len(batch) else take_events(batch, interactions)
             part.items_upto = list(self.items_upto)
@@ -500,7 +503,7 @@ class ClusterFront:
             recent = self.users.sequence(user)
             if user:
                 self.users.add(user, row)
-            if sequence is not None and features.label[r] != 0:
+            if sequence is not None and features.label[r] != NEGATIVE:
                 sequence.learn_event(recent if user else None, row, float(features.ts[r]))
         self.model.observe(features.users, features.item_rows)
         self.followed_events += len(features)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ from actors.hasher import Featurizer
 from actors.model import Model
 from actors.ranker import Ranker
 from runtime.front import Delayed, Refusal, SplitEvents
-from runtime.messages import EventBatch
+from runtime.messages import NOT_SCORED, EventBatch
 from runtime.supervisor import Supervisor, SystemFailed
 
 ITEM_SIDE = FEATURE_GROUPS["item_features"]  # namespace prefix of item-side features
@@ -90,7 +89,7 @@ class LabelStage:
         and every refusal, in request order."""
         resolved, refused = await self.join(split.delayed)
         good = split.plain + [r.event for r in resolved]
-        prescores = [math.nan] * len(split.plain) + [r.prescore for r in resolved]
+        prescores = [NOT_SCORED] * len(split.plain) + [r.prescore for r in resolved]
         refusals = sorted(split.refused + refused, key=lambda r: int(r[0]))
         return good, prescores if split.delayed else None, refusals
 
@@ -122,13 +121,13 @@ class LabelStage:
             await self._wait_learned(await self._submit(batch_from_events(list(new.values()))))
 
     def prescores(self, impressions: Sequence[Event]) -> list[float]:
-        """The model's probability for each impression now (NaN: its item is unknown), from
-        the row the trainer would learn it with; one scoring pass per user context."""
+        """The model's probability for each impression now (NOT_SCORED: its item is unknown),
+        from the row the trainer would learn it with; one scoring pass per user context."""
         contexts: dict[tuple[str, tuple[Feature, ...]], list[int]] = {}
         for i, event in enumerate(impressions):
             user_side = tuple(f for f in event.features if not f[0].startswith(ITEM_SIDE))
             contexts.setdefault((event.user or "", user_side), []).append(i)
-        prescores = [math.nan] * len(impressions)
+        prescores = [NOT_SCORED] * len(impressions)
         for (user, user_side), members in contexts.items():
             known = [(i, self.catalog.rows.get(impressions[i].item, -1)) for i in members]
             known = [(i, row) for i, row in known if row >= 0]

@@ -89,7 +89,7 @@ class Pipeline:
             chunk = events[lo : lo + training.batch_size]
             scores = prescores[lo : lo + training.batch_size] if prescores is not None else None
             flags = self.model.stream.rank_flags(chunk, training.rank_eval_every)
-            last = await self.submit(batch_from_events(chunk, flags, -1, scores))
+            last = await self.submit(batch_from_events(chunk, flags, prescore=scores))
         return last
 
     async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
