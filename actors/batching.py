@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from actors.events import Event
-from actors.hashing import encode_strings
+from actors.murmur import encode_strings
 from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, take_prescores
 
 

@@ -27,8 +27,8 @@ from actors.features import (
     score_items,
     with_histories,
 )
+from actors.featurizer import take_rows
 from actors.ftrl import GradientAggregator
-from actors.hasher import take_rows
 from actors.learner import split_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model

@@ -18,8 +18,8 @@ from actors.batching import batch_from_events
 from actors.delayed import Resolved
 from actors.events import FEATURE_GROUPS, IMPRESSION, Event, Feature
 from actors.features import score_items
+from actors.featurizer import Featurizer
 from actors.ftrl import sigmoid
-from actors.hasher import Featurizer
 from actors.model import Model
 from actors.ranker import Ranker
 from runtime.front import Delayed, Refusal, SplitEvents

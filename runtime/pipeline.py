@@ -22,7 +22,7 @@ import numpy as np
 from actors.batching import batch_from_events
 from actors.deadletters import DeadLetterSink
 from actors.events import Event
-from actors.hasher import HasherActor
+from actors.featurizer import HasherActor
 from actors.learner import FactorShard, LearnerActor
 from actors.model import Model
 from actors.trainer import TrainerActor

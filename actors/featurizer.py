@@ -1,6 +1,8 @@
-"""Feature hashing stage: events in, hashed user-side features and catalog rows out.
+"""The featurizing stage ("hasher" in statistics): events in, hashed user-side features
+and catalog rows out.
 
-The pure :class:`Featurizer` does the work; :class:`HasherActor` only wraps it.
+The pure :class:`Featurizer` does the work (with the hash functions of
+``actors/murmur.py``); :class:`HasherActor` only wraps it.
 It is the single writer of the catalog and of user profiles.
 """
 
@@ -22,7 +24,7 @@ from actors.features import (
     UserState,
     with_history,
 )
-from actors.hashing import encode_strings, hash_slices_one_seed
+from actors.murmur import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
 from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, FeatureBatch, take_prescores
 from runtime.transport import Channel
