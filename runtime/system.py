@@ -12,6 +12,11 @@ weights the learners write.  Every arrow is a bounded channel of the transport. 
 model comes from :func:`actors.model.build_model`; snapshots are compositions of its
 parts (``actors/state.py``).  A crash of any task fails every waiter and every call
 with :class:`SystemFailed`, and is raised again when the ``async with`` block ends.
+
+System is the front (ingest, recommend, statistics, lifecycle); the parts it holds do
+the rest: :class:`~runtime.pipeline.Pipeline` queues batches through the actors,
+:class:`~runtime.labels.LabelStage` joins delayed labels, and
+:class:`~runtime.durability.Persistence` restores, journals and snapshots.
 """
 
 from __future__ import annotations
