@@ -225,9 +225,12 @@ class Persistence:
             last = await self._replay_record(record, replay) or last
         if last is not None:
             await self.learned.wait_for(last)
-        if d.counters["replayed_records"]:
-            log.info("replayed %d journal records (%d events) after position %d",
-                     d.counters["replayed_records"], d.counters["replayed_events"], self.position)  # fmt: skip
+        records, events = d.counters["replayed_records"], d.counters["replayed_events"]
+        if records:
+            log.info(
+                "replayed %d journal records (%d events) after position %d",
+                records, events, self.position,
+            )  # fmt: skip
 
     async def _replay_record(self, record: Record, replay: Replay) -> int | None:
         assert self.durability is not None
