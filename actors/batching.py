@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from actors.events import Event
-from actors.hashing import encode_strings
-from runtime.messages import EventBatch, take_prescores
+from actors.murmur import encode_strings
+from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, take_prescores
 
 
 def batch_from_events(
@@ -17,9 +17,9 @@ def batch_from_events(
     seq: int = -1,
     prescore: Sequence[float] | None = None,
 ) -> EventBatch:
-    """One columnar batch; item upserts stay in stream order with ``kind == 1``.
+    """One columnar batch; item upserts stay in stream order with ``kind == ITEM_UPSERT``.
 
-    ``prescore``: per event, its probability when first scored (NaN: none), or None."""
+    ``prescore``: per event, its probability when first scored (NOT_SCORED: none), or None."""
     n = len(events)
     if prescore is not None and len(prescore) != n:
         raise ValueError(f"{len(prescore)} prescores for {n} events")
@@ -38,11 +38,12 @@ def batch_from_events(
             feat_x.append(x)
         ptr[r + 1] = len(feat_ns)
     data, offsets = encode_strings(feat_val)
+    upsert = np.fromiter((e.is_upsert for e in events), bool, n)
     return EventBatch(
         seq=seq,
         users=[e.user or "" for e in events],
         items=[e.item for e in events],
-        kind=np.fromiter((e.is_upsert for e in events), np.uint8, n),
+        kind=np.where(upsert, ITEM_UPSERT, INTERACTION).astype(np.uint8),
         ts=np.fromiter((e.ts for e in events), np.float64, n),
         label=np.fromiter((e.label for e in events), np.int8, n),
         weight=np.fromiter((e.weight for e in events), np.float64, n),

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from actors.events import IMPLICIT, IMPRESSION, OUTCOMES, Event
-from runtime.messages import NOT_EVALUATED
+from actors.events import IMPRESSION, OUTCOMES, Event
+from runtime.messages import IMPLICIT, NEGATIVE, NOT_EVALUATED, NOT_SCORED, POSITIVE
 
 LATE_POLICIES = ("ignore", "positive", "dead_letter")
 """What a click for an impression whose window has closed does: ``ignore`` counts it;
@@ -64,7 +64,8 @@ _JOINED, _EXPIRED, _EVICTED, _LATE = "joined", "expired", "evicted", "late"
 @dataclass(frozen=True)
 class Resolved:
     """An impression with its label, ready to learn.  ``prescore`` is the probability when
-    it was shown (NaN: none), or :data:`NOT_EVALUATED` for a late-click correction."""
+    it was shown (:data:`NOT_SCORED`: none), or :data:`NOT_EVALUATED` for a late-click
+    correction."""
 
     event: Event
     label: int
@@ -162,12 +163,12 @@ class DelayedLabelJoiner:
         self._advance(now)
         resolved = []
         while (oldest := self._oldest()) is not None and oldest.deadline < self.watermark:
-            resolved.append(self._close(self._pop(oldest), 0, _EXPIRED))
+            resolved.append(self._close(self._pop(oldest), NEGATIVE, _EXPIRED))
         return resolved
 
     # -- events ----------------------------------------------------------------
 
-    def add_impression(self, event: Event, prescore: float = math.nan) -> Step:
+    def add_impression(self, event: Event, prescore: float = NOT_SCORED) -> Step:
         """Open an impression (``prescore``: its probability when shown)."""
         if event.event != IMPRESSION or event.impression_id is None:
             raise ValueError("add_impression needs an impression event with an impression_id")
@@ -180,7 +181,7 @@ class DelayedLabelJoiner:
             return step
         oldest = self._oldest()
         if len(self._open) >= self.max_pending and oldest is not None:
-            step.resolved.append(self._close(self._pop(oldest), 0, _EVICTED))
+            step.resolved.append(self._close(self._pop(oldest), NEGATIVE, _EVICTED))
         self._order += 1
         entry = _Open(event, prescore, shown_at + self.window_s, self._order)
         self._open[key] = entry
@@ -202,7 +203,7 @@ class DelayedLabelJoiner:
             step.rejected = _mismatch(event, entry.event.user, entry.event.item)
             if step.rejected is None:
                 del self._open[key]
-                step.resolved.append(self._close(entry, 1, _JOINED))
+                step.resolved.append(self._close(entry, POSITIVE, _JOINED))
             else:
                 self.counters["mismatched_click"] += 1
             return step
@@ -230,7 +231,7 @@ class DelayedLabelJoiner:
         closed.how, closed.open = _LATE, None
         if self.late_policy == "positive" and impression is not None:
             self.counters["late_corrections"] += 1
-            step.resolved.append(_resolved(impression, 1, NOT_EVALUATED, _LATE))
+            step.resolved.append(_resolved(impression, POSITIVE, NOT_EVALUATED, _LATE))
         elif self.late_policy == "dead_letter":
             return (
                 f"late {event.event} for impression_id {key[:80]!r}: {how} (learned as a negative)"

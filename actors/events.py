@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import BadInput
+from runtime.messages import IMPLICIT
 
-IMPLICIT = -1
 FEATURE_GROUPS = {"user_features": "u.", "item_features": "i.", "context": "c."}
 IMPRESSION = "impression"
 OUTCOMES = frozenset({"click", "conversion"})

@@ -41,8 +41,8 @@ from numba import njit
 
 from actors.features import BaseFeatures, Catalog, FeatureSpace
 from actors.ftrl import FTRLParams
-from actors.hashing import FNV_PRIME, MASK32
-from actors.hashing import fmix32_scalar as _fmix
+from actors.murmur import FNV_PRIME, MASK32
+from actors.murmur import fmix32_scalar as _fmix
 from runtime.errors import BadInput
 
 MODES = ("off", "thompson", "epsilon")

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from actors.factors import FactorScorer, FactorStore, pair_contributions
-from actors.hashing import (
+from actors.murmur import (
     FNV_PRIME,
     MASK32,
     cross_hash,
@@ -36,7 +36,7 @@ from actors.hashing import (
     murmur3_32,
     namespace_seed,
 )
-from actors.hashing import (
+from actors.murmur import (
     fmix32_scalar as _fmix,
 )
 

@@ -24,8 +24,8 @@ from actors.delayed import DelayedLabelJoiner
 from actors.exploration import WeightPosterior
 from actors.factors import FactorParams, FactorStore
 from actors.features import Catalog, FeatureSpace, UserState
+from actors.featurizer import Featurizer
 from actors.ftrl import FTRLParams
-from actors.hasher import Featurizer
 from actors.itemstats import ItemStatsParams
 from actors.learner import OptimizerParams, ParameterStore
 from actors.metrics import ProgressiveMetrics

@@ -18,7 +18,7 @@ import numpy as np
 
 from actors.batching import batch_from_events
 from actors.events import Event, EventLimits, InvalidEvent, validate_event
-from runtime.messages import EventBatch
+from runtime.messages import INTERACTION, EventBatch
 
 CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATS = [f"C{i}" for i in range(1, 27)]
@@ -382,7 +382,7 @@ def _ctr_chunk(
         seq=-1,
         users=users,
         items=items,
-        kind=np.zeros(n, np.uint8),
+        kind=np.full(n, INTERACTION, np.uint8),
         ts=np.full(n, math.nan),
         label=label.astype(np.int8),
         weight=np.ones(n),

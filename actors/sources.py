@@ -8,6 +8,7 @@ from typing import Any
 
 from actors.simulator import Simulator, SimulatorConfig
 from runtime.actor import Actor
+from runtime.config import SimulatorSection
 
 IngestFn = Callable[[list[Any]], Awaitable[Any]]
 
@@ -22,6 +23,14 @@ class SimulatorSource(Actor):
         self.rate = rate
         self.batch = batch
         self.sent = 0
+
+    @classmethod
+    def from_section(cls, section: SimulatorSection, ingest: IngestFn) -> SimulatorSource | None:
+        """The source ``[simulator]`` asks for (None: disabled)."""
+        if not section.enabled:
+            return None
+        world = SimulatorConfig(seed=section.seed, n_users=section.n_users, n_items=section.n_items)
+        return cls(world, ingest, section.rate, section.batch)
 
     async def start(self) -> None:
         if self._started:

@@ -27,14 +27,21 @@ from actors.features import (
     score_items,
     with_histories,
 )
+from actors.featurizer import take_rows
 from actors.ftrl import GradientAggregator
-from actors.hasher import take_rows
 from actors.learner import split_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model
 from actors.signals import SignalEvents, append_entries
 from runtime.actor import Actor
-from runtime.messages import FeatureBatch, GradBatch, WeightDelta
+from runtime.messages import (
+    IMPLICIT,
+    NEGATIVE,
+    NOT_EVALUATED,
+    FeatureBatch,
+    GradBatch,
+    WeightDelta,
+)
 from runtime.transport import Channel
 
 RANKED_BYTES = 64 << 20  # whole-catalog signal values of ranked events held at once
@@ -91,23 +98,23 @@ def evaluation_rows(
     prescore: np.ndarray, origin: np.ndarray, probs: np.ndarray, explicit: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probabilities the metrics score and the rows they evaluate: a row's prescore
-    (its prediction when first scored, e.g. at impression time) where finite, else the
-    prediction now; a NOT_EVALUATED (negative) prescore is learned but not evaluated."""
+    (its prediction when first scored, e.g. at impression time) where it has one, else the
+    prediction now (NOT_SCORED); a NOT_EVALUATED prescore is learned but not evaluated."""
     if prescore.size == 0:
         return probs, explicit
     row_prescore = prescore[origin]
-    known = np.isfinite(row_prescore)
-    return np.where(known, row_prescore, probs), explicit & ~(known & (row_prescore < 0))
+    known = np.isfinite(row_prescore)  # NOT_SCORED is NaN
+    return np.where(known, row_prescore, probs), explicit & ~(row_prescore == NOT_EVALUATED)
 
 
 def rows_with_negatives(
     label: np.ndarray, item_rows: np.ndarray, known: int, negatives: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The rows a batch is learned as: each implicit positive (``label < 0``) is followed by
-    ``negatives`` items drawn uniformly from the ``known`` catalog rows (a draw equal to the
-    positive moves to the next row).  Returns each row's event, item, label and whether
-    its label was given (explicit) rather than implied."""
-    implicit = label < 0
+    """The rows a batch is learned as: each implicit positive (``label == IMPLICIT``) is
+    followed by ``negatives`` items drawn uniformly from the ``known`` catalog rows (a draw
+    equal to the positive moves to the next row).  Returns each row's event, item, label
+    and whether its label was given (explicit) rather than implied."""
+    implicit = label == IMPLICIT
     per_row = np.where(implicit & (item_rows >= 0) & (known > 1), 1 + negatives, 1)
     origin = np.repeat(np.arange(len(label)), per_row)
     rows = item_rows[origin].copy()
@@ -409,7 +416,7 @@ class TrainerActor(Actor):
         draw = rows.labels[np.minimum(row_first[:-1], rows.labels.size - 1)] == 1.0
         named = np.array([bool(u) for u in batch.users], bool) if batch.users else np.zeros(n, bool)
         return SignalEvents(
-            seq_ptr, seq_rows, named, batch.item_rows, batch.label != 0, batch.ts,
+            seq_ptr, seq_rows, named, batch.item_rows, batch.label != NEGATIVE, batch.ts,
             row_first, rows.item_rows, walk.rank_slot, draw,
         )  # fmt: skip
 

@@ -65,8 +65,8 @@ from actors.batching import batch_from_events
 from actors.events import validate_event
 from actors.exploration import ExplorationPolicy, WeightPosterior
 from actors.features import BaseFeatures, Catalog, FeatureSpace, UserState, expand, score_items
+from actors.featurizer import Featurizer
 from actors.ftrl import FTRLParams, GradientAggregator, apply_gradients, sigmoid
-from actors.hasher import Featurizer
 from actors.learner import ParameterStore
 from actors.ranker import Ranker
 from actors.simulator import Simulator, SimulatorConfig

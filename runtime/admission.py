@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from runtime.config import IngestConfig
+
 PENDING_EVENTS = "pending_events"
 INFLIGHT_REQUESTS = "inflight_requests"
 
@@ -71,6 +73,13 @@ class Admission:
         self.admitted_events = 0
         self.rejected_requests: Counter[str] = Counter()
         self.rejected_events = 0  # events of refused requests whose body was parsed
+
+    @classmethod
+    def from_config(
+        cls, ingest: IngestConfig, learned_seq: Callable[[], int] | None = None
+    ) -> Admission:
+        return cls(ingest.max_pending_events, ingest.max_inflight_requests,
+                   ingest.retry_after_s, learned_seq)  # fmt: skip
 
     @property
     def pending_events(self) -> int:

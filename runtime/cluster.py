@@ -41,7 +41,6 @@ import numpy as np
 from aiokafka.errors import KafkaError
 
 from actors.batching import batch_from_events, take_events
-from actors.events import EventLimits, TimeBounds
 from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
 from actors.model import Model, ShardModel, build_model, build_shard
@@ -54,6 +53,7 @@ from runtime.config import Config
 from runtime.front import (
     IngestResult,
     context_features,
+    event_bounds,
     payload_text,
     recommend_target,
     split_events,
@@ -61,6 +61,9 @@ from runtime.front import (
 from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport
 from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
+    INTERACTION,
+    ITEM_UPSERT,
+    NEGATIVE,
     DeadLetters,
     EventBatch,
     EventScores,
@@ -412,14 +415,14 @@ class Publisher:
         untimed = np.isnan(batch.ts)
         if untimed.any():  # an event without a time happened when it was published
             batch.ts = np.where(untimed, batch.created_at, batch.ts)
-        upserts = np.flatnonzero(batch.kind == 1)
+        upserts = np.flatnonzero(batch.kind == ITEM_UPSERT)
         if upserts.size:
             items = self.transport.channel("items")
             await items.send(take_events(batch, upserts), key=0)
             assert items.last_sent is not None
             partition, offset = items.last_sent
             self.items_upto[partition] = offset
-        interactions = np.flatnonzero(batch.kind == 0)
+        interactions = np.flatnonzero(batch.kind == INTERACTION)
         if interactions.size:
             part = batch if interactions.size == len(batch) else take_events(batch, interactions)
             part.items_upto = list(self.items_upto)
@@ -442,16 +445,10 @@ class ClusterFront:
         self.catalog, self.users = self.model.catalog, self.model.users
         self.featurizer = self.model.featurizer()
         self.ranker = self.model.ranker(exploration=False)
-        self.limits = EventLimits(
-            max_string_len=config.ingest.max_string_len,
-            max_features=config.ingest.max_features_per_event,
-        )
-        self.times = TimeBounds(config.ingest.min_ts, config.ingest.max_ahead_s)
+        self.limits, self.times = event_bounds(config.ingest, delayed_labels=False)
         self.publisher = Publisher(self.transport, config)
-        cfg = config.ingest  # events are pending here until published
-        self.admission = Admission(
-            cfg.max_pending_events, cfg.max_inflight_requests, cfg.retry_after_s
-        )
+        # events are pending here until published
+        self.admission = Admission.from_config(config.ingest)
         self.freshness = LatencyWindow()
         self.deltas = 0
         self.followed_events = 0  # of the events topic: user histories and statistics
@@ -515,7 +512,7 @@ class ClusterFront:
             recent = self.users.sequence(user)
             if user:
                 self.users.add(user, row)
-            if sequence is not None and features.label[r] != 0:
+            if sequence is not None and features.label[r] != NEGATIVE:
                 sequence.learn_event(recent if user else None, row, float(features.ts[r]))
         self.model.observe(features.users, features.item_rows)
         self.followed_events += len(features)

@@ -5,8 +5,10 @@ positions, so a restart is "the newest valid snapshot, then the journal after it
 the file format of ``actors/state.py``); :class:`Durability` owns the journal, the
 store, their counters and the order of the steps when a snapshot is written (journal
 synced, file written atomically, older files and the journal segments no kept snapshot
-needs deleted).  :class:`SnapshotTimer` takes periodic snapshots.  The System supplies
-the consistent copy of the model (``runtime/system.py``).
+needs deleted).  :class:`SnapshotTimer` takes periodic snapshots.  :class:`Persistence`
+is what the System holds: restore on start (a snapshot file, or the newest valid
+snapshot of ``state.dir`` and the journal after it), the journal of ingest, and taking
+a consistent copy of the model for a snapshot.
 """
 
 from __future__ import annotations
@@ -21,15 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from actors.state import encode_state
+from actors.model import Model, build_model
+from actors.state import StateError, compose, encode_state, restore
+from actors.trainer import Watermark
+from runtime import snapshots
+from runtime.codec import CodecError
 from runtime.config import Config
-from runtime.journal import Journal
+from runtime.errors import FreshrankError
+from runtime.front import IngestResult, SplitEvents
+from runtime.journal import Journal, Record, decode_entry, encode_entry, read_records
 from runtime.snapshots import write_atomically
-from runtime.supervisor import Supervisor
+from runtime.supervisor import Service, Supervisor
 
 log = logging.getLogger("freshrank.state")
 
 PREFIX, SUFFIX = "snapshot-", ".msgpack"
+SNAPSHOT = "snapshot"  # the kind of document a snapshot file holds
 
 
 class SnapshotStore:
@@ -164,3 +173,203 @@ class SnapshotTimer:
             d.due.clear()
             if not self._stop.is_set() and d.since_snapshot > 0:
                 await self._take()
+
+
+Replay = Callable[[list[Any], float], Awaitable[tuple[IngestResult, int | None]]]
+
+
+class Persistence:
+    """The saved state of the embedded System's model.
+
+    Without ``state.dir``: one snapshot file (``state.snapshot_path``), restored on start
+    when configured and written on request.  With it: the journal (ingest appends every
+    accepted request before answering it), the newest valid snapshot of the directory
+    (older ones are the fallbacks) and the journal records after it, replayed once the
+    services run; snapshots are taken on request, by :class:`SnapshotTimer` and at a
+    draining stop.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        learned: Watermark,
+        ingest_lock: asyncio.Lock,
+        clock: Callable[[], float],
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        self.learned = learned
+        # the owner's ingest lock: a snapshot copies the model between two requests
+        self._ingest_lock = ingest_lock
+        self.clock = clock
+        self.durability = Durability(self.config) if self.config.state.dir else None
+        self.position = 0  # the journal position the restored state covers
+
+    def services(self) -> list[Service]:
+        return [] if self.durability is None else [SnapshotTimer(self.durability, self.snapshot)]
+
+    # -- start and stop ----------------------------------------------------
+
+    def open(self) -> None:
+        """Restore what the configuration asks for, before any service starts."""
+        self.position = self._open_durable() if self.durability else self._restore_configured()
+
+    async def recover(self, replay: Replay) -> None:
+        """Learn the journal's records after the restored snapshot, in order, as when they
+        came (with ``state.dir``; the services must be running)."""
+        d = self.durability
+        if d is None:
+            return
+        last = None
+        for record in read_records(d.journal.directory, self.position):
+            last = await self._replay_record(record, replay) or last
+        if last is not None:
+            await self.learned.wait_for(last)
+        records, events = d.counters["replayed_records"], d.counters["replayed_events"]
+        if records:
+            log.info(
+                "replayed %d journal records (%d events) after position %d",
+                records, events, self.position,
+            )  # fmt: skip
+
+    async def _replay_record(self, record: Record, replay: Replay) -> int | None:
+        assert self.durability is not None
+        d = self.durability
+        try:
+            entry = decode_entry(record.payload)
+        except CodecError as error:  # checksummed, so only a foreign writer gets here
+            log.warning("journal record %d is not an entry (%s); skipped", record.seq, error)
+            return None
+        result, last = await replay(entry["events"], float(entry.get("t", self.clock())))
+        d.counters["replayed_records"] += 1
+        d.counters["replayed_events"] += result.accepted
+        d.counters["replay_refused"] += result.rejected
+        d.accepted(result.accepted + result.rejected)
+        return last
+
+    def close(self) -> None:
+        if self.durability is not None:
+            self.durability.journal.close()
+
+    # -- the journal of ingest ----------------------------------------------
+
+    def append(self, events: list[Any], split: SplitEvents, source: str, now: float) -> int | None:
+        """Append a request's valid events to the journal; its record (None: not journaled)."""
+        if self.durability is None:
+            return None
+        refused = {index for index, _, _ in split.refused}
+        accepted = [obj for i, obj in enumerate(events) if i not in refused]
+        if not accepted:
+            return None
+        position = self.durability.journal.append(encode_entry(now, source, accepted))
+        self.durability.accepted(len(accepted))
+        return position
+
+    async def durable(self, position: int | None) -> None:
+        """Return once the record at ``position`` is as durable as ``journal.fsync`` says."""
+        if position is not None and self.durability is not None:
+            await self.durability.journal.durable(position)
+
+    # -- one snapshot file ---------------------------------------------------
+
+    def write_snapshot(self, path: str | Path | None = None) -> Path:
+        """Write the model's parts atomically: never half-written."""
+        target = Path(path or self.config.state.snapshot_path)
+        return snapshots.save(target, SNAPSHOT, self.model.settings(), self.model.parts())
+
+    def restore(self, path: str | Path) -> None:
+        """Load a snapshot written by :meth:`write_snapshot` (same model settings required)."""
+        snapshots.load(Path(path), SNAPSHOT, self.model.settings(), self.model.parts())
+        self.learned.advance(self.model.stream.seq)
+
+    def _restore_configured(self) -> int:
+        """A first start has no snapshot; later starts continue from it."""
+        state = self.config.state
+        if state.restore and state.snapshot_path and Path(state.snapshot_path).exists():
+            self.restore(state.snapshot_path)
+        return 0
+
+    # -- a state directory: journal + snapshots -------------------------------
+
+    def _open_durable(self) -> int:
+        """Open the journal and load the newest valid snapshot; the journal position it covers
+        (the records after it are replayed once the services run)."""
+        assert self.durability is not None
+        journal = self.durability.journal
+        journal.open()
+        if not self.config.state.restore:
+            return journal.last_seq
+        position = self._load_newest_snapshot()
+        journal.skip_to(position)
+        segments = journal.statistics()["first_segment"]
+        if position == 0 and segments is not None and segments > 1:
+            log.warning(
+                "no usable snapshot, and the journal starts at record %d: the events of the "
+                "records before it (deleted with their snapshots) are not restored", segments,
+            )  # fmt: skip
+        return position
+
+    def _load_newest_snapshot(self) -> int:
+        """Newest first: a damaged, foreign or otherwise unloadable snapshot is reported in
+        one line and the previous one is tried; none: an empty model (position 0)."""
+        assert self.durability is not None
+        touched = False
+        for _, path in self.durability.store.paths():
+            try:
+                document = snapshots.read(path)
+                position = snapshot_position(document)
+                touched = True
+                restore(document, SNAPSHOT, self.model.settings(), self.model.parts())
+            # a part's load_state meeting a malformed state raises whatever it meets
+            # (KeyError, ValueError, ...): any of them only means "not this snapshot"
+            except Exception as error:
+                self.durability.rejected(path, reason(error))
+                continue
+            self.durability.restored_from = str(path)
+            self.learned.advance(self.model.stream.seq)
+            log.info("restored %s (journal position %d)", path, position)
+            return position
+        if touched:  # a failed load may have changed some parts: back to an empty model
+            empty = build_model(self.config, self.clock)
+            document = compose(SNAPSHOT, empty.settings(), empty.parts())
+            restore(document, SNAPSHOT, self.model.settings(), self.model.parts())
+        return 0
+
+    async def snapshot(self) -> Path | None:
+        """Write a snapshot of the journal position learned so far (with ``state.dir``).
+
+        Ingest pauses only while the model is copied; encoding and writing run in a worker
+        thread.  A failed write is logged and counted: the journal still has the events."""
+        d = self.durability
+        if d is None:
+            return None
+        started = time.perf_counter()
+        async with self._ingest_lock:
+            await self.learned.wait_for(self.model.stream.seq)
+            position = d.journal.last_seq
+            document = freeze(compose(SNAPSHOT, self.model.settings(), self.model.parts()))
+            document["journal"] = {"position": position}
+            d.since_snapshot = 0
+        paused = time.perf_counter() - started
+        try:
+            return await asyncio.to_thread(d.write, document, position, paused)
+        except (OSError, FreshrankError) as error:
+            d.counters["snapshot_errors"] += 1
+            log.error("snapshot at journal position %d failed: %s", position, reason(error))
+            return None
+
+    def statistics(self) -> dict[str, Any]:
+        return self.durability.statistics() if self.durability is not None else {}
+
+
+def snapshot_position(document: Any) -> int:
+    journal = document.get("journal") if isinstance(document, dict) else None
+    position = journal.get("position") if isinstance(journal, dict) else None
+    if not isinstance(position, int) or position < 0:
+        raise StateError("no journal position (not a snapshot of a state directory)")
+    return position
+
+
+def reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, FreshrankError) else f"{type(error).__name__}: {text}"

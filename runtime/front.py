@@ -24,7 +24,7 @@ from actors.events import (
 )
 from actors.features import Catalog
 from runtime.admission import Admission
-from runtime.config import Config
+from runtime.config import Config, IngestConfig
 from runtime.errors import BadRequest
 
 
@@ -77,6 +77,17 @@ class SplitEvents:
     plain: list[Event] = field(default_factory=list)
     delayed: list[Delayed] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+
+
+def event_bounds(ingest: IngestConfig, delayed_labels: bool) -> tuple[EventLimits, TimeBounds]:
+    """What ingest accepts: event sizes (impressions and outcomes only where a joiner
+    waits for them) and plausible times."""
+    limits = EventLimits(
+        max_string_len=ingest.max_string_len,
+        max_features=ingest.max_features_per_event,
+        delayed_labels=delayed_labels,
+    )
+    return limits, TimeBounds(ingest.min_ts, ingest.max_ahead_s)
 
 
 def split_events(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
@@ -19,12 +18,12 @@ from actors.batching import batch_from_events
 from actors.delayed import Resolved
 from actors.events import FEATURE_GROUPS, IMPRESSION, Event, Feature
 from actors.features import score_items
+from actors.featurizer import Featurizer
 from actors.ftrl import sigmoid
-from actors.hasher import Featurizer
 from actors.model import Model
 from actors.ranker import Ranker
-from runtime.front import Delayed, Refusal
-from runtime.messages import EventBatch
+from runtime.front import Delayed, Refusal, SplitEvents
+from runtime.messages import NOT_SCORED, EventBatch
 from runtime.supervisor import Supervisor, SystemFailed
 
 ITEM_SIDE = FEATURE_GROUPS["item_features"]  # namespace prefix of item-side features
@@ -60,6 +59,11 @@ class LabelStage:
         self._timer: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
+    @property
+    def timer(self) -> asyncio.Task[None] | None:
+        """The task closing idle windows (None: not running)."""
+        return self._timer
+
     def attach(self, supervisor: Supervisor) -> None:
         self._supervisor = supervisor
 
@@ -76,6 +80,18 @@ class LabelStage:
         self._stop.set()
         await asyncio.gather(self._timer, return_exceptions=True)
         self._timer = None
+
+    async def resolve(
+        self, split: SplitEvents
+    ) -> tuple[list[Event], list[float] | None, list[Refusal]]:
+        """A request's events to learn now: the plain ones, then the impressions whose label
+        is known, with their prescores (None: the request had no impressions or outcomes);
+        and every refusal, in request order."""
+        resolved, refused = await self.join(split.delayed)
+        good = split.plain + [r.event for r in resolved]
+        prescores = [NOT_SCORED] * len(split.plain) + [r.prescore for r in resolved]
+        refusals = sorted(split.refused + refused, key=lambda r: int(r[0]))
+        return good, prescores if split.delayed else None, refusals
 
     async def join(self, delayed: Sequence[Delayed]) -> tuple[list[Resolved], list[Refusal]]:
         """The impressions whose label is known now, and the outcomes the joiner refuses."""
@@ -105,13 +121,13 @@ class LabelStage:
             await self._wait_learned(await self._submit(batch_from_events(list(new.values()))))
 
     def prescores(self, impressions: Sequence[Event]) -> list[float]:
-        """The model's probability for each impression now (NaN: its item is unknown), from
-        the row the trainer would learn it with; one scoring pass per user context."""
+        """The model's probability for each impression now (NOT_SCORED: its item is unknown),
+        from the row the trainer would learn it with; one scoring pass per user context."""
         contexts: dict[tuple[str, tuple[Feature, ...]], list[int]] = {}
         for i, event in enumerate(impressions):
             user_side = tuple(f for f in event.features if not f[0].startswith(ITEM_SIDE))
             contexts.setdefault((event.user or "", user_side), []).append(i)
-        prescores = [math.nan] * len(impressions)
+        prescores = [NOT_SCORED] * len(impressions)
         for (user, user_side), members in contexts.items():
             known = [(i, self.catalog.rows.get(impressions[i].item, -1)) for i in members]
             known = [(i, row) for i, row in known if row >= 0]

@@ -8,15 +8,29 @@ Each class is registered with the codec, so it can cross a process boundary
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import numpy as np
 
 from runtime.codec import register_message
 
-NOT_EVALUATED = -1.0
-"""A ``prescore`` that marks an example learned but not evaluated by the progressive metrics."""
+# The codes of the batch columns.  Plain ints and floats rather than enums: numba
+# kernels and numpy comparisons take them as they are.
+
+# ``kind``: what an event is
+INTERACTION: Final = 0
+ITEM_UPSERT: Final = 1  # an item's features for the catalog; no example is learned from it
+
+# ``label`` (and :attr:`actors.events.Event.label`): given, or implied by the event
+NEGATIVE: Final = 0
+POSITIVE: Final = 1
+IMPLICIT: Final = -1  # no label given: a positive, learned with sampled negatives
+
+# ``prescore``: the probability when an impression was shown, or one of these
+NOT_SCORED: Final = math.nan  # none: the metrics use the prediction at learning time
+NOT_EVALUATED: Final = -1.0  # learned but not evaluated by the progressive metrics
 
 
 def _i64(values: object = ()) -> np.ndarray:
@@ -34,7 +48,7 @@ class EventBatch:
     """Validated events (and item upserts) in ingest order.
 
     Strings travel as one UTF-8 buffer plus offsets so hashing runs over whole
-    columns.  ``kind`` is 0 for an interaction and 1 for an item upsert.  Sparse
+    columns.  ``kind`` is :data:`INTERACTION` or :data:`ITEM_UPSERT`.  Sparse
     features are CSR (``feat_ptr`` per event) with a namespace index per entry;
     dense columns (one value per event, from TSV logs) are separate.
     """
@@ -47,7 +61,7 @@ class EventBatch:
     items: list[str]
     kind: np.ndarray  # uint8
     ts: np.ndarray  # float64, nan = unknown
-    label: np.ndarray  # int8, -1 = implicit positive
+    label: np.ndarray  # int8: NEGATIVE, POSITIVE or IMPLICIT
     weight: np.ndarray  # float64
     rank_eval: np.ndarray  # bool: rank this event against the catalog before learning it
     created_at: float = 0.0  # wall-clock time the batch was ingested (freshness)
@@ -67,8 +81,9 @@ class EventBatch:
     col_data: list[np.ndarray] = field(default_factory=list)
     col_off: list[np.ndarray] = field(default_factory=list)
     # per event, the probability the model gave it when first scored (an impression's, at
-    # impression time); the metrics use it instead of the one at learning time.  NaN: none;
-    # NOT_EVALUATED: learned but not evaluated; empty (older messages): none for every event
+    # impression time); the metrics use it instead of the one at learning time.
+    # NOT_SCORED: none; NOT_EVALUATED: learned but not evaluated; empty (older
+    # messages): none for every event
     prescore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def __len__(self) -> int:

@@ -539,15 +539,15 @@ async def test_windows_close_without_traffic(tmp_path: Path) -> None:
     clock = FakeClock(0.0)
     async with System(labelled_config(tmp_path, window_s=0.5), clock=clock) as system:
         await system.ingest([shown("a", 100.0, "ua", "i1")])
-        assert system._label_timer is not None and not system._label_timer.done()
+        assert system.label_stage.timer is not None and not system.label_stage.timer.done()
         clock.now = 1.0  # idle for longer than the window and the timer's tick (0.05 s)
 
         # the next batch is the timer's: the impression, learned as a negative
-        await asyncio.wait_for(system.wait_learned(system._seq + 1), timeout=30)
+        await asyncio.wait_for(system.wait_learned(system.model.stream.seq + 1), timeout=30)
         stats = system.statistics()
         assert stats["labels"]["expired_negative"] == 1 and stats["metrics"]["labelled"] == 1
-        timer = system._label_timer
-    assert timer.done() and system._label_timer is None  # stopped with the system
+        timer = system.label_stage.timer
+    assert timer.done() and system.label_stage.timer is None  # stopped with the system
 
 
 async def test_pending_impressions_survive_a_clean_stop_in_the_snapshot(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from actors.exploration import (
     thompson,
 )
 from actors.features import BaseFeatures, Catalog, FeatureSpace, UserState, expand
+from actors.featurizer import Featurizer, take_rows
 from actors.ftrl import FTRLParams, GradientAggregator, apply_gradients
-from actors.hasher import Featurizer, take_rows
-from actors.hashing import cross_hash
+from actors.murmur import cross_hash
 from actors.ranker import Ranker
 from bench.exploration import PolicySpec, Setup, run_policy
 from runtime.config import Config, ConfigError, ExplorationConfig

@@ -169,7 +169,7 @@ def test_shard_partial_sums_add_up_to_the_unsharded_sums(shards: int) -> None:
 
 @pytest.fixture
 def scored_world() -> tuple[FeatureSpace, Catalog, UserState, Any, ParameterStore, FactorStore]:
-    from actors.hasher import Featurizer
+    from actors.featurizer import Featurizer
 
     space = FeatureSpace(bits=14, seed=3, crosses=CROSSES)
     catalog, users = Catalog(), UserState(recent_len=3)

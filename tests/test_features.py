@@ -19,10 +19,10 @@ from actors.features import (
     expand_dense,
     score_items,
 )
+from actors.featurizer import Featurizer, take_rows
 from actors.ftrl import FTRLParams
-from actors.hasher import Featurizer, take_rows
-from actors.hashing import cross_hash, encode_strings
 from actors.learner import ParameterStore
+from actors.murmur import cross_hash, encode_strings
 from actors.ranker import Ranker
 from runtime.messages import EventBatch, FeatureBatch
 

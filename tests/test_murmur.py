@@ -1,4 +1,4 @@
-"""Property tests for actors.hashing: the numba MurmurHash3 kernel must equal the C mmh3."""
+"""Property tests for actors.murmur: the numba MurmurHash3 kernel must equal the C mmh3."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.hashing import (
+from actors.murmur import (
     MASK32,
     cross_hash,
     encode_strings,

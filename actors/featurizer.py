@@ -1,6 +1,8 @@
-"""Feature hashing stage: events in, hashed user-side features and catalog rows out.
+"""The featurizing stage ("hasher" in statistics): events in, hashed user-side features
+and catalog rows out.
 
-The pure :class:`Featurizer` does the work; :class:`HasherActor` only wraps it.
+The pure :class:`Featurizer` does the work (with the hash functions of
+``actors/murmur.py``); :class:`HasherActor` only wraps it.
 It is the single writer of the catalog and of user profiles.
 """
 
@@ -22,9 +24,9 @@ from actors.features import (
     UserState,
     with_history,
 )
-from actors.hashing import encode_strings, hash_slices_one_seed
+from actors.murmur import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
-from runtime.messages import EventBatch, FeatureBatch, take_prescores
+from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, FeatureBatch, take_prescores
 from runtime.transport import Channel
 
 ITEM_PREFIX = "i."
@@ -71,7 +73,7 @@ class Featurizer:
         if batch.items:
             self._update_catalog(batch, entry_ns, raw, item_side, item_rows)
         dense = self._hash_dense(batch)
-        keep = np.flatnonzero(batch.kind == 0)
+        keep = np.flatnonzero(batch.kind == INTERACTION)
         if dense.size and not batch.users and not batch.items and not batch.feat_ns.size:
             user = BaseFeatures(np.zeros(keep.size + 1, np.int64), *_empty_entries())
             dense = dense[keep]
@@ -123,7 +125,7 @@ class Featurizer:
             lo, hi = int(ptr[r]), int(ptr[r + 1])
             sel = np.flatnonzero(item_side[lo:hi]) + lo
             row = self.catalog.rows.get(item)
-            if row is not None and sel.size == 0 and batch.kind[r] == 0:
+            if row is not None and sel.size == 0 and batch.kind[r] == INTERACTION:
                 item_rows[r] = row
                 continue
             values = [
@@ -141,7 +143,7 @@ class Featurizer:
                 np.concatenate(([1.0], batch.feat_x[sel])),
                 names,
             )
-            self.upserts += int(batch.kind[r] == 1)
+            self.upserts += int(batch.kind[r] == ITEM_UPSERT)
 
     def _user_side(
         self,
@@ -191,7 +193,7 @@ class Featurizer:
         is_profile = np.array(profile_ns, bool)[batch.feat_ns]
         ptr = batch.feat_ptr
         cumulative = np.concatenate(([0], np.cumsum(is_profile)))
-        carries = (batch.kind == 0) & (cumulative[ptr[1:]] > cumulative[ptr[:-1]])
+        carries = (batch.kind == INTERACTION) & (cumulative[ptr[1:]] > cumulative[ptr[:-1]])
         latest = {batch.users[r]: r for r in np.flatnonzero(carries).tolist()}  # the last wins
         for user, r in latest.items():
             if not user:
