@@ -58,7 +58,7 @@ from runtime.front import (
     recommend_target,
     split_events,
 )
-from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport
+from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport, committed_offsets
 from runtime.kafka_recommend import RequestServer
 from runtime.messages import (
     INTERACTION,
@@ -200,6 +200,36 @@ class ItemsFollower(Actor):
         while any(self.upto.get(p, -1) < off for p, off in enumerate(upto) if off >= 0):
             self._progress.clear()
             await self._progress.wait()
+
+
+class HistoryFollower:
+    """User histories and the sequence statistics from the events topic, learned as the
+    trainers learn them (``TrainerActor._walk_events``): event by event, in the topic's
+    order, each batch after the item upserts it depends on, as the trainers featurize it
+    (an item the catalog met first in an event would get another row than the trainers
+    gave it).  Rankers follow the topic so; a restarted trainer catches up so."""
+
+    def __init__(self, model: Model, items: ItemsFollower) -> None:
+        self.model = model
+        self.items = items
+        self.featurizer = model.featurizer()
+        self.events = 0
+
+    async def apply(self, batch: EventBatch) -> None:
+        await self.items.wait_for(batch.items_upto)
+        features = self.featurizer.featurize(batch)
+        users, sequence = self.model.users, self.model.sequence
+        for r, row in enumerate(features.item_rows.tolist()):
+            user = features.users[r] if features.users else ""
+            if row < 0:
+                continue
+            recent = users.sequence(user)
+            if user:
+                users.add(user, row)
+            if sequence is not None and features.label[r] != NEGATIVE:
+                sequence.learn_event(recent if user else None, row, float(features.ts[r]))
+        self.model.observe(features.users, features.item_rows)
+        self.events += len(features)
 
 
 class RecommendationSink:
@@ -351,12 +381,46 @@ class CaughtUp:
         pass
 
 
+async def rebuild_history(config: Config, model: Model) -> int:
+    """A restarted trainer's user histories and sequence statistics: the events its group
+    already committed, followed from the topic's start as a ranker follows them.  The
+    weights live in the shards' checkpoints, these only in the trainers: a trainer that
+    started empty would learn every later event with other features than the rankers
+    serve with.  Returns the events followed (0 for a new cluster)."""
+    prefix, partitions = config.kafka.topic_prefix, config.kafka.events_partitions
+    offsets = await committed_offsets(config, f"{prefix}-trainers", f"{prefix}.events", partitions)
+    upto = {p: min(committed, end) for p, (committed, end) in offsets.items() if committed > 0}
+    if not upto:
+        return 0
+    transport = KafkaTransport(config, group_id=None)
+    await transport.start()
+    try:
+        items = ItemsFollower(model, transport.channel("items"))
+        catalog = transport.channel("items")
+        ends = await catalog.end_offsets()
+        while any(catalog.positions.get(p, -1) < end - 1 for p, end in ends.items()):
+            await items.handle_envelope(await catalog.receive())
+        history = HistoryFollower(model, items)
+        events = transport.channel("events")
+        while any(events.positions.get(p, -1) < end - 1 for p, end in upto.items()):
+            envelope = await events.receive()
+            partition, offset = envelope.position or (0, 0)
+            if offset < upto.get(partition, 0):  # later records are the group's to learn
+                await history.apply(envelope.message)
+        return history.events
+    finally:
+        await transport.stop()
+
+
 async def run_trainer(config: Config, index: int) -> int:
     """One trainer in the consumer group until SIGTERM."""
     name = f"trainer-{index}-{os.getpid()}"
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
     model, channel = build_model(config), transport.channel
+    followed = await rebuild_history(config, model)
+    if followed:
+        log.info("%s: user histories and statistics rebuilt from %d events", name, followed)
     grads = [channel(f"grads.{k}") for k in range(config.training.shards)]
     trainer = TrainerActor(
         model, inbox=None, grads=grads, weights=channel("weights"), name=name, shared_replica=False
@@ -451,8 +515,8 @@ class ClusterFront:
         self.admission = Admission.from_config(config.ingest)
         self.freshness = LatencyWindow()
         self.deltas = 0
-        self.followed_events = 0  # of the events topic: user histories and statistics
         self.supervisor = Supervisor(self.name)
+        self.history: HistoryFollower | None = None  # of the events topic, from start()
         # recommend over Kafka: the rankers share the requests topic in a consumer group
         self.requests: RequestServer | None = None
         self.requests_transport: KafkaTransport | None = None
@@ -464,10 +528,11 @@ class ClusterFront:
         await self.transport.start()
         channel = self.transport.channel
         self.items = ItemsFollower(self.model, channel("items"))
+        self.history = HistoryFollower(self.model, self.items)
         services: list[Service] = [
             Follower("weights", channel("weights"), self._apply_delta),
             self.items,
-            Follower("history", channel("events"), self._apply_events),
+            Follower("history", channel("events"), self.history.apply),
             BrokerWatch(
                 [channel(name) for name in ("weights", "items", "events")],
                 self.config.kafka.broker_check_s,
@@ -496,26 +561,6 @@ class ClusterFront:
         self.deltas += 1
         if delta.created_at and delta.index.size:
             self.freshness.add(time.time() - delta.created_at)
-
-    async def _apply_events(self, batch: EventBatch) -> None:
-        """User histories and the sequence statistics, learned as the trainers learn them
-        (``TrainerActor._walk_events``): event by event, in the topic's order, each batch
-        after the item upserts it depends on, as the trainers featurize it (an item the
-        catalog met first in an event would get another row than the trainers gave it)."""
-        await self.items.wait_for(batch.items_upto)
-        features = self.featurizer.featurize(batch)
-        sequence = self.model.sequence
-        for r, row in enumerate(features.item_rows.tolist()):
-            user = features.users[r] if features.users else ""
-            if row < 0:
-                continue
-            recent = self.users.sequence(user)
-            if user:
-                self.users.add(user, row)
-            if sequence is not None and features.label[r] != NEGATIVE:
-                sequence.learn_event(recent if user else None, row, float(features.ts[r]))
-        self.model.observe(features.users, features.item_rows)
-        self.followed_events += len(features)
 
     def _check(self) -> None:
         if self.supervisor.failure is not None:
@@ -581,7 +626,7 @@ class ClusterFront:
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
             "weight_deltas": self.deltas,
-            "followed_events": self.followed_events,
+            "followed_events": self.history.events if self.history is not None else 0,
             # the model version of the replicas: the last record applied per partition
             "followed_offsets": {
                 name: self._offsets(name) for name in ("weights", "items", "events")

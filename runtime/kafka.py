@@ -180,25 +180,30 @@ async def ensure_topics(config: Config) -> dict[str, str]:
     return {name: f"{prefix}.{name}" for name in topic_layout(config)}
 
 
-async def group_lag(config: Config, group: str, topic: str, partitions: int) -> int:
-    """Records of ``topic`` not yet committed by consumer group ``group`` (without joining it)."""
+async def committed_offsets(
+    config: Config, group: str, topic: str, partitions: int
+) -> dict[int, tuple[int, int]]:
+    """Per partition of ``topic``: (the next offset consumer group ``group`` committed, 0
+    if none; the log's end offset), read without joining the group."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=config.kafka.bootstrap_servers,
         group_id=group,
         enable_auto_commit=False,
         **client_options(config),
     )
-    await with_backoff(consumer.start, "lag check", config)
+    await with_backoff(consumer.start, "committed offsets", config)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         ends = await consumer.end_offsets(tps)
-        lag = 0
-        for tp in tps:
-            committed = await consumer.committed(tp)
-            lag += ends[tp] - (committed or 0)
-        return lag
+        return {tp.partition: ((await consumer.committed(tp)) or 0, ends[tp]) for tp in tps}
     finally:
         await consumer.stop()
+
+
+async def group_lag(config: Config, group: str, topic: str, partitions: int) -> int:
+    """Records of ``topic`` not yet committed by consumer group ``group`` (without joining it)."""
+    offsets = await committed_offsets(config, group, topic, partitions)
+    return sum(end - committed for committed, end in offsets.values())
 
 
 class KafkaChannel(Channel):

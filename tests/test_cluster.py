@@ -17,9 +17,9 @@ import pytest
 
 from actors.readers import read_movielens
 from runtime import snapshots
-from runtime.cluster import publish_log
+from runtime.cluster import Publisher, publish_log
 from runtime.config import Config
-from runtime.kafka import shards_answered, wait_until_consumed
+from runtime.kafka import KafkaTransport, shards_answered, wait_until_consumed
 from runtime.replay import replay
 from runtime.system import System
 from tests.conftest import Broker
@@ -292,6 +292,67 @@ def shard_states(config: Config) -> list[dict[str, Any]]:
     return out
 
 
+async def test_a_restarted_trainer_learns_on_as_if_it_had_never_stopped(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    """The user histories and sequence statistics live only in the trainers: a trainer
+    stopped after half the log and started anew rebuilds them from the committed events,
+    so the rankers serve what the embedded run serves."""
+    path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 2}, http={"port": 0})
+    config = Config.load(path)
+    chunks = list(read_movielens(ml_subset, config.training.batch_size))
+    half = len(chunks) // 2
+    users = ["1", "13", "92", "234"]
+    async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0), ("ranker", 0)) as procs:
+        first = await publish_log(config, iter(chunks[:half]))
+        await all_learned(config)
+        assert await procs["trainer-0"].stop() == 0
+        async with processes(path, ("trainer", 1)) as again:
+            sent = sum(1 for c in chunks[:half] if c.batch is not None and len(c.batch))
+            publisher = Publisher(KafkaTransport(config), config, seq_start=sent)  # seqs go on
+            await publisher.transport.start()
+            try:
+                for chunk in chunks[half:]:
+                    if chunk.batch is not None and len(chunk.batch):
+                        await publisher.publish(chunk.batch)
+            finally:
+                await publisher.transport.stop()
+            await all_learned(config)
+            url = procs["ranker-0"].ready_line.split()[3]
+            served = await caught_up_answers(url, users, 12_000)
+            assert await again["trainer-1"].stop() == 0
+        log = (tmp_path / "trainer-1.log").read_text()
+        assert f"rebuilt from {first['published']} events" in log, log[-2000:]
+    one_shard = Config.load(path)
+    one_shard.training.shards = 1
+    async with System(one_shard) as embedded:
+        await replay(embedded, iter(chunks))
+        expected = {user: await embedded.recommend(user, k=10) for user in users}
+    for user in users:
+        assert [it["item"] for it in served[user]] == [it["item"] for it in expected[user]]
+        np.testing.assert_allclose(
+            [it["score"] for it in served[user]], [it["score"] for it in expected[user]], atol=1e-6
+        )
+
+
+async def caught_up_answers(url: str, users: list[str], events: int) -> dict[str, Any]:
+    """Each user's top 10 from the ranker at ``url`` once it has followed ``events``."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(1200):  # the ranker's replicas follow the topics (another process)
+            async with http.get(f"{url}/v1/stats") as resp:
+                stats = await resp.json()
+            if stats["followed_events"] >= events:
+                break
+            await asyncio.sleep(0.05)
+        answers = {}
+        for user in users:
+            async with http.get(f"{url}/v1/recommend", params={"user": user, "k": "10"}) as resp:
+                answers[user] = (await resp.json())["items"]
+    return answers
+
+
 async def test_two_trainers_split_the_partitions_and_every_event_is_learned_once(
     tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
 ) -> None:
@@ -454,21 +515,23 @@ async def test_a_ranker_follows_an_events_batch_only_after_its_item_upserts() ->
     them (under load the cluster then served other lists than the embedded run)."""
     from actors.batching import batch_from_events
     from actors.events import validate_event
-    from runtime.cluster import ClusterFront, ItemsFollower
+    from actors.model import build_model
+    from runtime.cluster import HistoryFollower, ItemsFollower
     from runtime.transport import Envelope
 
-    front = ClusterFront(Config(), 0)
-    front.items = ItemsFollower(front.model, None)
+    model = build_model(Config())
+    items = ItemsFollower(model, None)
+    history = HistoryFollower(model, items)
     upserts = batch_from_events([validate_event({"item": name}) for name in ("b", "a")])
     clicks = batch_from_events([validate_event({"user": "u", "item": "a"})])
     clicks.items_upto = [0]  # the items record at offset 0 of partition 0
-    following = asyncio.ensure_future(front._apply_events(clicks))
+    following = asyncio.ensure_future(history.apply(clicks))
     await asyncio.sleep(0)
-    assert not following.done() and len(front.catalog) == 0
-    await front.items.handle_envelope(Envelope(upserts, (0, 0)))
+    assert not following.done() and len(model.catalog) == 0
+    await items.handle_envelope(Envelope(upserts, (0, 0)))
     await asyncio.wait_for(following, 5.0)
-    assert front.followed_events == 1
-    assert front.catalog.ids == ["b", "a"]
+    assert history.events == 1
+    assert model.catalog.ids == ["b", "a"]
 
 
 async def test_a_broker_that_lost_its_topics_stops_every_process_with_the_reason(
