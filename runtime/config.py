@@ -218,6 +218,9 @@ class HTTPConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     access_log: bool = True  # one log line per request
     max_connections: int = 1000  # requests handled at once; past it 503 + Retry-After
+    # a request's headers not complete within this (from the connection's start or their
+    # first byte): 408 and closed, so clients that trickle headers cannot hold connections
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0  # a request body not read within this: 408
     keepalive_timeout_s: float = 75.0  # an idle connection (or one that never sends) is closed
     max_k: int = 1000  # GET /v1/recommend limits
@@ -236,7 +239,7 @@ class HTTPConfig:
         )
         for key in ("max_connections", "max_k", "max_candidates", "max_context_keys"):
             _require(getattr(self, key) >= 1, f"http.{key}", "must be >= 1", getattr(self, key))
-        for key in ("body_timeout_s", "keepalive_timeout_s"):
+        for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
             _require(
                 getattr(self, key) > 0, f"http.{key}", "must be > 0 seconds", getattr(self, key)
             )

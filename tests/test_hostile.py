@@ -5,6 +5,7 @@ main before its fix (a 500, a traceback or a silent last-value-wins)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -12,12 +13,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from runtime.config import Config
 from runtime.errors import BadRequest
-from runtime.http_middleware import METRICS_KEY
+from runtime.http import make_app
+from runtime.http_middleware import METRICS_KEY, start_site
+from runtime.system import System
 from tests import test_bad_input
 from tests.test_bad_input import (
     GOOD,
@@ -273,3 +281,95 @@ async def test_clients_that_send_no_body_take_no_admission_capacity(start: Start
         for _, writer in idle:
             writer.close()
     await assert_still_serving(h)
+
+
+HEADER_TIMEOUT_S = 0.5
+TRICKLE = b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+
+
+async def trickle_until_closed(host: str, port: int, keep_alive_first: bool = False) -> bytes:
+    """Send request headers one byte at a time (never completing them) until the server
+    closes the connection; return what it answered to the unfinished request."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if keep_alive_first:  # one good request, then the slow one on the same connection
+            writer.write(b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        for byte in TRICKLE:
+            writer.write(bytes([byte]))
+            try:  # the attacker's pace; an answer or EOF ends the wait at once
+                first = await asyncio.wait_for(reader.read(65536), HEADER_TIMEOUT_S / 10)
+            except TimeoutError:
+                continue
+            return first + await reader.read()
+        raise AssertionError("the server read 4 KB of headers byte by byte without closing")
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **http: Any) -> AsyncIterator[tuple[web.Application, str, int]]:
+    """A System behind the daemon's own listener (start_site) on a free loopback port."""
+    config = Config.from_dict(
+        {
+            "state": {"restore": False},
+            "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
+            "http": {"port": 0, **http},
+        }
+    )
+    async with System(config) as system:
+        app = make_app(system)
+        runner = await start_site(app, config.http)
+        host, port = runner.addresses[0][:2]
+        try:
+            yield app, host, port
+        finally:
+            await runner.cleanup()
+
+
+async def test_headers_sent_byte_by_byte_are_cut_at_header_timeout(tmp_path: Path) -> None:
+    """200 connections trickling headers are each answered 408 and closed after
+    http.header_timeout_s (aiohttp alone keeps them for keepalive_timeout_s, 75 s),
+    while a real client keeps getting 2xx."""
+    async with (
+        served(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as (app, host, port),
+        asyncio.timeout(30),
+        aiohttp.ClientSession(f"http://{host}:{port}") as client,
+    ):
+        slow = [
+            asyncio.create_task(trickle_until_closed(host, port, keep_alive_first=n % 4 == 0))
+            for n in range(200)
+        ]
+        served_requests = 0
+        while not all(task.done() for task in slow) or served_requests < 5:
+            async with client.post("/v1/events", json=GOOD) as resp:
+                assert resp.status == 200, await resp.text()
+            async with client.get("/v1/recommend", params={"user": "alice"}) as resp:
+                assert resp.status == 200, await resp.text()
+            served_requests += 1
+        answers = await asyncio.gather(*slow)
+        assert app[METRICS_KEY].header_timeouts._value.get() == 200
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"http.header_timeout_s" in answer
+
+
+async def test_a_body_slower_than_the_header_timeout_is_still_read(tmp_path: Path) -> None:
+    """The header deadline ends with the headers: the body has http.body_timeout_s."""
+    async with served(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as (_, host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        body = json.dumps(GOOD).encode()
+        writer.write(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # the deadline's own span: the headers are in, so it must not fire
+        await asyncio.sleep(HEADER_TIMEOUT_S * 2)
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
