@@ -389,7 +389,13 @@ class System:
         """A first start has no snapshot; later starts continue from it."""
         state = self.config.state
         if state.restore and state.snapshot_path and Path(state.snapshot_path).exists():
-            self.restore(state.snapshot_path)
+            try:
+                self.restore(state.snapshot_path)
+            except StateError as error:
+                raise StateError(
+                    f"{error}; start with the config it was written with, move the file "
+                    "away, or set state.restore = false to start empty"
+                ) from None
         return 0
 
     def restore(self, path: str | Path) -> None:

@@ -4,6 +4,7 @@ main before its fix (a 500, a traceback or a silent last-value-wins)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import gzip
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from runtime import cli
 from runtime.config import Config
 from runtime.errors import BadRequest
 from runtime.http import make_app
@@ -239,10 +241,15 @@ async def test_strict_params_off_ignores_unknown_ones(start: Start) -> None:
     assert resp.status == 200
 
 
+def freshrank(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, as an operator runs it."""
+    command = [sys.executable, "-m", "runtime", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
 def test_a_port_out_of_range_or_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     def run(port: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "runtime", "run", "--port", port, "--state", str(tmp_path)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        return freshrank("run", "--port", port, "--state", str(tmp_path), cwd=tmp_path)
 
     for bad in ("99999", "-5", "http"):
         proc = run(bad)
@@ -373,3 +380,94 @@ async def test_a_body_slower_than_the_header_timeout_is_still_read(tmp_path: Pat
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
         assert head.startswith(b"HTTP/1.1 200"), head
         writer.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("freshrank: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_shard_id_outside_the_configs_shards_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "four.toml"
+    config.write_text("[training]\nshards = 4\n", encoding="utf-8")
+    assert cli.main(["shard", "--id", "9", "--config", str(config)]) == 2
+    line = one_error_line(capsys)
+    assert "--id 9 is outside 0..3" in line and "training.shards = 4" in line
+
+
+MOVIELENS_ROWS = "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "where"),
+    [
+        ("tsv", "u.data"),
+        ("rechorus", "u.data"),
+        ("movietweetings", "u.data"),
+        ("criteo", "u.data"),  # read nothing at all: not silently "0 events, exit 0"
+        ("criteo", "."),  # a MovieLens folder
+    ],
+)
+def test_replay_with_the_wrong_format_is_one_line_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    where: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "u.data").write_text(MOVIELENS_ROWS, encoding="utf-8")
+    path = str(tmp_path / where)
+    assert cli.main(["replay", path, "--format", fmt, "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert f"--format {fmt}" in line and "format (" in line
+
+
+@pytest.mark.parametrize("argv", [["run", "--prot", "5"], ["journal", "export", "--outptu", "x"]])
+def test_a_typo_in_a_subcommands_flag_shows_that_subcommands_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:-2])
+    assert err.startswith(f"usage: freshrank {command} ") and "unrecognized arguments" in err
+
+
+def test_help_shows_defaults_and_no_raw_markup() -> None:
+    parser = cli.build_parser()
+    helps = {"": parser.format_help()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps.update({name: sub.format_help() for name, sub in action.choices.items()})
+    for name, text in helps.items():
+        assert "``" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    assert "--trials TRIALS       trials, the base included (default: 12)" in helps["tune"]
+    assert "(default: 0.3333)" in helps["tune"]
+
+
+def test_a_snapshot_of_other_model_settings_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    snapshot = tmp_path / "s.msgpack"
+    System(Config.from_dict({"model": {"bits": 18}})).write_snapshot(snapshot)
+    config = tmp_path / "other.toml"
+    config.write_text(
+        f'[model]\nbits = 20\n[state]\nsnapshot_path = "{snapshot}"\n[http]\nport = 0\n'
+        f'[ingest]\ndead_letter_path = "{tmp_path / "dlq.jsonl"}"\n',
+        encoding="utf-8",
+    )
+    proc = freshrank("run", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("freshrank:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "bits: 18 in the file, 20 in the config" in lines[0]
+    assert "state.restore = false" in lines[0] and len(lines[0]) < 400
