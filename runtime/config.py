@@ -70,6 +70,48 @@ class ModelConfig:
                 "must be a list of [user_side_namespace, item_side_namespace] pairs",
                 pair,
             )
+            _check_cross(pair[0], pair[1])
+
+
+ITEM_SIDE = "'item' or 'i.<name>' (an event's item_features)"
+USER_SIDE = "'user', 'u.<name>', 'c.<name>', 'h.item' or a CTR file's column"
+
+
+def _is_item_side(namespace: str) -> bool:
+    return namespace == "item" or (namespace.startswith("i.") and len(namespace) > 2)
+
+
+def _check_cross(user_side: str, item_side: str) -> None:
+    """A cross whose item side is not an item namespace never yields a feature (the
+    model silently lacks it), so it is refused with the namespaces that would work;
+    a user side that is no event namespace may be a CTR file's column (those are named
+    freely): see :func:`column_crosses`."""
+    pair = [user_side, item_side]
+    if _is_item_side(user_side) and not _is_item_side(item_side):
+        raise ConfigError(f"model.crosses {pair}: a pair is [user side, item side]: swap them")
+    _require(
+        _is_item_side(item_side),
+        "model.crosses",
+        f"pairs must name an item-side namespace second, {ITEM_SIDE}: {item_side!r} "
+        "is none, so the cross would never yield a feature",
+        pair,
+    )
+    _require(
+        not _is_item_side(user_side) and user_side not in ("u.", "c.", "h.")
+        and not (user_side.startswith("h.") and user_side != "h.item"),
+        "model.crosses",
+        f"pairs must name a user/context-side namespace first, {USER_SIDE}",
+        pair,
+    )  # fmt: skip
+
+
+def column_crosses(crosses: list[list[str]]) -> list[list[str]]:
+    """The crosses whose user side is no event namespace: only a CTR file's column of
+    that name can feed them (an event never does)."""
+    events = ("user", "h.item")
+    return [
+        pair for pair in crosses if pair[0] not in events and not pair[0].startswith(("u.", "c."))
+    ]
 
 
 @dataclass

@@ -36,7 +36,7 @@ from actors.state import STATE_LIMITS, StateError, compose, restore
 from runtime import snapshots
 from runtime.admission import Admission
 from runtime.codec import CodecError
-from runtime.config import Config
+from runtime.config import Config, column_crosses
 from runtime.durability import Durability, SnapshotTimer, freeze
 from runtime.errors import FreshrankError
 from runtime.front import (
@@ -112,6 +112,7 @@ class System:
         self.admission = Admission(i.max_pending_events, i.max_inflight_requests,
                                    i.retry_after_s, learned_seq=lambda: learned.value)  # fmt: skip
         self.clock = clock
+        self.column_crosses = column_crosses(c.model.crosses)
         self.started_at = time.time()
         self._submit_lock = asyncio.Lock()
         self._started = False
@@ -136,6 +137,12 @@ class System:
         """Restore the snapshot (if configured and present) and start every service."""
         if self._started:
             return
+        if self.column_crosses:
+            log.warning(
+                "model.crosses %s: no event has these user-side namespaces (user, u.<name>, "
+                "c.<name>, h.item); only a CTR file's columns of those names feed them",
+                self.column_crosses,
+            )
         position = self._open_durable() if self.durability else self._restore_configured()
         self._started = True
         await self.transport.start()
@@ -342,6 +349,8 @@ class System:
             "sync": self.config.training.sync,
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
+            # crosses events cannot feed (warned at start): a typo shows here too
+            "crosses_on_columns_only": len(self.column_crosses),
             "metrics": self.metrics.summary(),
             **self.pipeline.statistics(),
             "ranker": self.ranker.statistics(),

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from runtime import cli
-from runtime.config import Config
+from runtime.config import Config, ConfigError
 from runtime.errors import BadRequest
 from runtime.http import make_app
 from runtime.http_middleware import METRICS_KEY, start_site
@@ -471,3 +471,46 @@ def test_a_snapshot_of_other_model_settings_is_one_line_with_the_fix(tmp_path: P
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "bits: 18 in the file, 20 in the config" in lines[0]
     assert "state.restore = false" in lines[0] and len(lines[0]) < 400
+
+
+# --------------------------------------------------------------------------- crosses
+
+
+@pytest.mark.parametrize(
+    ("pair", "needle"),
+    [
+        (["user", "nope"], "'nope' is none, so the cross would never yield a feature"),
+        (["user", "i."], "item-side namespace second"),
+        (["i.genre", "u.age"], "swap them"),
+        (["item", "user"], "swap them"),
+        (["h.items", "item"], "user/context-side namespace first"),
+        (["u.", "i.genre"], "user/context-side namespace first"),
+    ],
+)
+def test_a_cross_that_can_never_yield_a_feature_is_a_config_error(
+    pair: list[str], needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"model\.crosses") as info:
+        Config.from_dict({"model": {"crosses": [["user", "i.genre"], pair]}})
+    assert needle in str(info.value)
+
+
+async def test_a_cross_on_a_column_name_is_warned_once_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user side such as 'nope' may be a CTR file's column (columns are named freely),
+    so it is allowed; events never feed it, which the start log and /v1/stats say."""
+    caplog.set_level(logging.WARNING)
+    config = Config.from_dict(
+        {
+            "model": {"crosses": [["user", "i.genre"], ["nope", "item"], ["device", "item"]]},
+            "state": {"restore": False},
+            "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
+        }
+    )
+    async with System(config) as system:
+        assert system.statistics()["crosses_on_columns_only"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "model.crosses" in r.getMessage()]
+    assert len(warnings) == 1 and "'nope'" in warnings[0] and "'device'" in warnings[0]
+    async with System(Config.from_dict({"state": {"restore": False}})) as default:
+        assert default.statistics()["crosses_on_columns_only"] == 0
