@@ -269,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="with --cluster: wait until the trainers learned it"
     )
     rp.set_defaults(func=cmd_replay)
+    _add_role_parsers(sub)
+    launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
+    launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
+    launch.set_defaults(func=cmd_launch)
+    _add_journal_parser(sub)
+    add_tune_parser(sub)
+    return parser
+
+
+def _add_role_parsers(sub: Any) -> None:
+    """The cluster roles: shard, trainer and ranker (one process each)."""
     for role, text in (
         ("shard", "a learner shard (cluster mode): owns index %% shards == ID"),
         ("trainer", "a trainer in the events consumer group (cluster mode)"),
@@ -286,12 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "ranker":
             p.add_argument("--port", type=port_number, help="HTTP port (default: http.port + id)")
         p.set_defaults(func=cmd_role)
-    launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
-    launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
-    launch.set_defaults(func=cmd_launch)
-    _add_journal_parser(sub)
-    add_tune_parser(sub)
-    return parser
 
 
 def _add_journal_parser(sub: Any) -> None:
