@@ -71,6 +71,18 @@ def compose(
     }
 
 
+def _differences(saved: Any, settings: Mapping[str, Any]) -> str:
+    """The settings that differ, each as the file has it and as the config has it
+    (the whole dicts made a line of several hundred characters)."""
+    saved = saved if isinstance(saved, dict) else {}
+    keys = sorted(set(saved) | set(settings), key=str)
+    different = [k for k in keys if saved.get(k) != settings.get(k)]
+    return "; ".join(
+        f"{k}: {saved.get(k)!r} in the file, {settings.get(k)!r} in the config"[:200]
+        for k in different
+    )
+
+
 def restore(
     document: Any, kind: str, settings: Mapping[str, Any], parts: Mapping[str, Stateful]
 ) -> None:
@@ -79,10 +91,9 @@ def restore(
     if not isinstance(document, dict) or document.get("kind") != kind:
         found = document.get("kind") if isinstance(document, dict) else type(document).__name__
         raise StateError(f"not a freshrank {kind} (found {found!r})")
-    if document.get("settings") != dict(settings):
-        raise StateError(
-            f"{kind} model settings {document.get('settings')} differ from config {dict(settings)}"
-        )
+    saved_settings = document.get("settings")
+    if saved_settings != dict(settings):
+        raise StateError(f"model settings differ: {_differences(saved_settings, settings)}")
     saved = document.get("parts")
     if not isinstance(saved, dict):
         raise StateError(f"{kind} has no parts")

@@ -1,4 +1,4 @@
-"""``freshrank``: the daemon (``run``) and log replay (``replay``)."""
+"""The ``freshrank`` command: the daemon, log replay, the cluster roles and tuning."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.config import Config
-from runtime.errors import FreshrankError
+from runtime.errors import BadInput, FreshrankError
 from runtime.replay import FORMATS, open_log, replay
 from runtime.tune import add_tune_parser
 
@@ -25,6 +25,47 @@ def _version() -> str:
         return version("freshrank")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
+
+
+DESCRIPTION = (
+    "freshrank: a real-time recommender that learns from every event. "
+    "'freshrank COMMAND --help' describes each command."
+)
+
+
+class UsageError(BadInput):
+    """A command line that cannot work with the config it names (one line, exit 2)."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has a default worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS
+        if "default" in text or unset or (isinstance(default, list) and not default):
+            return text
+        shown = f"{default:.4g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose subcommands (made with its class) show their defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: ids start at 0")
+    return value
 
 
 def port_number(text: str) -> int:
@@ -105,6 +146,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"freshrank replay: {args.path} does not exist", file=sys.stderr)
         return 2
     result = _run(_replay_cluster(args, config) if args.cluster else _replay(args, config))
+    if not result.get("events") and not result.get("rejected"):
+        raise UsageError(
+            f"{args.path} held no events readable as --format {args.format}: is it empty, "
+            f"or another format ({', '.join(FORMATS)})?"
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
@@ -139,6 +185,13 @@ def cmd_role(args: argparse.Namespace) -> int:
     from runtime import cluster
 
     config = _load(args.config)
+    shards = config.training.shards
+    if args.command == "shard" and args.id >= shards:
+        where = args.config or "the default config"
+        raise UsageError(
+            f"shard --id {args.id} is outside 0..{shards - 1} (training.shards = {shards} in "
+            f"{where}): give --id 0..{shards - 1}, or the config of the cluster it belongs to"
+        )
     _logging()
     if args.command == "shard":
         return int(_run(cluster.run_shard(config, args.id)))
@@ -175,7 +228,7 @@ async def _replay_cluster(args: argparse.Namespace, config: Config) -> dict[str,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="freshrank", description=__doc__)
+    parser = Parser(prog="freshrank", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"freshrank {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -216,23 +269,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="with --cluster: wait until the trainers learned it"
     )
     rp.set_defaults(func=cmd_replay)
-    for role, text in (
-        ("shard", "a learner shard (cluster mode): owns index %% shards == ID"),
-        ("trainer", "a trainer in the events consumer group (cluster mode)"),
-        ("ranker", "a ranker serving the HTTP API from replicas (cluster mode)"),
-    ):
-        p = sub.add_parser(role, help=text)
-        p.add_argument("--id", type=int, default=0, required=role == "shard")
-        p.add_argument("--config", help="deploy config (TOML)")
-        if role == "ranker":
-            p.add_argument("--port", type=port_number, help="HTTP port (default: http.port + id)")
-        p.set_defaults(func=cmd_role)
+    _add_role_parsers(sub)
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
     _add_journal_parser(sub)
     add_tune_parser(sub)
     return parser
+
+
+def _add_role_parsers(sub: Any) -> None:
+    """The cluster roles: shard, trainer and ranker (one process each)."""
+    for role, text in (
+        ("shard", "a learner shard (cluster mode): owns index %% shards == ID"),
+        ("trainer", "a trainer in the events consumer group (cluster mode)"),
+        ("ranker", "a ranker serving the HTTP API from replicas (cluster mode)"),
+    ):
+        p = sub.add_parser(role, help=text)
+        p.add_argument(
+            "--id",
+            type=_non_negative,
+            default=0,
+            required=role == "shard",
+            help="this process's index",
+        )
+        p.add_argument("--config", help="deploy config (TOML)")
+        if role == "ranker":
+            p.add_argument("--port", type=port_number, help="HTTP port (default: http.port + id)")
+        p.set_defaults(func=cmd_role)
 
 
 def _add_journal_parser(sub: Any) -> None:
@@ -258,8 +322,27 @@ def report_error(error: FreshrankError) -> int:
     return error.exit_code
 
 
+def _usage_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand records its own parser, so an unknown option is reported with the
+    usage of the command it was given to, not the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(usage_parser=sub)
+                _usage_parsers(sub)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    _usage_parsers(parser)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "usage_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         code: int = args.func(args)
     except FreshrankError as error:

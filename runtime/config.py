@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -70,6 +71,58 @@ class ModelConfig:
                 "must be a list of [user_side_namespace, item_side_namespace] pairs",
                 pair,
             )
+            _check_cross(pair[0], pair[1])
+
+
+ITEM_SIDE = "'item' or 'i.<name>' (an event's item_features)"
+USER_SIDE = "'user', 'u.<name>', 'c.<name>', 'h.item' or a CTR file's column"
+
+
+def _is_item_side(namespace: str) -> bool:
+    return namespace == "item" or (namespace.startswith("i.") and len(namespace) > 2)
+
+
+def _check_cross(user_side: str, item_side: str) -> None:
+    """A cross whose item side is not an item namespace never yields a feature (the
+    model silently lacks it), so it is refused with the namespaces that would work;
+    a user side that is no event namespace may be a CTR file's column (those are named
+    freely): see :func:`column_crosses`."""
+    pair = [user_side, item_side]
+    if _is_item_side(user_side) and not _is_item_side(item_side):
+        raise ConfigError(f"model.crosses {pair}: a pair is [user side, item side]: swap them")
+    _require(
+        _is_item_side(item_side),
+        "model.crosses",
+        f"pairs must name an item-side namespace second, {ITEM_SIDE}: {item_side!r} "
+        "is none, so the cross would never yield a feature",
+        pair,
+    )
+    _require(
+        not _is_item_side(user_side) and user_side not in ("u.", "c.", "h.")
+        and not (user_side.startswith("h.") and user_side != "h.item"),
+        "model.crosses",
+        f"pairs must name a user/context-side namespace first, {USER_SIDE}",
+        pair,
+    )  # fmt: skip
+
+
+def column_crosses(crosses: list[list[str]]) -> list[list[str]]:
+    """The crosses whose user side is no event namespace: only a CTR file's column of
+    that name can feed them (an event never does)."""
+    events = ("user", "h.item")
+    return [
+        pair for pair in crosses if pair[0] not in events and not pair[0].startswith(("u.", "c."))
+    ]
+
+
+def warn_column_crosses(crosses: list[list[str]]) -> None:
+    """One warning line at start for :func:`column_crosses` (a typo looks like one)."""
+    if crosses:
+        logging.getLogger("freshrank").warning(
+            "model.crosses %s: no event has these user-side namespaces (user, u.<name>, "
+            "c.<name>, h.item); only a CTR file's columns of those names feed them",
+            crosses,
+        )
 
 
 @dataclass
@@ -218,6 +271,9 @@ class HTTPConfig:
     log_format: str = "text"  # "text" or "json" (one object per line)
     access_log: bool = True  # one log line per request
     max_connections: int = 1000  # requests handled at once; past it 503 + Retry-After
+    # a request's headers not complete within this (from the connection's start or their
+    # first byte): 408 and closed, so clients that trickle headers cannot hold connections
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0  # a request body not read within this: 408
     keepalive_timeout_s: float = 75.0  # an idle connection (or one that never sends) is closed
     max_k: int = 1000  # GET /v1/recommend limits
@@ -236,7 +292,7 @@ class HTTPConfig:
         )
         for key in ("max_connections", "max_k", "max_candidates", "max_context_keys"):
             _require(getattr(self, key) >= 1, f"http.{key}", "must be >= 1", getattr(self, key))
-        for key in ("body_timeout_s", "keepalive_timeout_s"):
+        for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
             _require(
                 getattr(self, key) > 0, f"http.{key}", "must be > 0 seconds", getattr(self, key)
             )

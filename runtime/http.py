@@ -9,9 +9,12 @@ runtime/errors.py escape: the middleware answers each with its class's status.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +27,7 @@ from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
 from runtime.errors import BadRequest
 from runtime.front import Front
+from runtime.gcpause import gc_paused
 from runtime.http_middleware import (
     METRICS_KEY,
     MIDDLEWARES,
@@ -40,6 +44,7 @@ from runtime.replay import clean
 
 SYSTEM_KEY = web.AppKey("system", Front)
 ADMISSION_KEY = web.AppKey("admission", Admission)
+OFF_LOOP_BYTES = 256 * 1024
 USER_RE = re.compile(r"^.{1,256}$", re.DOTALL)
 
 
@@ -91,18 +96,29 @@ async def _ingest_events(request: web.Request, ticket: Ticket, first: bytes) -> 
         return _error(400, "empty body: send a JSON array, NDJSON or msgpack array of events")
     ctype = request.content_type
     limits = Limits(max_bytes=cfg.max_body_bytes, max_str_len=cfg.max_string_len * 4)
+    if ctype in ("application/x-ndjson", "application/jsonl", "application/ndjson"):
+        parse: Callable[[bytes], list[Any]] = parse_ndjson
+    elif ctype in ("application/msgpack", "application/x-msgpack"):
+        parse = functools.partial(_parse_msgpack, limits=limits)
+    elif ctype in ("application/json", "application/octet-stream", "text/plain", ""):
+        parse = parse_json_array
+    else:
+        return _error(
+            415,
+            f"unsupported content type {ctype!r}: use application/json, application/x-ndjson or application/msgpack",
+        )
+    with gc_paused(large=len(body) >= OFF_LOOP_BYTES):
+        return await _decode_and_ingest(request, ticket, body, parse)
+
+
+async def _decode_and_ingest(
+    request: web.Request, ticket: Ticket, body: bytes, parse: Callable[[bytes], list[Any]]
+) -> web.Response:
+    system = request.app[SYSTEM_KEY]
+    cfg = system.config.ingest
     try:
-        if ctype in ("application/x-ndjson", "application/jsonl", "application/ndjson"):
-            events = parse_ndjson(body)
-        elif ctype in ("application/msgpack", "application/x-msgpack"):
-            events = _parse_msgpack(body, limits)
-        elif ctype in ("application/json", "application/octet-stream", "text/plain", ""):
-            events = parse_json_array(body)
-        else:
-            return _error(
-                415,
-                f"unsupported content type {ctype!r}: use application/json, application/x-ndjson or application/msgpack",
-            )
+        # a large body is decoded in a worker thread: 16 MB of JSON took the loop 100s of ms
+        events = parse(body) if len(body) < OFF_LOOP_BYTES else await asyncio.to_thread(parse, body)
     except ValueError as error:  # also json's own, e.g. an integer over 4300 digits
         await system.reject([(str(error), body[:8192].decode("utf-8", "replace"))], "http")
         raise BadRequest(str(error)) from None

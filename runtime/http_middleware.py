@@ -12,7 +12,8 @@ Middlewares, outermost first:
 3. :func:`limit_requests` answers 503 with ``Retry-After`` past ``http.max_connections``
    requests in progress (health and metrics are exempt: they must answer under load).
 
-Slow clients: a body not received within ``http.body_timeout_s`` gets a 408
+Slow clients: headers not complete within ``http.header_timeout_s`` get a 408 and the
+connection closed (runtime/http_conn.py); a body not received within ``http.body_timeout_s`` gets a 408
 (:func:`read_body`); a connection idle for ``http.keepalive_timeout_s`` (also one that
 never completes a request) is closed by aiohttp.
 """
@@ -33,6 +34,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 
 from runtime.config import ConfigError, HTTPConfig
 from runtime.errors import FreshrankError, SetupError
+from runtime.http_conn import Runner
 from runtime.logs import REQUEST_ID, printable, request_id_from
 from runtime.prometheus import HTTPMetrics
 
@@ -363,8 +365,15 @@ def handler_args(settings: HTTPSettings) -> dict[str, Any]:
 
 
 async def start_site(app: web.Application, http: HTTPConfig) -> web.AppRunner:
-    """Serve ``app`` on ``http.host:http.port`` (no aiohttp access log: ours replaces it)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Serve ``app`` on ``http.host:http.port`` (no aiohttp access log: ours replaces it),
+    each request's headers due within ``http.header_timeout_s`` (runtime/http_conn.py)."""
+    runner = Runner(
+        app,
+        header_timeout_s=http.header_timeout_s,
+        on_timeout=app[METRICS_KEY].header_timeouts.inc,
+        access_log=None,
+        handle_signals=False,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, http.host, http.port).start()

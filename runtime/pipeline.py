@@ -90,7 +90,13 @@ class Pipeline:
             scores = prescores[lo : lo + training.batch_size] if prescores is not None else None
             flags = self.model.stream.rank_flags(chunk, training.rank_eval_every)
             last = await self.submit(batch_from_events(chunk, flags, prescore=scores))
+            await asyncio.sleep(0)  # a large request's batches are built between other work
         return last
+
+    def recount(self) -> None:
+        """The learners' counts over restored weights (statistics() reads them)."""
+        for learner in self.learners:
+            learner.recount()
 
     async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
         """Send (reason, payload) pairs to the dead-letter sink."""

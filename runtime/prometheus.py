@@ -66,6 +66,11 @@ class HTTPMetrics:
             "Requests whose client closed the connection before sending the whole body",
             registry=self.registry,
         )
+        self.header_timeouts = Counter(
+            "freshrank_http_header_timeouts",
+            "Connections closed because a request's headers took over http.header_timeout_s",
+            registry=self.registry,
+        )
         self.ingest_events = Counter(
             "freshrank_ingest_events",
             "Events received over HTTP, by outcome (accepted, rejected)",

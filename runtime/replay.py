@@ -16,13 +16,48 @@ from actors.readers import (
     read_movietweetings,
     read_rechorus,
 )
+from runtime.errors import BadInput
 from runtime.system import System
 
 FORMATS = ("movielens", "movietweetings", "rechorus", "criteo", "tsv", "jsonl")
 
 
+class LogFormatError(BadInput):
+    """A log its reader cannot read: most often another format than ``--format`` says."""
+
+    cli_label = "replay"
+
+
 def open_log(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
-    """The reader for a log format."""
+    """The reader for a log format; what it cannot read raises LogFormatError naming the
+    file, the format and the cause (a reader meeting another format fails with whatever
+    its parser raises: a traceback for the operator)."""
+    try:  # some readers open and check the file at once, the others when first read
+        chunks = _reader(path, fmt, batch_size)
+    except READ_ERRORS as error:
+        raise _format_error(error, path, fmt) from None
+    return _as_format_errors(chunks, path, fmt)
+
+
+READ_ERRORS = (ValueError, KeyError, IndexError, OSError)
+
+
+def _as_format_errors(chunks: Iterator[Chunk], path: str | Path, fmt: str) -> Iterator[Chunk]:
+    try:
+        yield from chunks
+    except READ_ERRORS as error:
+        raise _format_error(error, path, fmt) from None
+
+
+def _format_error(error: Exception, path: str | Path, fmt: str) -> LogFormatError:
+    cause = str(error) if isinstance(error, ValueError | OSError) else repr(error)
+    others = ", ".join(f for f in FORMATS if f != fmt)
+    return LogFormatError(
+        f"{path} cannot be read as --format {fmt}: {cause[:300]}; is it another format ({others})?"
+    )
+
+
+def _reader(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
     if fmt == "movielens":
         return read_movielens(path, batch_size)
     if fmt == "movietweetings":

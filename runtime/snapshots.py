@@ -28,7 +28,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def save(path: Path, kind: str, settings: Mapping[str, Any], parts: Mapping[str, Stateful]) -> Path:
-    write_atomically(path, encode_state(compose(kind, settings, parts)))
+    return write_document(path, compose(kind, settings, parts))
+
+
+def write_document(path: Path, document: Mapping[str, Any]) -> Path:
+    """Encode a composed document and write it atomically."""
+    write_atomically(path, encode_state(document))
     return path
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from actors.model import build_model
 from actors.sources import SimulatorSource
 from actors.state import STATE_LIMITS, StateError
 from runtime.admission import Admission
-from runtime.config import Config
+from runtime.config import Config, column_crosses, warn_column_crosses
 from runtime.durability import Persistence
 from runtime.front import (
     IngestResult,
@@ -44,6 +43,7 @@ from runtime.front import (
     payload_text,
     recommend_target,
     split_events,
+    split_events_yielding,
 )
 from runtime.labels import LabelStage
 from runtime.messages import EventBatch
@@ -84,7 +84,7 @@ class System:
         self.label_stage = LabelStage(
             m, self.ranker, self.submit, self.wait_learned, p.learn, self._ingest_lock
         )
-        self.persistence = Persistence(m, self.trainer.learned, self._ingest_lock, clock)
+        self.persistence = Persistence(m, self.trainer.learned, self._ingest_lock, clock, p.recount)
         self.durability = self.persistence.durability
         self.services: list[Service] = [*p.services, self.label_stage, *self.persistence.services()]
         simulated = functools.partial(self.ingest, source="simulator", wait=False)
@@ -94,6 +94,7 @@ class System:
         learned = self.trainer.learned  # the HTTP ingest bound: pending until learned
         self.admission = Admission.from_config(c.ingest, lambda: learned.value)
         self.clock = clock
+        self.column_crosses = column_crosses(c.model.crosses)
         self.started_at = time.time()
         self._started = False
 
@@ -114,6 +115,7 @@ class System:
         """Restore the snapshot (if configured and present) and start every service."""
         if self._started:
             return
+        warn_column_crosses(self.column_crosses)
         self.persistence.open()
         self._started = True
         await self.transport.start()
@@ -166,7 +168,7 @@ class System:
         events = events if isinstance(events, list) else list(events)
         async with self._ingest_lock:
             now = self.clock()
-            split = split_events(events, self.limits, self.times, now)
+            split = await split_events_yielding(events, self.limits, self.times, now)
             position = self.persistence.append(events, split, source, now)
             result, last = await self._apply(split, now, source)
         await self.persistence.durable(position)
@@ -179,10 +181,8 @@ class System:
         self, split: SplitEvents, now: float, source: str | None
     ) -> tuple[IngestResult, int | None]:
         """Join, learn and dead-letter a request's events (``source`` None: a replay, whose
-        refusals were reported when the events first came)."""
-        for event in split.plain + [e for _, e, _ in split.delayed]:
-            if math.isnan(event.ts):  # an untimed event happened when it arrived
-                event.ts = now
+        refusals were reported when the events first came); untimed events carry their
+        arrival time already (split_events' ``untimed_at``)."""
         good, prescores, refused = await self.label_stage.resolve(split)
         result = IngestResult(accepted=split.count - len(refused), rejected=len(refused))
         result.errors = [{"index": i, "reason": reason} for i, reason, _ in refused]
@@ -194,7 +194,7 @@ class System:
 
     async def _replayed(self, events: list[Any], arrived: float) -> tuple[IngestResult, int | None]:
         """A journal record's events learned again (their refusals were reported then)."""
-        split = split_events(events, self.limits)
+        split = split_events(events, self.limits, untimed_at=arrived)
         async with self._ingest_lock:
             return await self._apply(split, arrived, None)
 
@@ -275,6 +275,7 @@ class System:
             "sync": self.config.training.sync,
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
+            "crosses_on_columns_only": len(self.column_crosses),  # warned at start
             "metrics": self.metrics.summary(),
             **self.pipeline.statistics(),
             "ranker": self.ranker.statistics(),
@@ -290,8 +291,12 @@ class System:
     # -- saved state (runtime/durability.py) ---------------------------------
 
     def write_snapshot(self, path: str | Path | None = None) -> Path:
-        """Write the model's parts atomically: never half-written."""
+        """Write the model's parts atomically (blocking: on a running loop, save_snapshot)."""
         return self.persistence.write_snapshot(path)
+
+    async def save_snapshot(self, path: str | Path | None = None) -> Path:
+        """:meth:`write_snapshot` off the event loop (copied and written in threads)."""
+        return await self.persistence.save_snapshot(path)
 
     def restore(self, path: str | Path) -> None:
         """Load a snapshot written by :meth:`write_snapshot` (same model settings required)."""

@@ -61,21 +61,23 @@ scalars = (
     | st.text(max_size=20)
     | st.binary(max_size=20)
 )
-nested = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=30,
-)
+
+
+def nested_of(leaves: Any, size: int = 5, max_leaves: int = 30) -> Any:
+    """Lists and string-keyed maps of ``leaves``, nested (tests/test_fuzz_bodies.py too)."""
+    return st.recursive(
+        leaves,
+        lambda children: (
+            st.lists(children, max_size=size)
+            | st.dictionaries(st.text(max_size=8), children, max_size=size)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+nested = nested_of(scalars)
 # Values that may contain arrays, for the fuzzing tests (no equality needed there).
-fuzz_values = st.recursive(
-    scalars | arrays,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=10,
-)
+fuzz_values = nested_of(scalars | arrays, size=4, max_leaves=10)
 
 
 def ext_payload(dtype_str: object, shape: object, raw: bytes) -> bytes:

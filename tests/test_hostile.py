@@ -4,7 +4,9 @@ main before its fix (a 500, a traceback or a silent last-value-wins)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -12,12 +14,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from runtime import cli
+from runtime.config import Config, ConfigError
 from runtime.errors import BadRequest
-from runtime.http_middleware import METRICS_KEY
+from runtime.http import make_app
+from runtime.http_middleware import METRICS_KEY, start_site
+from runtime.system import System
 from tests import test_bad_input
 from tests.test_bad_input import (
     GOOD,
@@ -231,10 +241,15 @@ async def test_strict_params_off_ignores_unknown_ones(start: Start) -> None:
     assert resp.status == 200
 
 
+def freshrank(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, as an operator runs it."""
+    command = [sys.executable, "-m", "runtime", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
 def test_a_port_out_of_range_or_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     def run(port: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "runtime", "run", "--port", port, "--state", str(tmp_path)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        return freshrank("run", "--port", port, "--state", str(tmp_path), cwd=tmp_path)
 
     for bad in ("99999", "-5", "http"):
         proc = run(bad)
@@ -273,3 +288,229 @@ async def test_clients_that_send_no_body_take_no_admission_capacity(start: Start
         for _, writer in idle:
             writer.close()
     await assert_still_serving(h)
+
+
+HEADER_TIMEOUT_S = 0.5
+TRICKLE = b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+
+
+async def trickle_until_closed(host: str, port: int, keep_alive_first: bool = False) -> bytes:
+    """Send request headers one byte at a time (never completing them) until the server
+    closes the connection; return what it answered to the unfinished request."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if keep_alive_first:  # one good request, then the slow one on the same connection
+            writer.write(b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+        for byte in TRICKLE:
+            writer.write(bytes([byte]))
+            try:  # the attacker's pace; an answer or EOF ends the wait at once
+                first = await asyncio.wait_for(reader.read(65536), HEADER_TIMEOUT_S / 10)
+            except TimeoutError:
+                continue
+            return first + await reader.read()
+        raise AssertionError("the server read 4 KB of headers byte by byte without closing")
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **http: Any) -> AsyncIterator[tuple[web.Application, str, int]]:
+    """A System behind the daemon's own listener (start_site) on a free loopback port."""
+    config = Config.from_dict(
+        {
+            "state": {"restore": False},
+            "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
+            "http": {"port": 0, **http},
+        }
+    )
+    async with System(config) as system:
+        app = make_app(system)
+        runner = await start_site(app, config.http)
+        host, port = runner.addresses[0][:2]
+        try:
+            yield app, host, port
+        finally:
+            await runner.cleanup()
+
+
+async def test_headers_sent_byte_by_byte_are_cut_at_header_timeout(tmp_path: Path) -> None:
+    """200 connections trickling headers are each answered 408 and closed after
+    http.header_timeout_s (aiohttp alone keeps them for keepalive_timeout_s, 75 s),
+    while a real client keeps getting 2xx."""
+    async with (
+        served(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as (app, host, port),
+        asyncio.timeout(30),
+        aiohttp.ClientSession(f"http://{host}:{port}") as client,
+    ):
+        slow = [
+            asyncio.create_task(trickle_until_closed(host, port, keep_alive_first=n % 4 == 0))
+            for n in range(200)
+        ]
+        served_requests = 0
+        while not all(task.done() for task in slow) or served_requests < 5:
+            async with client.post("/v1/events", json=GOOD) as resp:
+                assert resp.status == 200, await resp.text()
+            async with client.get("/v1/recommend", params={"user": "alice"}) as resp:
+                assert resp.status == 200, await resp.text()
+            served_requests += 1
+        answers = await asyncio.gather(*slow)
+        assert app[METRICS_KEY].header_timeouts._value.get() == 200
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"http.header_timeout_s" in answer
+
+
+async def test_a_body_slower_than_the_header_timeout_is_still_read(tmp_path: Path) -> None:
+    """The header deadline ends with the headers: the body has http.body_timeout_s."""
+    async with served(tmp_path, header_timeout_s=HEADER_TIMEOUT_S) as (_, host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        body = json.dumps(GOOD).encode()
+        writer.write(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        # the deadline's own span: the headers are in, so it must not fire
+        await asyncio.sleep(HEADER_TIMEOUT_S * 2)
+        writer.write(body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        writer.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("freshrank: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_shard_id_outside_the_configs_shards_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "four.toml"
+    config.write_text("[training]\nshards = 4\n", encoding="utf-8")
+    assert cli.main(["shard", "--id", "9", "--config", str(config)]) == 2
+    line = one_error_line(capsys)
+    assert "--id 9 is outside 0..3" in line and "training.shards = 4" in line
+
+
+MOVIELENS_ROWS = "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "where"),
+    [
+        ("tsv", "u.data"),
+        ("rechorus", "u.data"),
+        ("movietweetings", "u.data"),
+        ("criteo", "u.data"),  # read nothing at all: not silently "0 events, exit 0"
+        ("criteo", "."),  # a MovieLens folder
+    ],
+)
+def test_replay_with_the_wrong_format_is_one_line_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    where: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "u.data").write_text(MOVIELENS_ROWS, encoding="utf-8")
+    path = str(tmp_path / where)
+    assert cli.main(["replay", path, "--format", fmt, "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert f"--format {fmt}" in line and "format (" in line
+
+
+@pytest.mark.parametrize("argv", [["run", "--prot", "5"], ["journal", "export", "--outptu", "x"]])
+def test_a_typo_in_a_subcommands_flag_shows_that_subcommands_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    command = " ".join(argv[:-2])
+    assert err.startswith(f"usage: freshrank {command} ") and "unrecognized arguments" in err
+
+
+def test_help_shows_defaults_and_no_raw_markup() -> None:
+    parser = cli.build_parser()
+    helps = {"": parser.format_help()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps.update({name: sub.format_help() for name, sub in action.choices.items()})
+    for name, text in helps.items():
+        assert "``" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+    assert "--trials TRIALS       trials, the base included (default: 12)" in helps["tune"]
+    assert "(default: 0.3333)" in helps["tune"]
+
+
+def test_a_snapshot_of_other_model_settings_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    snapshot = tmp_path / "s.msgpack"
+    System(Config.from_dict({"model": {"bits": 18}})).write_snapshot(snapshot)
+    config = tmp_path / "other.toml"
+    config.write_text(
+        f'[model]\nbits = 20\n[state]\nsnapshot_path = "{snapshot}"\n[http]\nport = 0\n'
+        f'[ingest]\ndead_letter_path = "{tmp_path / "dlq.jsonl"}"\n',
+        encoding="utf-8",
+    )
+    proc = freshrank("run", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("freshrank:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "bits: 18 in the file, 20 in the config" in lines[0]
+    assert "state.restore = false" in lines[0] and len(lines[0]) < 400
+
+
+# --------------------------------------------------------------------------- crosses
+
+
+@pytest.mark.parametrize(
+    ("pair", "needle"),
+    [
+        (["user", "nope"], "'nope' is none, so the cross would never yield a feature"),
+        (["user", "i."], "item-side namespace second"),
+        (["i.genre", "u.age"], "swap them"),
+        (["item", "user"], "swap them"),
+        (["h.items", "item"], "user/context-side namespace first"),
+        (["u.", "i.genre"], "user/context-side namespace first"),
+    ],
+)
+def test_a_cross_that_can_never_yield_a_feature_is_a_config_error(
+    pair: list[str], needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"model\.crosses") as info:
+        Config.from_dict({"model": {"crosses": [["user", "i.genre"], pair]}})
+    assert needle in str(info.value)
+
+
+async def test_a_cross_on_a_column_name_is_warned_once_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user side such as 'nope' may be a CTR file's column (columns are named freely),
+    so it is allowed; events never feed it, which the start log and /v1/stats say."""
+    caplog.set_level(logging.WARNING)
+    config = Config.from_dict(
+        {
+            "model": {"crosses": [["user", "i.genre"], ["nope", "item"], ["device", "item"]]},
+            "state": {"restore": False},
+            "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
+        }
+    )
+    async with System(config) as system:
+        assert system.statistics()["crosses_on_columns_only"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "model.crosses" in r.getMessage()]
+    assert len(warnings) == 1 and "'nope'" in warnings[0] and "'device'" in warnings[0]
+    async with System(Config.from_dict({"state": {"restore": False}})) as default:
+        assert default.statistics()["crosses_on_columns_only"] == 0
