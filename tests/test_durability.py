@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import aiohttp
 import numpy as np
 import pytest
 
+from actors.model import model_settings
 from actors.simulator import Simulator, SimulatorConfig
-from actors.state import decode_state, encode_state
+from actors.state import StateError, decode_state, encode_state
 from runtime import snapshots
 from runtime.config import Config
 from runtime.durability import SnapshotStore
@@ -72,19 +74,22 @@ async def restarted(state: Path) -> tuple[System, dict[str, Any]]:
     return system, system.statistics()
 
 
-def flip_inside_arrays(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 5] = bytes(b ^ 0x5A for b in data[middle : middle + 5])
-    path.write_bytes(bytes(data))
-
-
-def missing_key(path: Path) -> None:
+def edit_document(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change a snapshot's document and write it back with a valid checksum (damage the
+    checksum cannot see)."""
     document = decode_state(path.read_bytes())
-    del document["parts"][
-        "weights" if "weights" in document["parts"] else next(iter(document["parts"]))
-    ]
+    edit(document)
     path.write_bytes(encode_state(document))
+
+
+def flip_inside_arrays(path: Path) -> None:
+    """Five bytes in the middle of the z array's data."""
+    z = decode_state(path.read_bytes())["parts"]["weights"]["state"]["z"]
+    data = bytearray(path.read_bytes())
+    at = data.find(z.tobytes()) + z.nbytes // 2
+    assert at > z.nbytes // 2, "the z array's bytes are not in the file"
+    data[at : at + 5] = bytes(b ^ 0x5A for b in data[at : at + 5])
+    path.write_bytes(bytes(data))
 
 
 def wrong_version(path: Path) -> None:
@@ -93,12 +98,37 @@ def wrong_version(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-FAULTS = {
-    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 3]),
-    "empty": lambda p: p.write_bytes(b""),
-    "flipped bytes": flip_inside_arrays,
-    "wrong version": wrong_version,
-    "a part missing": missing_key,
+def other_config(document: dict[str, Any]) -> None:
+    """What another config writes: its settings, with its arrays."""
+    document["settings"] = model_settings(durable_config(Path("other"), model={"bits": 18}))
+
+
+# each fault of a snapshot file, and the reason the start reports it with
+FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 3]), "truncated"),
+    "empty": (lambda p: p.write_bytes(b""), "truncated (0 bytes)"),
+    "flipped bytes inside the arrays": (flip_inside_arrays, "checksum mismatch"),
+    "wrong format version": (wrong_version, "format version 99, this build reads"),
+    "wrong part version": (
+        lambda p: edit_document(p, lambda d: d["parts"]["weights"].update(version=99)),
+        "part 'weights': version 99, this process reads",
+    ),
+    "a part missing": (
+        lambda p: edit_document(p, lambda d: d["parts"].pop("weights")),
+        "part 'weights': version None",
+    ),
+    "a key missing": (
+        lambda p: edit_document(p, lambda d: d["parts"]["weights"]["state"].pop("z")),
+        "KeyError: 'z'",
+    ),
+    "no journal position": (
+        lambda p: edit_document(p, lambda d: d.pop("journal")),
+        "no journal position",
+    ),
+    "another config's snapshot": (
+        lambda p: edit_document(p, other_config),
+        "differ from config",
+    ),
 }
 
 
@@ -120,7 +150,8 @@ async def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(
 ) -> None:
     written, reached = await three_snapshots_and_a_tail(tmp_path)
     assert len(written) == 3
-    FAULTS[fault](written[-1])
+    damage, why = FAULTS[fault]
+    damage(written[-1])
     with caplog.at_level(logging.WARNING, "freshrank.state"):
         system, stats = await restarted(tmp_path)
     try:
@@ -129,8 +160,10 @@ async def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(
         assert stats["snapshots"]["snapshots_rejected"] == 1
         assert stats["snapshots"]["replayed_records"] == 2
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and str(written[-1]) in warnings[0].getMessage()
-        assert "falling back to the previous one" in warnings[0].getMessage()
+        assert len(warnings) == 1, [w.getMessage() for w in warnings]
+        message = warnings[0].getMessage()
+        assert str(written[-1]) in message and why in message
+        assert "falling back to the previous one" in message
     finally:
         await system.stop()
 
@@ -166,6 +199,53 @@ async def test_a_lone_truncated_snapshot_starts_cleanly_from_the_journal(tmp_pat
         assert counts(system) == reached  # an empty model, then the whole journal
     finally:
         await system.stop()
+
+
+def one_kept_config(state: Path) -> Config:
+    return Config.from_dict({
+        "state": {"dir": str(state), "keep_snapshots": 1},
+        "journal": {"segment_bytes": 4096}, "ingest": {"dead_letter_path": ""},
+    })  # fmt: skip
+
+
+async def one_snapshot_and_a_pruned_journal(state: Path) -> Path:
+    """A state directory whose only snapshot covers records the journal no longer has."""
+    events = stream()
+    async with System(one_kept_config(state)) as system:
+        for lo in range(0, len(events), 100):
+            await system.ingest(events[lo : lo + 100])
+    (path,) = SnapshotStore(state / "snapshots", 1).paths()
+    first = int(min((state / "journal").glob("*.journal")).name.split(".")[0])
+    assert first > 1
+    return path[1]
+
+
+async def test_no_usable_snapshot_and_a_pruned_journal_refuses_to_start(tmp_path: Path) -> None:
+    """Starting empty would learn on without the snapshot's events, and the next snapshot
+    would replace the one that still holds them: a clear refusal instead."""
+    path = await one_snapshot_and_a_pruned_journal(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])
+    system = System(one_kept_config(tmp_path))
+    with pytest.raises(
+        StateError, match=r"no usable snapshot \(the newest: .*snapshot-.*truncated"
+    ):
+        await system.start()
+    log = tmp_path / "daemon.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(log, "wb") as stderr:  # noqa: ASYNC230 - a local file, opened once
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime", "run", "--port", "0", "--state", str(tmp_path),
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+    try:
+        assert await asyncio.wait_for(proc.wait(), START_TIMEOUT) == 2
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    last = text_of(log).splitlines()[-1]
+    assert last.startswith("freshrank: no usable snapshot") and "Fix: " in last, text_of(log)
+    assert path.exists()  # nothing was overwritten
 
 
 async def test_a_clean_stop_snapshots_and_prunes_to_the_kept_ones(tmp_path: Path) -> None:
