@@ -71,7 +71,7 @@ async def start(state: Path, config: Path, log: Path) -> tuple[asyncio.subproces
 
 async def life(
     url: str, http: aiohttp.ClientSession, batch: int, seconds: float, sample_s: float,
-    first: int, acked: dict[int, float], samples: list[tuple[float, int, int]],
+    first: int, acked: dict[int, float], samples: list[tuple[float, int, int]], query: str,
 ) -> None:  # fmt: skip
     """Post for ``seconds`` (request k is journal record first + k); sample meanwhile."""
     done = asyncio.Event()
@@ -80,7 +80,7 @@ async def life(
         seq = first
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            async with http.post(f"{url}/v1/events", json=body_of(batch, seq)) as resp:
+            async with http.post(f"{url}/v1/events{query}", json=body_of(batch, seq)) as resp:
                 assert resp.status == 200, await resp.text()
                 await resp.read()
             acked[seq] = time.perf_counter()
@@ -108,6 +108,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     acked: dict[int, float] = {}
     samples: list[tuple[float, int, int]] = []
     lost = journaled_unanswered = 0
+    posting = 0.0
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         for _ in range(args.kills):
@@ -116,8 +117,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 first = last_record(state) + 1
                 seconds = rng.uniform(0.5, 2 * args.seconds / args.kills)
+                posting += seconds
                 await life(url, http, args.batch, seconds, args.sample_ms / 1e3, first, acked,
-                           samples)  # fmt: skip
+                           samples, "" if args.wait else "?wait=false")  # fmt: skip
                 # the kill meets the next request in flight
                 inflight = asyncio.ensure_future(
                     http.post(f"{url}/v1/events", json=body_of(args.batch, -1))
@@ -147,6 +149,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "acknowledged_requests": answered,
         "events_per_request": args.batch,
+        "wait": args.wait,
+        "acknowledged_events_per_s": round(answered * args.batch / posting),
         "lost_on_kill_9": lost,
         "journaled_unanswered": journaled_unanswered,
         "samples": len(samples),
@@ -165,6 +169,10 @@ def main() -> int:
     parser.add_argument("--interval-ms", type=float, default=100.0)
     parser.add_argument("--sample-ms", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--no-wait", dest="wait", action="store_false",
+        help="post with ?wait=false: answered once journaled, before learning (faster)",
+    )  # fmt: skip
     args = parser.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
