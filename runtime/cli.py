@@ -15,6 +15,7 @@ from typing import Any
 from runtime.config import Config
 from runtime.errors import BadInput, FreshrankError
 from runtime.replay import FORMATS, open_log, replay
+from runtime.state_verify import add_state_parser
 from runtime.tune import add_tune_parser
 
 
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
     _add_journal_parser(sub)
+    add_state_parser(sub)
     add_tune_parser(sub)
     return parser
 

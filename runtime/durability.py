@@ -89,6 +89,7 @@ class Durability:
             0,
         )  # fmt: skip
         self.last: dict[str, Any] = {}
+        self.rejections: list[tuple[Path, str]] = []  # the snapshots refused at start
         self.due = asyncio.Event()
 
     def accepted(self, events: int) -> None:
@@ -98,6 +99,7 @@ class Durability:
 
     def rejected(self, path: Path, reason: str) -> None:
         self.counters["snapshots_rejected"] += 1
+        self.rejections.append((path, reason))
         log.warning("snapshot %s is unusable (%s); falling back to the previous one", path, reason)
 
     def write(self, document: dict[str, Any], position: int, paused_s: float) -> Path:
@@ -326,20 +328,22 @@ class Persistence:
 
     def _open_durable(self) -> int:
         """Open the journal and load the newest valid snapshot; the journal position it covers
-        (the records after it are replayed once the services run)."""
+        (the records after it are replayed once the services run).  A start that would lose
+        learned state (the journal does not reach back to the snapshot it can restore)
+        refuses with a StateError naming the reason and the fix."""
         assert self.durability is not None
         journal = self.durability.journal
         journal.open()
         if not self.config.state.restore:
             return journal.last_seq
         position = self._load_newest_snapshot()
+        refusal = start_refusal(
+            position, journal.statistics()["first_segment"], self.durability.rejections
+        )
+        if refusal is not None:
+            journal.close()
+            raise StateError(refusal)
         journal.skip_to(position)
-        segments = journal.statistics()["first_segment"]
-        if position == 0 and segments is not None and segments > 1:
-            log.warning(
-                "no usable snapshot, and the journal starts at record %d: the events of the "
-                "records before it (deleted with their snapshots) are not restored", segments,
-            )  # fmt: skip
         return position
 
     def _load_newest_snapshot(self) -> int:
@@ -348,11 +352,9 @@ class Persistence:
         assert self.durability is not None
         touched = False
         for _, path in self.durability.store.paths():
+            touched = True
             try:
-                document = snapshots.read(path)
-                position = snapshot_position(document)
-                touched = True
-                restore(document, SNAPSHOT, self.model.settings(), self.model.parts())
+                position = load_snapshot(path, self.model)
             # a part's load_state meeting a malformed state raises whatever it meets
             # (KeyError, ValueError, ...): any of them only means "not this snapshot"
             except Exception as error:
@@ -394,6 +396,41 @@ class Persistence:
 
     def statistics(self) -> dict[str, Any]:
         return self.durability.statistics() if self.durability is not None else {}
+
+
+def load_snapshot(path: Path, model: Model) -> int:
+    """Restore one snapshot file of a state directory into ``model``'s parts; the journal
+    position it covers.  Any exception means "not this snapshot" (:func:`reason` says why):
+    this is the whole check a start makes, shared with ``freshrank state verify``."""
+    document = snapshots.read(path)
+    position = snapshot_position(document)
+    restore(document, SNAPSHOT, model.settings(), model.parts())
+    return position
+
+
+def start_refusal(
+    position: int, first_record: int | None, rejections: list[tuple[Path, str]]
+) -> str | None:
+    """Why a start restoring ``position`` must not go on (None: it may): the journal, which
+    starts at ``first_record`` (None: empty), lost records right after that position, so
+    learning would continue without their events, and the next snapshots would replace the
+    refused ones that still hold them."""
+    if first_record is None or first_record <= position + 1:
+        return None
+    if position > 0:
+        found = f"the newest usable snapshot covers journal position {position}"
+    elif rejections:
+        path, why = rejections[0]
+        found = f"no usable snapshot (the newest: {why if str(path) in why else f'{path}: {why}'})"
+    else:
+        found = "no snapshot"
+    return (
+        f"{found}, and the journal starts at record {first_record}: a start would lose the "
+        f"events of records {position + 1}..{first_record - 1}. Fix: start with the config "
+        "the snapshots were written with, or put back a good snapshot from a backup of the "
+        "state directory; or, giving those events up, start over in a new state directory "
+        "and post it the rest (freshrank journal export)"
+    )
 
 
 def snapshot_position(document: Any) -> int:
