@@ -17,7 +17,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from actors.model import build_model
 from runtime.config import Config
@@ -137,7 +137,7 @@ def cmd_state_verify(args: argparse.Namespace, out: TextIO | None = None) -> int
     return 0
 
 
-def add_state_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_state_parser(sub: Any) -> None:
     state = sub.add_parser("state", help="the state directory (journal and snapshots)")
     state_sub = state.add_subparsers(dest="state_command", required=True)
     check = state_sub.add_parser(

@@ -127,7 +127,7 @@ FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "another config's snapshot": (
         lambda p: edit_document(p, other_config),
-        "differ from config",
+        "model settings differ",
     ),
 }
 
