@@ -275,13 +275,21 @@ async def _until(predicate: Any) -> None:
 
 
 async def all_learned(config: Config) -> None:
-    """Trainers committed every events record and shards applied every gradient batch."""
+    """Trainers committed every events record and shards applied every gradient batch;
+    past LEARN_TIMEOUT, an AssertionError with the tail of every process's log."""
     prefix = config.kafka.topic_prefix
-    await asyncio.wait_for(
-        wait_until_consumed(config, f"{prefix}-trainers", "events", config.kafka.events_partitions),
-        LEARN_TIMEOUT,
-    )
-    await asyncio.wait_for(shards_answered(config), LEARN_TIMEOUT)
+    try:
+        await asyncio.wait_for(
+            wait_until_consumed(
+                config, f"{prefix}-trainers", "events", config.kafka.events_partitions
+            ),
+            LEARN_TIMEOUT,
+        )
+        await asyncio.wait_for(shards_answered(config), LEARN_TIMEOUT)
+    except TimeoutError:
+        folder = Path(config.cluster.checkpoint_dir).parent
+        tails = {log.name: log.read_text()[-1500:] for log in sorted(folder.glob("*.log"))}
+        raise AssertionError(f"not everything was learned in {LEARN_TIMEOUT} s: {tails}") from None
 
 
 def shard_states(config: Config) -> list[dict[str, Any]]:
