@@ -474,15 +474,17 @@ async def test_ranker_serves_fresh_recommendations_over_http(
                         assert resp.status == 200
                 await all_learned(config)
                 stats: dict[str, Any] = {}
-                for _ in range(400):  # the ranker's replica follows the weights topic
+                for _ in range(1200):  # the replicas follow the weights and events topics
                     async with http.get(f"{url}/v1/stats") as resp:
                         stats = await resp.json()
-                    if (
-                        stats["weight_deltas"]
-                        >= stats["queues"].get(f"{topic_prefix}.events", {}).get("sent", 0) * 2
-                    ):
+                    sent = stats["queues"].get(f"{topic_prefix}.events", {}).get("sent", 0)
+                    # alice's clicks in her history too: they are what "seen" excludes
+                    followed = stats["followed_events"] >= len(clicks)
+                    if stats["weight_deltas"] >= sent * 2 and followed:
                         break
                     await asyncio.sleep(0.05)  # another process's progress
+                else:
+                    raise AssertionError(f"the ranker did not catch up: {stats}")
                 async with http.get(
                     f"{url}/v1/recommend", params={"user": "alice", "k": "5"}
                 ) as resp:

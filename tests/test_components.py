@@ -126,7 +126,7 @@ async def test_a_component_is_served_by_a_cluster_ranker(
                     assert resp.status == 200
                 await all_learned(config)
                 served: dict[str, Any] = {}
-                for _ in range(400):  # the ranker follows the events topic
+                for _ in range(1200):  # the ranker follows the events topic
                     async with http.get(f"{url}/v1/stats") as resp:
                         served = (await resp.json())["components"]["item_counter"]
                     if served["interactions"] >= len(CLICKS):
