@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,7 @@ class Visitor:
     recent: list[int]  # distinct recent rows, oldest first (the h.item features)
     seen: set[int]  # rows not to recommend again
     ignored: list[str]  # session ids the catalog does not have
+    excluded: set[int] = field(default_factory=set)  # rows the request asked not to get
 
 
 def _no_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,11 +179,14 @@ class Ranker:
         with_explanations: bool = False,
         explore: ExplorationPolicy | None = None,
         session: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
         """The top ``k`` for ``user`` ("" for an anonymous visitor), who just interacted
-        with the ``session`` item ids (oldest first; not learned, only ranked with)."""
+        with the ``session`` item ids (oldest first; not learned, only ranked with),
+        never one of the ``exclude`` item ids (unknown ones are ignored)."""
         started = time.perf_counter()
         visitor = self.visitor(user, session)
+        visitor.excluded = {self.catalog.rows[i] for i in exclude if i in self.catalog.rows}
         features, names = self.user_features(visitor, context)
         rows, excluded = self._rows_to_score(visitor, k, candidates)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
@@ -249,9 +253,11 @@ class Ranker:
         return rows, seen
 
     def _seen_mask(self, rows: np.ndarray, visitor: Visitor) -> np.ndarray:
-        if not self.exclude_seen or not visitor.seen:
+        """The rows not to recommend: seen ones (``exclude_seen``) and the excluded ones."""
+        skip = (visitor.seen if self.exclude_seen else set()) | visitor.excluded
+        if not skip:
             return np.zeros(rows.size, bool)
-        return np.isin(rows, np.fromiter(visitor.seen, np.int64, len(visitor.seen)))
+        return np.isin(rows, np.fromiter(skip, np.int64, len(skip)))
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
         """What the model knows of one item: its features with their learned weights,

@@ -99,11 +99,13 @@ class _Calls:
     @staticmethod
     def recommend(
         user: str, k: int, candidates: Sequence[str] | None, context: dict[str, Any] | None,
-        explain: bool,
+        explain: bool, exclude: Sequence[str],
     ) -> Call:  # fmt: skip
         query = {"user": user, "k": str(k)}
         if candidates is not None:
             query["candidates"] = ",".join(candidates)
+        if exclude:
+            query["exclude"] = ",".join(exclude)
         if context is not None:
             query["context"] = json.dumps(context)
         if explain:
@@ -159,9 +161,10 @@ class AsyncClient(_Settings):
 
     async def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
-        context: dict[str, Any] | None = None, explain: bool = False,
+        context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
     ) -> list[dict[str, Any]]:  # fmt: skip
-        body = await self._send(_Calls.recommend(user, k, candidates, context, explain))
+        """``exclude``: item ids never to recommend in this answer."""
+        body = await self._send(_Calls.recommend(user, k, candidates, context, explain, exclude))
         items: list[dict[str, Any]] = body["items"]
         return items
 
@@ -222,10 +225,10 @@ class Client(_Settings):
 
     def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
-        context: dict[str, Any] | None = None, explain: bool = False,
+        context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
     ) -> list[dict[str, Any]]:  # fmt: skip
         items: list[dict[str, Any]] = self._send(
-            _Calls.recommend(user, k, candidates, context, explain)
+            _Calls.recommend(user, k, candidates, context, explain, exclude)
         )["items"]
         return items
 

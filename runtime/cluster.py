@@ -596,11 +596,14 @@ class ClusterFront:
         scale: float | None = None,
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
-        return self.ranker.recommend(user, k, candidates, features, explain, session=session or ())
+        return self.ranker.recommend(
+            user, k, candidates, features, explain, session=session or (), exclude=exclude or ()
+        )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""

@@ -178,6 +178,7 @@ class Front(Protocol):
         scale: float | None = None,
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

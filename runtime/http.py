@@ -143,7 +143,7 @@ async def _decode_and_ingest(
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/events": frozenset({"wait"}),
     "/v1/recommend": frozenset(
-        {"user", "k", "candidates", "context", "explain", "explore", "scale", "epsilon"}
+        {"user", "k", "candidates", "exclude", "context", "explain", "explore", "scale", "epsilon"}
     ),
     "/v1/items/{item}/similar": frozenset({"k"}),
     "/v1/items/{item}": frozenset({"k"}),
@@ -204,6 +204,16 @@ def _exploration_params(request: web.Request, system: Front) -> dict[str, Any]:
     return params
 
 
+def _ids(request: web.Request, name: str) -> list[str] | None:
+    """A comma-separated list of item ids (None: the parameter is absent)."""
+    if name not in request.query:
+        return None
+    ids = [c for c in request.query[name].split(",") if c]
+    if not ids:
+        raise BadRequest(f"'{name}' names no item: give comma-separated item ids")
+    return ids
+
+
 async def get_recommend(request: web.Request) -> web.Response:
     system = request.app[SYSTEM_KEY]
     user = request.query.get("user")
@@ -211,17 +221,13 @@ async def get_recommend(request: web.Request) -> web.Response:
         return _error(400, "'user' is required (1..256 characters)")
     limits = system.config.http
     k = _int_param(request, "k", 10, 1, limits.max_k)
-    candidates = None
-    if "candidates" in request.query:
-        candidates = [c for c in request.query["candidates"].split(",") if c]
-        if not candidates:
-            return _error(400, "'candidates' names no item: give comma-separated item ids")
-        if len(candidates) > limits.max_candidates:
+    candidates, exclude = _ids(request, "candidates"), _ids(request, "exclude")
+    for name, ids in (("candidates", candidates), ("exclude", exclude)):
+        if ids is not None and len(ids) > limits.max_candidates:
             return _error(
-                413,
-                f"{len(candidates)} candidates, the limit is {limits.max_candidates} "
+                413, f"{len(ids)} {name} ids, the limit is {limits.max_candidates} "
                 "(http.max_candidates)",
-            )
+            )  # fmt: skip
     context = None
     if "context" in request.query:
         try:
@@ -236,7 +242,9 @@ async def get_recommend(request: web.Request) -> web.Response:
             )
     explain = request.query.get("explain", "false").lower() in ("1", "true", "yes")
     exploration = _exploration_params(request, system)
-    items = await system.recommend(user, k, candidates, context, explain, **exploration)
+    items = await system.recommend(
+        user, k, candidates, context, explain, **exploration, exclude=exclude
+    )
     return _json({"user": user, "k": k, "items": items})
 
 
@@ -249,7 +257,7 @@ async def post_recommend(request: web.Request) -> web.Response:
         raise ExplorationError("exploration is not available on this server")
     items = await system.recommend(
         query.user, query.k, query.candidates, query.context, query.explain,
-        session=query.session, **query.exploration,
+        session=query.session, exclude=query.exclude, **query.exploration,
     )  # fmt: skip
     ignored = [i for i in query.session if i not in system.catalog.rows]
     return _json(

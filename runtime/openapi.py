@@ -342,6 +342,11 @@ def _recommend_body(config: Config) -> Schema:
             },
             "k": {"type": "integer", "minimum": 1, "maximum": http.max_k, "default": 10},
             "candidates": {**ids, "minItems": 1, "maxItems": http.max_candidates},
+            "exclude": {
+                **ids,
+                "maxItems": http.max_candidates,
+                "description": "Item ids never to recommend in this answer (unknown ids ignored)",
+            },
             "context": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]},
             "explain": {"type": "boolean", "default": False},
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
@@ -408,6 +413,12 @@ def _recommend_parameters(config: Config) -> list[Schema]:
             "candidates",
             "Comma-separated item ids to rank instead of the catalog "
             f"(at most {http.max_candidates})",
+            {"type": "string"},
+        ),
+        _query(
+            "exclude",
+            "Comma-separated item ids never to recommend in this answer (unknown ids "
+            f"ignored; at most {http.max_candidates})",
             {"type": "string"},
         ),
         context,

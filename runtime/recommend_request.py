@@ -14,7 +14,10 @@ from runtime.bodies import loads
 from runtime.config import HTTPConfig
 from runtime.errors import BadRequest
 
-FIELDS = ("user", "session", "k", "candidates", "context", "explain", "explore", "scale", "epsilon")
+FIELDS = (
+    "user", "session", "k", "candidates", "exclude", "context", "explain", "explore", "scale",
+    "epsilon",
+)  # fmt: skip
 MAX_ID_CHARS = 256
 
 
@@ -24,6 +27,7 @@ class RecommendRequest:
     session: list[str] = field(default_factory=list)
     k: int = 10
     candidates: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)  # item ids never to recommend
     context: dict[str, Any] | None = None
     explain: bool = False
     exploration: dict[str, Any] = field(default_factory=dict)  # explore, scale, epsilon
@@ -47,6 +51,7 @@ def parse_recommend_request(body: bytes, limits: HTTPConfig) -> RecommendRequest
         session=_ids(data.get("session", []), "session", limits.max_candidates),
         k=_integer(data.get("k", 10), "k", limits.max_k),
         explain=_flag(data.get("explain", False), "explain"),
+        exclude=_ids(data.get("exclude", []), "exclude", limits.max_candidates),
     )
     if not request.user and not request.session:
         raise BadRequest("give a 'user', a 'session' of item ids, or both")

@@ -231,6 +231,7 @@ class System:
         scale: float | None = None,
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k items for ``user`` with the weights as they are now (every learned event counts).
 
@@ -242,9 +243,8 @@ class System:
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
-        return self.ranker.recommend(
-            user, k, candidates, features, explain, active, session=session or ()
-        )
+        visitor = {"session": session or (), "exclude": exclude or ()}
+        return self.ranker.recommend(user, k, candidates, features, explain, active, **visitor)
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""
