@@ -39,6 +39,8 @@ class ApiError(FreshrankError):
     """An error answer of the API that retrying would not change (or the last one of a
     retried request): ``status`` and the server's ``reason``."""
 
+    traceback = False  # the server's reason says it all (freshrank import prints it)
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status}: {reason}")
         self.status = status
