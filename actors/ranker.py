@@ -106,9 +106,12 @@ class Ranker:
         self.seconds = 0.0
         self.shown = np.zeros(0, np.int64)  # per catalog row: answers it was in, since start
 
-    def visitor(self, user: str, session: Sequence[str] = ()) -> Visitor:
+    def visitor(
+        self, user: str, session: Sequence[str] = (), exclude: Sequence[str] = ()
+    ) -> Visitor:
         """Who asks: a known user's history, extended by ``session`` (item ids the visitor
-        just interacted with, oldest first; an anonymous visitor has only these)."""
+        just interacted with, oldest first; an anonymous visitor has only these), and the
+        ``exclude`` item ids the request never wants (unknown ones are ignored)."""
         known = [self.catalog.rows[i] for i in session if i in self.catalog.rows]
         ignored = [i for i in session if i not in self.catalog.rows]
         sequence = self.users.sequences.get(user, []) if user else []
@@ -124,6 +127,7 @@ class Ranker:
             recent=recent[-keep:] if keep else [],
             seen=(self.users.seen(user) if user else set()) | set(known),
             ignored=ignored,
+            excluded={self.catalog.rows[i] for i in exclude if i in self.catalog.rows},
         )
 
     def user_features(
@@ -178,15 +182,14 @@ class Ranker:
         context: Sequence[tuple[str, str, float]] = (),
         with_explanations: bool = False,
         explore: ExplorationPolicy | None = None,
-        session: Sequence[str] = (),
-        exclude: Sequence[str] = (),
+        session: Sequence[str] | None = (),
+        exclude: Sequence[str] | None = (),
     ) -> list[dict[str, Any]]:
         """The top ``k`` for ``user`` ("" for an anonymous visitor), who just interacted
         with the ``session`` item ids (oldest first; not learned, only ranked with),
         never one of the ``exclude`` item ids (unknown ones are ignored)."""
         started = time.perf_counter()
-        visitor = self.visitor(user, session)
-        visitor.excluded = {self.catalog.rows[i] for i in exclude if i in self.catalog.rows}
+        visitor = self.visitor(user, session or (), exclude or ())
         features, names = self.user_features(visitor, context)
         rows, excluded = self._rows_to_score(visitor, k, candidates)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)

@@ -396,7 +396,7 @@ async def rebuild_history(config: Config, model: Model) -> int:
     await transport.start()
     try:
         items = ItemsFollower(model, transport.channel("items"))
-        catalog = transport.channel("items")
+        catalog = items.channel
         ends = await catalog.end_offsets()
         while any(catalog.positions.get(p, -1) < end - 1 for p, end in ends.items()):
             await items.handle_envelope(await catalog.receive())
@@ -507,7 +507,6 @@ class ClusterFront:
         self.transport = KafkaTransport(config, group_id=None)
         self.model = build_model(config)
         self.catalog, self.users = self.model.catalog, self.model.users
-        self.featurizer = self.model.featurizer()
         self.ranker = self.model.ranker(exploration=False)
         self.limits, self.times = event_bounds(config.ingest, delayed_labels=False)
         self.publisher = Publisher(self.transport, config)
@@ -602,7 +601,7 @@ class ClusterFront:
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         return self.ranker.recommend(
-            user, k, candidates, features, explain, session=session or (), exclude=exclude or ()
+            user, k, candidates, features, explain, session=session, exclude=exclude
         )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

@@ -236,15 +236,15 @@ class System:
         """Top-k items for ``user`` with the weights as they are now (every learned event counts).
 
         ``explore`` (off | thompson | epsilon), ``scale`` and ``epsilon`` override the
-        configured exploration for this request; a bad value raises ExplorationError.
-        """
+        configured exploration for this request; a bad value raises ExplorationError."""
         self.supervisor.check()
         policy = self.exploration.override(explore, scale, epsilon)
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
-        visitor = {"session": session or (), "exclude": exclude or ()}
-        return self.ranker.recommend(user, k, candidates, features, explain, active, **visitor)
+        return self.ranker.recommend(
+            user, k, candidates, features, explain, active, session, exclude
+        )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""
