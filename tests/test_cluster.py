@@ -452,7 +452,16 @@ async def test_ranker_serves_fresh_recommendations_over_http(
         for g in ("war", "comedy")
         for k in range(10)
     ]
-    clicks = [{"user": "alice", "item": f"war-{k % 5}"} for k in range(40)]
+    # fans of each genre first: with one user alone, which unseen items rank first rests on
+    # which were drawn as her negatives (the publisher's time-based seqs seed the draws),
+    # and about 1 run in 10 put comedies first (an embedded run over 60 seeds)
+    clicks = [
+        {"user": f"{g}-fan-{u}", "item": f"{g}-{(u + k) % 10}"}
+        for u in range(4)
+        for g in ("war", "comedy")
+        for k in range(10)
+    ]
+    clicks += [{"user": "alice", "item": f"war-{k % 5}"} for k in range(40)]
     async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
         ranker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runtime", "ranker", "--id", "0", "--config", str(path), "--port", "0",
