@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,10 @@ from runtime.messages import (
 from runtime.transport import Channel
 
 RANKED_BYTES = 64 << 20  # whole-catalog signal values of ranked events held at once
+# Between these the trainer lets the event loop run: a 256-event batch is 10-25 ms of
+# work, and a request waiting that long behind it is the stall issue 12 measured.
+EVENTS_PER_PAUSE = 64
+RANKINGS_PER_PAUSE = 2
 
 
 @dataclass
@@ -78,6 +82,7 @@ class UserWalk:
         # (event, rows the user already saw, its next-item evaluation)
         self.ranked: list[tuple[int, np.ndarray, int]] = []
         self.rank_slot = np.full(events, -1, np.int64)  # its slot in the chunk's values
+        self.per_chunk = 1  # ranked events per chunk, fixed for the batch
 
 
 @dataclass
@@ -239,7 +244,14 @@ class TrainerActor(Actor):
         staleness = len(self._pending)
         self.staleness_sum += staleness
         self.staleness_max = max(self.staleness_max, staleness)
-        step = self.train_batch(message)
+        steps = self.train_steps(message)
+        while True:  # the batch's work, letting the loop run at each pause
+            try:
+                next(steps)
+            except StopIteration as done:
+                step: BatchGradients = done.value
+                break
+            await asyncio.sleep(0)
         self._pending[message.seq] = (len(self.grads), message.created_at)
         shards = len(self.grads)
         linear = split_by_shard(step.index, step.grad, shards)
@@ -264,6 +276,18 @@ class TrainerActor(Actor):
 
     def train_batch(self, batch: FeatureBatch) -> BatchGradients:
         """Score, evaluate and differentiate one batch; returns its summed gradients."""
+        steps = self.train_steps(batch)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: BatchGradients = done.value
+                return result
+
+    def train_steps(self, batch: FeatureBatch) -> Generator[None, None, BatchGradients]:
+        """:meth:`train_batch` in steps: it pauses (yields) between parts of the batch's
+        work where the caller may let other tasks run; what they see meanwhile is the
+        model with the batch's users followed up to some event, never a torn array."""
         n = len(batch)
         self.model.stream.events += n
         self.batches += 1
@@ -280,7 +304,7 @@ class TrainerActor(Actor):
             explicit = np.ones(n, bool)
             origin = np.arange(n)
         else:
-            rows = self._interaction_rows(batch)
+            rows = yield from self._interaction_rows(batch)
             origin, labels, explicit = rows.origin, rows.labels, rows.explicit
             (indptr, indices, values), factor_rows = rows.linear, rows.factor
             weights = batch.weight[origin]
@@ -309,7 +333,7 @@ class TrainerActor(Actor):
         self.model.stream.rows += int(labels.size)
         return step
 
-    def _interaction_rows(self, batch: FeatureBatch) -> InteractionRows:
+    def _interaction_rows(self, batch: FeatureBatch) -> Generator[None, None, InteractionRows]:
         """An interaction batch's training rows: each event with the user's history and
         signals as of that event, then its sampled negatives; linear and factor entries."""
         user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
@@ -318,7 +342,7 @@ class TrainerActor(Actor):
         signals = np.zeros((origin.size, len(sequence.names))) if sequence else None
         if batch.item_rows.size and (batch.item_rows >= 0).any():
             rows = EventRows(origin, item_rows, labels, signals)
-            user = self._walk_events(batch, user, rows)
+            user = yield from self._walk_events(batch, user, rows)
         self.model.observe(batch.users, batch.item_rows)
         rows_user = take_rows(user, origin)
         linear = expand(self.space, rows_user, item_rows, self.catalog)
@@ -338,7 +362,7 @@ class TrainerActor(Actor):
 
     def _walk_events(
         self, batch: FeatureBatch, user: BaseFeatures, rows: EventRows
-    ) -> BaseFeatures:
+    ) -> Generator[None, None, BaseFeatures]:
         """Event by event, in stream order: the event's signals (and hard negatives) from
         what came before it, its ranking if flagged, then it joins the user's history and
         the signals' statistics, so the next event sees it.  The users' histories are
@@ -350,28 +374,32 @@ class TrainerActor(Actor):
         ``users.recent_len``), so an event is learned with the history it was ranked with.
         """
         known = self.catalog.known_at(batch.seq)
-        walk = self._follow_users(batch, known)
+        walk = yield from self._follow_users(batch, known)
         if self.users.recent_len > 0:
             user = with_histories(self.space, self.catalog, user, walk.recent)
         events = self._signal_events(batch, rows, walk)
         sequence = self.model.sequence
-        for lo, hi in self._chunks(walk.rank_slot):
+        n_catalog = len(self.catalog)  # the featurizer may add items while this pauses
+        for lo, hi in self._chunks(walk.rank_slot, walk.per_chunk):
             ranked = None
             if sequence is not None and rows.signals is not None:
                 part = events.between(lo, hi)
                 seed = int(np.random.default_rng([self.seed, batch.seq, lo]).integers(2**31))
                 hard = (self.hard_negatives, known, seed)
-                values, ranked = sequence.walk(part, len(self.catalog), hard)
+                values, ranked = sequence.walk(part, n_catalog, hard)
                 rows.signals[events.row_first[lo] : events.row_first[hi]] = values
-            for r, exclude, evaluation in walk.ranked:
-                if lo <= r < hi:
-                    signals = ranked[walk.rank_slot[r]] if ranked is not None else None
-                    self._evaluate_ranking(
-                        user.row(r), signals, int(batch.item_rows[r]), exclude, known, evaluation
-                    )
+                yield
+            in_chunk = [entry for entry in walk.ranked if lo <= entry[0] < hi]
+            for done, (r, exclude, evaluation) in enumerate(in_chunk, 1):
+                signals = ranked[walk.rank_slot[r]] if ranked is not None else None
+                self._evaluate_ranking(
+                    user.row(r), signals, int(batch.item_rows[r]), exclude, known, evaluation
+                )
+                if done % RANKINGS_PER_PAUSE == 0:
+                    yield
         return user
 
-    def _follow_users(self, batch: FeatureBatch, known: int) -> UserWalk:
+    def _follow_users(self, batch: FeatureBatch, known: int) -> Generator[None, None, UserWalk]:
         """Each event's user as of that event (recent items, sequence, what they saw
         when it is ranked), the popularity baseline's test-then-train; then the event
         joins the user's history and the relevant sets of the user's earlier next-item
@@ -379,6 +407,7 @@ class TrainerActor(Actor):
         users, popularity, next_item = self.users, self.metrics.popularity, self.metrics.next_item
         names = batch.users or [""] * len(batch)
         walk = UserWalk(len(batch))
+        walk.per_chunk = self._ranked_per_chunk()  # the catalog may grow while this pauses
         for r, item in enumerate(batch.item_rows.tolist()):
             name = names[r]
             if users.recent_len:
@@ -392,7 +421,7 @@ class TrainerActor(Actor):
             if batch.rank_eval[r]:
                 seen = users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
-                walk.rank_slot[r] = len(walk.ranked) % self._ranked_per_chunk()
+                walk.rank_slot[r] = len(walk.ranked) % walk.per_chunk
                 walk.ranked.append((r, exclude, next_item.begin(name, item)))
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
@@ -402,6 +431,8 @@ class TrainerActor(Actor):
                 users.add(name, item)
             if popularity is not None:
                 popularity.learn(item)
+            if r % EVENTS_PER_PAUSE == EVENTS_PER_PAUSE - 1:
+                yield
         return walk
 
     def _signal_events(self, batch: FeatureBatch, rows: EventRows, walk: UserWalk) -> SignalEvents:
@@ -424,10 +455,10 @@ class TrainerActor(Actor):
         names = len(self.model.sequence.names) if self.model.sequence is not None else 1
         return max(1, RANKED_BYTES // (8 * names * max(len(self.catalog), 1)))
 
-    def _chunks(self, rank_slot: np.ndarray) -> list[tuple[int, int]]:
-        """Event ranges that each hold at most ``_ranked_per_chunk`` ranked events."""
+    @staticmethod
+    def _chunks(rank_slot: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:
+        """Event ranges that each hold at most ``per_chunk`` ranked events."""
         ranked = np.flatnonzero(rank_slot >= 0)
-        per_chunk = self._ranked_per_chunk()
         cuts = [0, *(int(r) + 1 for r in ranked[per_chunk - 1 :: per_chunk]), rank_slot.size]
         return [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo] or [(0, 0)]
 

@@ -81,7 +81,7 @@ async def test_actor_crash_propagates_to_the_caller(
             def explode(batch: Any) -> Any:
                 raise RuntimeError("learner state corrupted")
 
-            monkeypatch.setattr(system.trainer, "train_batch", explode)
+            monkeypatch.setattr(system.trainer, "train_steps", explode)
             with pytest.raises(SystemFailed, match="learner state corrupted"):
                 await system.ingest([{"user": "a", "item": "y"}])
             assert "learner state corrupted" in system.statistics()["failed"]

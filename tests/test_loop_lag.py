@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from actors.batching import batch_from_events
+from actors.events import validate_event
+from actors.trainer import EVENTS_PER_PAUSE, RANKINGS_PER_PAUSE
 from runtime.config import Config
 from runtime.http import make_app
 from runtime.system import System
@@ -196,3 +199,22 @@ async def test_the_counts_in_statistics_equal_a_full_count(tmp_path: Path) -> No
     async with System(config) as fresh:
         fresh.restore(path)
         assert reported(fresh) == full_counts(fresh) == reported(system)
+
+
+async def test_the_trainer_pauses_inside_a_batch() -> None:
+    """A 256-event batch is 10-25 ms of work: the trainer lets the loop run between its
+    parts (users followed, signals walked, each few rankings) instead of holding it."""
+    config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
+    async with System(config) as system:
+        events = [{"user": f"u{i % 30}", "item": f"i{i % 90}"} for i in range(512)]
+        assert (await system.ingest(events)).rejected == 0
+        parsed = [validate_event(event) for event in events[:256]]
+        flags = np.ones(len(parsed), bool)  # every event ranked: rankings to pause between
+        batch = system.model.featurizer().featurize(batch_from_events(parsed, flags, seq=10**6))
+        steps = system.trainer.train_steps(batch)
+        pauses = 0
+        with pytest.raises(StopIteration):
+            while True:
+                next(steps)
+                pauses += 1
+        assert pauses >= 256 // EVENTS_PER_PAUSE + 256 // RANKINGS_PER_PAUSE

@@ -77,7 +77,7 @@ async def test_an_ingest_waiting_on_learning_gets_a_503_with_the_reason(
             def explode(batch: Any) -> Any:
                 raise RuntimeError("trainer lost its mind")
 
-            monkeypatch.setattr(system.trainer, "train_batch", explode)
+            monkeypatch.setattr(system.trainer, "train_steps", explode)
             async with TestClient(TestServer(make_app(system))) as client:
                 resp = await asyncio.wait_for(
                     client.post("/v1/events", json=[{"user": "a", "item": "y"}]), 30
