@@ -21,7 +21,14 @@ split by coordinate across shards (a parameter server): each shard applies its o
 coordinates' gradients in stream order and the result does not depend on how many
 shards there are.
 
-Batches: a trainer predicts a whole batch with the weights as they were before
+Batches, exactly: a trainer that holds the FTRL state (one process) walks the batch
+event by event on a copy of the coordinates it touches
+(:meth:`GradientAggregator.sequential_increments`), so each event is predicted with
+weights that include every earlier one, and sends the shards the increments of z and
+n, which they add (:func:`add_increments`).  The batch size changes only the speed.
+
+Batches, summed: a trainer with only a replica of the weights (a cluster trainer, the
+factor terms) predicts a whole batch with the weights as they were before
 the batch, sums the batch's gradients per coordinate (:func:`aggregate_gradients`)
 and applies one FTRL step per touched coordinate.  Summing matters: applying a
 batch's stale per-event gradients one after another lets a frequent coordinate
@@ -156,6 +163,26 @@ def _apply_gradients_replica(
 
 
 @njit(cache=True, nogil=True)
+def _add_increments(
+    z: np.ndarray,
+    n: np.ndarray,
+    w: np.ndarray,
+    idx: np.ndarray,
+    dz: np.ndarray,
+    dn: np.ndarray,
+    alpha: float,
+    beta: float,
+    l1: float,
+    l2: float,
+) -> None:
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        z[i] += dz[k]
+        n[i] += dn[k]
+        w[i] = _weight(z[i], n[i], alpha, beta, l1, l2)
+
+
+@njit(cache=True, nogil=True)
 def _dot_rows(
     w: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
 ) -> np.ndarray:
@@ -237,6 +264,47 @@ def _fit_sequential(
 
 
 @njit(cache=True, nogil=True)
+def _sequential_increments(
+    z: np.ndarray,
+    n: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    labels: np.ndarray,
+    sample_weights: np.ndarray,
+    slot: np.ndarray,
+    alpha: float,
+    beta: float,
+    l1: float,
+    l2: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    entries = indices.shape[0]
+    touched = np.empty(entries, np.int64)
+    local = np.empty(entries, np.int64)
+    m = 0
+    for k in range(entries):
+        i = indices[k]
+        if slot[i] < 0:
+            slot[i] = m
+            touched[m] = i
+            m += 1
+        local[k] = slot[i]
+    for k in range(m):
+        slot[touched[k]] = -1
+    z_local = np.empty(m, np.float64)
+    n_local = np.empty(m, np.float64)
+    for k in range(m):
+        z_local[k] = z[touched[k]]
+        n_local[k] = n[touched[k]]
+    z_start = z_local.copy()
+    n_start = n_local.copy()
+    probs = _fit_sequential(
+        z_local, n_local, indptr, local, values, labels, sample_weights, alpha, beta, l1, l2
+    )
+    return probs, touched[:m], z_local - z_start, n_local - n_start
+
+
+@njit(cache=True, nogil=True)
 def _aggregate(
     idx: np.ndarray, grads: np.ndarray, slot: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +324,18 @@ def _aggregate(
     for k in range(m):
         slot[out_idx[k]] = -1
     return out_idx[:m], out_g[:m]
+
+
+def _contiguous(
+    indices: np.ndarray, values: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A CSR batch's columns as the kernels take them."""
+    return (
+        np.ascontiguousarray(indices, np.int64),
+        np.ascontiguousarray(values, np.float64),
+        np.ascontiguousarray(labels, np.float64),
+        np.ascontiguousarray(sample_weights, np.float64),
+    )
 
 
 class GradientAggregator:
@@ -284,14 +364,29 @@ class GradientAggregator:
         """One pass over a CSR batch: probabilities with the weights ``w`` and the logistic-loss
         gradients summed per coordinate; equals ``sigmoid(dot_rows)``, ``row_gradients`` and
         ``__call__`` in sequence, without their temporaries."""
-        return _logistic_step(
-            w,
-            indptr,
-            np.ascontiguousarray(indices, np.int64),
-            np.ascontiguousarray(values, np.float64),
-            np.ascontiguousarray(labels, np.float64),
-            np.ascontiguousarray(sample_weights, np.float64),
-            self._slot,
+        columns = _contiguous(indices, values, labels, sample_weights)
+        return _logistic_step(w, indptr, *columns, self._slot)
+
+    def sequential_increments(
+        self,
+        z: np.ndarray,
+        n: np.ndarray,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: np.ndarray,
+        labels: np.ndarray,
+        sample_weights: np.ndarray,
+        p: FTRLParams,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Algorithm 1 one event at a time over a CSR batch, on a copy of the coordinates
+        it touches: each event is predicted with weights that include every earlier event
+        of the batch.  Returns the predictions, the touched coordinates (first-seen order)
+        and their increments of z and n; added to the owners' state (:func:`add_increments`)
+        they give the sequential result at any batch size and any number of shards (to
+        rounding: ``z + (z' - z)``).  ``z`` and ``n`` are not changed."""
+        columns = _contiguous(indices, values, labels, sample_weights)
+        return _sequential_increments(
+            z, n, indptr, *columns, self._slot, p.alpha, p.beta, p.l1, p.l2
         )
 
 
@@ -335,6 +430,21 @@ def apply_gradients(
         _apply_gradients(z, n, idx, grads, p.alpha, p.beta, p.l1, p.l2)
     else:
         _apply_gradients_replica(z, n, w, idx, grads, p.alpha, p.beta, p.l1, p.l2)
+
+
+def add_increments(
+    z: np.ndarray,
+    n: np.ndarray,
+    w: np.ndarray,
+    idx: np.ndarray,
+    dz: np.ndarray,
+    dn: np.ndarray,
+    p: FTRLParams,
+) -> None:
+    """Add a trainer's increments (:meth:`GradientAggregator.sequential_increments`) to
+    the state of the coordinates ``idx`` and keep their weights ``w`` in closed form.
+    Increments add up, so batches of several trainers in flight commute."""
+    _add_increments(z, n, w, idx, dz, dn, p.alpha, p.beta, p.l1, p.l2)
 
 
 def dot_rows(

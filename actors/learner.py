@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from actors.factors import FactorParams, FactorStore, apply_factor_gradients
-from actors.ftrl import FTRLParams, apply_gradients, dot_rows, weights_at
+from actors.ftrl import FTRLParams, add_increments, apply_gradients, dot_rows, weights_at
 from actors.sgd import SGDParams, apply_sgd
 from runtime.actor import Actor
 from runtime.messages import GradBatch, WeightDelta
@@ -218,7 +218,12 @@ class LearnerActor(Actor):
             return
         # each coordinate appears once in a batch (the trainer sums gradients per coordinate)
         before = int(np.count_nonzero(self.w[message.index]))
-        learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
+        if message.n_step.size and isinstance(self.params, FTRLParams):
+            add_increments(
+                self.z, self.n, self.w, message.index, message.grad, message.n_step, self.params
+            )
+        else:
+            learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
         learned = self.w[message.index]
         self.nonzero += int(np.count_nonzero(learned)) - before
         factor_index, factor_v = self._apply_factors(message)
@@ -235,6 +240,8 @@ class LearnerActor(Actor):
             created_at=message.created_at,
             factor_index=factor_index,
             factor_v=factor_v,
+            z=self.z[message.index] if self.z.size else np.zeros(0),
+            n=self.n[message.index] if self.z.size else np.zeros(0),
         )
         await self.weights.send(delta, key=self.shard)
 

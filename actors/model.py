@@ -236,6 +236,9 @@ class Model:
     def apply_delta(self, delta: WeightDelta) -> None:
         """Bring a replica's weights up to a learner's published values."""
         self.store.w[delta.index] = delta.w
+        if delta.z.size and self.store.z.size:
+            self.store.z[delta.index] = delta.z
+            self.store.n[delta.index] = delta.n
         if self.factors is not None and delta.factor_index.size:
             self.factors.v[delta.factor_index] = delta.factor_v
             self.factors.version += 1

@@ -28,7 +28,7 @@ from actors.features import (
     with_histories,
 )
 from actors.featurizer import take_rows
-from actors.ftrl import GradientAggregator
+from actors.ftrl import FTRLParams, GradientAggregator
 from actors.learner import split_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model
@@ -93,6 +93,8 @@ class BatchGradients:
     grad: np.ndarray
     factor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # not empty: ``grad`` and this are increments of FTRL's z and n (an exact walk)
+    n_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
     def empty(cls) -> BatchGradients:
@@ -206,6 +208,9 @@ class TrainerActor(Actor):
         self.grads = grads
         self.weights = weights
         self.shared_replica = shared_replica
+        # FTRL's z and n are here (the shards' own arrays in one process, a replica the
+        # weight deltas keep in a cluster): each batch is walked event by event
+        self.exact = isinstance(model.params, FTRLParams)
         self._acked = asyncio.Event()
         self.freshness = LatencyWindow()
         self.staleness_sum = 0
@@ -256,6 +261,7 @@ class TrainerActor(Actor):
         shards = len(self.grads)
         linear = split_by_shard(step.index, step.grad, shards)
         factor = split_by_shard(step.factor_index, step.factor_grad, shards)
+        n_steps = split_by_shard(step.index, step.n_step, shards) if step.n_step.size else None
         for shard, ((idx, g), (fidx, fg)) in enumerate(zip(linear, factor, strict=True)):
             grad = GradBatch(
                 seq=message.seq,
@@ -268,6 +274,7 @@ class TrainerActor(Actor):
                 source_offset=message.source_offset,
                 factor_index=fidx,
                 factor_grad=fg,
+                n_step=n_steps[shard][1] if n_steps is not None else np.zeros(0),
             )
             await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
@@ -308,7 +315,14 @@ class TrainerActor(Actor):
             origin, labels, explicit = rows.origin, rows.labels, rows.explicit
             (indptr, indices, values), factor_rows = rows.linear, rows.factor
             weights = batch.weight[origin]
-        if factor_rows is None or self.factor_step is None or self.factors is None:
+        if (factor_rows is None or self.factor_step is None) and self.exact:
+            assert isinstance(self.model.params, FTRLParams)
+            probs, touched, dz, dn = self.aggregate.sequential_increments(
+                self.store.z, self.store.n, indptr, indices, values, labels, weights,
+                self.model.params,
+            )  # fmt: skip
+            step = BatchGradients(touched, dz, n_step=dn)
+        elif factor_rows is None or self.factor_step is None or self.factors is None:
             probs, touched, grads = self.aggregate.logistic_step(
                 self.store.w, indptr, indices, values, labels, weights
             )

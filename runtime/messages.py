@@ -130,7 +130,7 @@ class GradBatch:
     """The gradients of one batch for one shard, in stream order, on shard-local indices."""
 
     KIND: ClassVar[str] = "grad_batch"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     seq: int
     shard: int
@@ -144,6 +144,9 @@ class GradBatch:
     # gradients, one row of k per index
     factor_index: np.ndarray = field(default_factory=lambda: _i64())
     factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    # version 2: when not empty, ``grad`` holds increments of FTRL's z and this those of
+    # n, one per index (the trainer walked the batch event by event: actors/ftrl.py)
+    n_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @register_message
@@ -157,7 +160,7 @@ class WeightDelta:
     """
 
     KIND: ClassVar[str] = "weight_delta"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     seq: int
     shard: int
@@ -167,6 +170,10 @@ class WeightDelta:
     created_at: float  # when the events of the batch were ingested (for freshness)
     factor_index: np.ndarray = field(default_factory=lambda: _i64())  # global vector rows
     factor_v: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # their new vectors
+    # version 2, FTRL: the coordinates' z and n, so that a trainer's replica can walk its
+    # next batch event by event as the one-process trainer does (actors/ftrl.py)
+    z: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 @register_message

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.readers import read_movielens
+from actors.readers import read_ctr_tsv, read_movielens
 from runtime import snapshots
 from runtime.cluster import Publisher, publish_log
 from runtime.config import Config
@@ -436,6 +436,39 @@ async def test_asynchronous_mode_is_within_one_percent_of_synchronous(
     assert trainer["events"] == 7200
     assert trainer["metrics"]["logloss"] == pytest.approx(expected, rel=0.01)
     assert 0 < trainer["staleness"]["mean_batches"] and trainer["staleness"]["max_batches"] <= 1
+
+
+async def test_one_cluster_trainer_learns_event_by_event_as_one_process_does(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """The trainer walks each batch event by event on its replica's z and n (the weight
+    deltas carry them), so a CTR log learned by a cluster of 2 shards equals one process
+    at batch size 1: the same progressive logloss and the same z and n."""
+    from tests.test_exact import synthetic_ctr
+
+    log = synthetic_ctr(tmp_path / "ctr.tsv", 2000)
+    path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 2})
+    config = Config.load(path)
+    async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
+        published = await publish_log(config, read_ctr_tsv(log, criteo=False, batch_size=256))
+        assert published["published"] == 2000
+        await asyncio.wait_for(
+            wait_until_consumed(config, f"{topic_prefix}-trainers", "events", 1), LEARN_TIMEOUT
+        )
+        codes = [await proc.stop() for proc in procs.values()]
+    assert codes == [0] * 3, [p.log.read_text()[-2000:] for p in procs.values()]
+
+    per_event = Config.load(path)
+    per_event.training.shards, per_event.training.batch_size = 1, 1
+    async with System(per_event) as embedded:
+        await replay(embedded, read_ctr_tsv(log, criteo=False, batch_size=1))
+    z, n, _ = model_from_checkpoints(config)
+    np.testing.assert_allclose(z, embedded.store.z, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(n, embedded.store.n, rtol=0, atol=1e-9)
+    trainer = json.loads((tmp_path / "state" / "trainer-0.json").read_text())
+    ours, theirs = trainer["trainer"]["metrics"], embedded.metrics.summary()
+    assert ours["logloss"] == pytest.approx(theirs["logloss"], abs=1e-9)
+    assert ours["labelled"] == theirs["labelled"] == 2000
 
 
 async def test_ranker_serves_fresh_recommendations_over_http(
