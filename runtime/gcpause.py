@@ -10,9 +10,11 @@ ends, so collecting once afterwards loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _holders = 0  # requests that asked for the pause and have not finished
 _was_enabled = True  # the collector's state before the first of them
@@ -36,3 +38,17 @@ def gc_paused(large: bool = True) -> Iterator[None]:
         _holders -= 1
         if _holders == 0 and _was_enabled:
             gc.enable()
+
+
+RELEASE_STEP = 5_000  # objects freed between two turns of the event loop (about 1 ms)
+
+
+async def release(objects: list[Any]) -> None:
+    """Empty a large list of objects this code owns a slice at a time, letting the loop
+    run in between: reference counting frees a request's 100,000 decoded events in one
+    go when the request ends, 12 ms for the dicts and 20 ms for the validated events,
+    and the loop waits through all of it."""
+    while len(objects) > RELEASE_STEP:
+        del objects[-RELEASE_STEP:]
+        await asyncio.sleep(0)
+    objects.clear()

@@ -27,7 +27,7 @@ from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
 from runtime.errors import BadRequest
 from runtime.front import Front
-from runtime.gcpause import gc_paused
+from runtime.gcpause import gc_paused, release
 from runtime.http_middleware import (
     METRICS_KEY,
     MIDDLEWARES,
@@ -133,6 +133,7 @@ async def _decode_and_ingest(
         return _overloaded(overload)
     wait = request.query.get("wait", "true").lower() not in ("0", "false", "no")
     result = await system.ingest(events, wait=wait, source="http")
+    await release(events)
     ticket.queued(result.seq, result.accepted)
     request.app[METRICS_KEY].observe_ingest(result.accepted, result.rejected)
     status = 200 if result.accepted else 422

@@ -45,6 +45,7 @@ from runtime.front import (
     split_events,
     split_events_yielding,
 )
+from runtime.gcpause import release
 from runtime.labels import LabelStage
 from runtime.messages import EventBatch
 from runtime.pipeline import Pipeline
@@ -103,11 +104,9 @@ class System:
         cls, config: Config | str | Path | dict[str, Any] | None = None, **kwargs: Any
     ) -> System:
         """A System from a Config, a TOML path, a dict of sections, or the embedded default."""
-        if isinstance(config, str | Path):
-            config = Config.load(config)
-        elif isinstance(config, dict):
+        if isinstance(config, dict):
             config = Config.from_dict(config)
-        return cls(config, **kwargs)
+        return cls(Config.load(config) if isinstance(config, str | Path) else config, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -171,6 +170,7 @@ class System:
             split = await split_events_yielding(events, self.limits, self.times, now)
             position = self.persistence.append(events, split, source, now)
             result, last = await self._apply(split, now, source)
+        await release(split.plain)
         await self.persistence.durable(position)
         if wait and last is not None:
             await self.wait_learned(last)
