@@ -41,6 +41,7 @@ from runtime.messages import (
     FeatureBatch,
     GradBatch,
     WeightDelta,
+    seen_flags,
 )
 from runtime.transport import Channel
 
@@ -378,6 +379,7 @@ class TrainerActor(Actor):
         evaluations."""
         users, popularity, next_item = self.users, self.metrics.popularity, self.metrics.next_item
         names = batch.users or [""] * len(batch)
+        marks_seen, positive = seen_flags(batch), (batch.label != NEGATIVE).tolist()
         walk = UserWalk(len(batch))
         for r, item in enumerate(batch.item_rows.tolist()):
             name = names[r]
@@ -399,7 +401,7 @@ class TrainerActor(Actor):
                         popularity.evaluate(exclude, item, known)
                     )
             if name:
-                users.add(name, item)
+                users.add(name, item, marks_seen[r], positive[r])
             if popularity is not None:
                 popularity.learn(item)
         return walk
