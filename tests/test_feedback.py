@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from actors.batching import batch_from_events
 from actors.events import DEFAULT_FEEDBACK_TYPES, EventLimits, InvalidEvent, validate_event
 from actors.model import build_model
+from runtime.client import AsyncClient
 from runtime.cluster import HistoryFollower
 from runtime.config import Config, ConfigError
 from runtime.http import make_app
@@ -295,6 +296,8 @@ async def test_an_unknown_type_is_refused_and_the_rest_learned_over_http(
     resp = await client.get("/v1/recommend", params={"user": "ann", "k": "8"})
     recommended = {it["item"] for it in (await resp.json())["items"]}
     assert recommended == {"i4", "i6", "i7"}  # the dislike is seen, the view is not
+    scraped = await (await client.get("/metrics")).text()
+    assert 'freshrank_dead_letters_total{reason="invalid_type"} 1.0' in scraped
 
 
 # --------------------------------------------------------------------------- replay, cluster
@@ -368,3 +371,18 @@ async def test_the_openapi_document_lists_the_configured_types() -> None:
         "click", "dislike", "like", "purchase", "share", "skip", "view"
     ]  # fmt: skip
     assert "share: label 1, weight 2, seen" in schemas["FeedbackType"]["description"]
+
+
+async def test_the_client_sends_typed_events(http: tuple[TestClient, System, Path]) -> None:
+    client = http[0]
+    async with AsyncClient(str(client.make_url("")).rstrip("/")) as freshrank:
+        result = await freshrank.ingest(
+            [
+                {"user": "bob", "item": "i6", "type": "skip"},
+                {"user": "bob", "item": "i7", "type": ""},
+            ]
+        )
+        assert (result["accepted"], result["rejected"]) == (1, 1)
+        assert "'' is not one of click" in result["errors"][0]["reason"]
+        recommended = {it["item"] for it in await freshrank.recommend("bob", k=8)}
+    assert recommended == {"i4", "i5", "i7"}  # the skip is seen
