@@ -60,7 +60,7 @@ class EventBatch:
     """
 
     KIND: ClassVar[str] = "event_batch"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: ``seen``; a version 1 message has none (all seen)
 
     seq: int
     users: list[str]
@@ -110,7 +110,7 @@ class FeatureBatch:
     """
 
     KIND: ClassVar[str] = "feature_batch"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: ``seen``; a version 1 message has none (all seen)
 
     seq: int
     users: list[str]

@@ -17,9 +17,10 @@ from actors.events import DEFAULT_FEEDBACK_TYPES, EventLimits, InvalidEvent, val
 from actors.model import build_model
 from runtime.client import AsyncClient
 from runtime.cluster import HistoryFollower
+from runtime.codec import decode, decode_message, encode, encode_message
 from runtime.config import Config, ConfigError
 from runtime.http import make_app
-from runtime.messages import IMPLICIT, NEGATIVE, POSITIVE, seen_flags
+from runtime.messages import IMPLICIT, NEGATIVE, POSITIVE, EventBatch, seen_flags
 from runtime.replay import open_log, replay
 from runtime.system import System
 
@@ -386,3 +387,13 @@ async def test_the_client_sends_typed_events(http: tuple[TestClient, System, Pat
         assert "'' is not one of click" in result["errors"][0]["reason"]
         recommended = {it["item"] for it in await freshrank.recommend("bob", k=8)}
     assert recommended == {"i4", "i5", "i7"}  # the skip is seen
+
+
+def test_a_version_1_event_batch_from_before_types_decodes_as_all_seen() -> None:
+    """An events topic keeps the batches of the previous release: a restarted trainer or
+    a new ranker reads them, without the seen column, as every item seen."""
+    batch = batch_from_events([validate_event({"user": "u", "item": "i", "type": "view"})])
+    kind, version, fields = decode(encode_message(batch))
+    assert version == 2 and fields.pop("seen").tolist() == [False]
+    older = decode_message(encode([kind, 1, fields]))
+    assert isinstance(older, EventBatch) and seen_flags(older) == [True]
