@@ -8,7 +8,7 @@ import numpy as np
 
 from actors.events import Event
 from actors.murmur import encode_strings
-from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, take_prescores
+from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, take_optional
 
 
 def batch_from_events(
@@ -39,6 +39,7 @@ def batch_from_events(
         ptr[r + 1] = len(feat_ns)
     data, offsets = encode_strings(feat_val)
     upsert = np.fromiter((e.is_upsert for e in events), bool, n)
+    seen = np.fromiter((e.seen for e in events), bool, n)
     return EventBatch(
         seq=seq,
         users=[e.user or "" for e in events],
@@ -55,6 +56,7 @@ def batch_from_events(
         feat_off=offsets,
         feat_x=np.asarray(feat_x, np.float64),
         prescore=np.asarray(prescore if prescore is not None else (), np.float64),
+        seen=seen if not seen.all() else np.zeros(0, bool),
     )
 
 
@@ -112,5 +114,6 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
         col_names=list(batch.col_names),
         col_data=[d for d, _ in columns],
         col_off=[o for _, o in columns],
-        prescore=take_prescores(batch.prescore, rows),
+        prescore=take_optional(batch.prescore, rows),
+        seen=take_optional(batch.seen, rows),
     )

@@ -12,6 +12,12 @@ object without ``user`` is an item upsert for the catalog.  ``label`` 1/0 is an
 explicit positive/negative; no label is an implicit positive.  Feature values are
 strings, finite numbers, booleans or lists of strings.
 
+Feedback types: ``"type": "dislike"`` names one of the configured
+:class:`FeedbackType` s (``[feedback.types.<name>]``, defaults
+:data:`DEFAULT_FEEDBACK_TYPES`), which supplies the label, weight and whether the
+item counts as seen; a ``label`` or ``weight`` the event gives itself wins.  Mapped
+here, at parse time, so the learning path only ever sees the label and weight columns.
+
 Delayed labels (see ``actors/delayed.py``): ``"event": "impression"`` with an
 ``impression_id`` (and ``user``, ``item``, features) is learned once its label is
 known: 1 when an ``"event": "click"`` (or ``"conversion"``) with the same
@@ -25,19 +31,44 @@ reason a client or a dead-letter record gets.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import BadInput
-from runtime.messages import IMPLICIT
+from runtime.messages import IMPLICIT, NEGATIVE, POSITIVE
 
 FEATURE_GROUPS = {"user_features": "u.", "item_features": "i.", "context": "c."}
 IMPRESSION = "impression"
 OUTCOMES = frozenset({"click", "conversion"})
 EVENT_KINDS = (IMPRESSION, "click", "conversion")
 KNOWN_KEYS = frozenset(
-    {"user", "item", "ts", "label", "weight", "event", "impression_id", *FEATURE_GROUPS}
+    {"user", "item", "ts", "label", "weight", "type", "event", "impression_id", *FEATURE_GROUPS}
 )
+
+
+@dataclass(frozen=True)
+class FeedbackType:
+    """What an event of one ``type`` is learned as: ``label`` 1 a positive (learned like
+    an event without a label, with sampled negatives), 0 an explicit negative;
+    ``weight`` its sample weight; ``seen``: the item is not recommended to the user again."""
+
+    label: int = 1
+    weight: float = 1.0
+    seen: bool = True
+
+
+# A click is what an event without a type is today.  A view is a weaker positive the
+# user may still act on, so it stays recommendable; like and purchase are stronger
+# positives; skip and dislike are explicit negatives, never recommended again.
+DEFAULT_FEEDBACK_TYPES: dict[str, FeedbackType] = {
+    "view": FeedbackType(label=1, weight=0.5, seen=False),
+    "click": FeedbackType(label=1, weight=1.0, seen=True),
+    "like": FeedbackType(label=1, weight=2.0, seen=True),
+    "purchase": FeedbackType(label=1, weight=3.0, seen=True),
+    "skip": FeedbackType(label=0, weight=0.5, seen=True),
+    "dislike": FeedbackType(label=0, weight=2.0, seen=True),
+}
 
 Feature = tuple[str, str, float]
 """(namespace, categorical value, numeric value): ``("i.genre", "war", 1.0)``, ``("i.price", "", 12.5)``."""
@@ -94,6 +125,9 @@ class EventLimits:
     # impressions and clicks need a joiner (System.ingest has one); elsewhere (file replay,
     # cluster ingest) they are rejected rather than learned as plain events
     delayed_labels: bool = False
+    feedback_types: Mapping[str, FeedbackType] = field(
+        default_factory=lambda: dict(DEFAULT_FEEDBACK_TYPES), hash=False
+    )
 
 
 @dataclass
@@ -102,6 +136,7 @@ class Event:
 
     ``event`` is None for a plain event, else ``"impression"``, ``"click"`` or
     ``"conversion"`` (a click or conversion may have no user and ``item == ""``).
+    ``seen``: the item joins the user's seen items (not recommended to them again).
     """
 
     user: str | None
@@ -112,6 +147,7 @@ class Event:
     features: list[Feature] = field(default_factory=list)
     event: str | None = None
     impression_id: str | None = None
+    seen: bool = True
 
     @property
     def is_upsert(self) -> bool:
@@ -174,6 +210,21 @@ def _label(obj: dict[str, Any]) -> int:
     raise InvalidEvent(
         f"'label' must be 0 or 1 (or absent for an implicit positive), got {value!r}"
     )
+
+
+def _feedback_type(obj: dict[str, Any], limits: EventLimits) -> FeedbackType | None:
+    value = obj.get("type")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"'type' must be a string, got {type(value).__name__}")
+    known = limits.feedback_types
+    if value not in known:
+        raise InvalidEvent(
+            "'type' must name a configured feedback type ([feedback.types.<name>]): "
+            f"{value[:80]!r} is not one of {', '.join(sorted(known))}"
+        )
+    return known[value]
 
 
 def _check_string(value: str, where: str, limits: EventLimits) -> str:
@@ -245,11 +296,12 @@ def _check_delayed(
         return
     if impression_id is None:
         raise InvalidEvent(f"a {kind} event needs 'impression_id'")
-    if obj.get("label") is not None:
-        raise InvalidEvent(
-            f"'label' is not allowed on a {kind} event: "
-            "its label comes from joining clicks to impressions"
-        )
+    for key in ("label", "type"):
+        if obj.get(key) is not None:
+            raise InvalidEvent(
+                f"'{key}' is not allowed on a {kind} event: "
+                "its label comes from joining clicks to impressions"
+            )
     if kind == IMPRESSION:
         if user is None:
             raise InvalidEvent("an impression needs 'user'")
@@ -286,14 +338,17 @@ def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     if weight is not None and not 0 <= weight <= limits.max_weight:
         raise InvalidEvent(f"'weight' must be in 0..{limits.max_weight:g}, got {weight:g}")
     label = _label(obj)
+    typed = _feedback_type(obj, limits)
     features: list[Feature] = []
     for group, prefix in FEATURE_GROUPS.items():
         _group_features(group, prefix, obj.get(group), limits, features)
     _check_delayed(kind, impression_id, user, obj)
-    interaction = label != IMPLICIT or "context" in obj or "user_features" in obj
+    interaction = (
+        label != IMPLICIT or typed is not None or "context" in obj or "user_features" in obj
+    )
     if kind is None and user is None and interaction:
         raise InvalidEvent("'user' is required for an interaction (only item upserts omit it)")
-    return Event(
+    event = Event(
         user=user,
         item=item or "",
         ts=math.nan if ts is None else ts,
@@ -303,3 +358,14 @@ def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
         event=kind,
         impression_id=impression_id,
     )
+    return event if typed is None else _typed(event, typed, obj)
+
+
+def _typed(event: Event, typed: FeedbackType, obj: dict[str, Any]) -> Event:
+    """The type's label and weight where the event gives none itself, and its ``seen``."""
+    if obj.get("label") is None:
+        event.label = IMPLICIT if typed.label == POSITIVE else NEGATIVE
+    if obj.get("weight") is None:
+        event.weight = typed.weight
+    event.seen = typed.seen
+    return event

@@ -261,8 +261,16 @@ class UserState:
             )
             self.profile_names[user] = list(names)
 
-    def add(self, user: str, item_row: int) -> None:
-        self.history.setdefault(user, set()).add(item_row)
+    def add(self, user: str, item_row: int, seen: bool = True, positive: bool = True) -> None:
+        """The user met the item: ``seen``, it is not recommended to them again; a
+        ``positive`` one joins their recent items and sequence, which the item-to-item
+        signals and the ``h.item`` features take for what they like (a dislike must not
+        raise its neighbours)."""
+        history = self.history.setdefault(user, set())
+        if seen:
+            history.add(item_row)
+        if not positive:
+            return
         if self.recent_len:
             recent = self.recent.setdefault(user, [])
             if item_row in recent:

@@ -26,7 +26,7 @@ from actors.features import (
 )
 from actors.murmur import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
-from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, FeatureBatch, take_prescores
+from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, FeatureBatch, take_optional
 from runtime.transport import Channel
 
 ITEM_PREFIX = "i."
@@ -98,7 +98,8 @@ class Featurizer:
             source_partition=batch.source_partition,
             source_offset=batch.source_offset,
             dense=dense,
-            prescore=take_prescores(batch.prescore, keep),
+            prescore=take_optional(batch.prescore, keep),
+            seen=take_optional(batch.seen, keep),
         )
 
     def _hash_dense(self, batch: EventBatch) -> np.ndarray:

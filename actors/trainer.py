@@ -41,6 +41,7 @@ from runtime.messages import (
     FeatureBatch,
     GradBatch,
     WeightDelta,
+    seen_flags,
 )
 from runtime.transport import Channel
 
@@ -420,6 +421,7 @@ class TrainerActor(Actor):
         evaluations."""
         users, popularity, next_item = self.users, self.metrics.popularity, self.metrics.next_item
         names = batch.users or [""] * len(batch)
+        marks_seen, positive = seen_flags(batch), (batch.label != NEGATIVE).tolist()
         walk = UserWalk(len(batch))
         walk.per_chunk = self._ranked_per_chunk()  # the catalog may grow while this pauses
         for r, item in enumerate(batch.item_rows.tolist()):
@@ -442,7 +444,7 @@ class TrainerActor(Actor):
                         popularity.evaluate(exclude, item, known)
                     )
             if name:
-                users.add(name, item)
+                users.add(name, item, marks_seen[r], positive[r])
             if popularity is not None:
                 popularity.learn(item)
             if r % EVENTS_PER_PAUSE == EVENTS_PER_PAUSE - 1:

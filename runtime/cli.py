@@ -132,7 +132,7 @@ async def _replay(args: argparse.Namespace, config: Config) -> dict[str, object]
 
     config.state.restore = False
     async with System(config) as system:
-        chunks = open_log(args.path, args.format, config.training.batch_size)
+        chunks = open_log(args.path, args.format, config.training.batch_size, config.feedback)
         with tqdm(unit=" ev", unit_scale=True, disable=args.no_progress, file=sys.stderr) as bar:
             return await replay(system, chunks, bar)
 
@@ -219,7 +219,7 @@ async def _replay_cluster(args: argparse.Namespace, config: Config) -> dict[str,
     from runtime.cluster import publish_log
     from runtime.kafka import wait_until_consumed
 
-    chunks = open_log(args.path, args.format, config.training.batch_size)
+    chunks = open_log(args.path, args.format, config.training.batch_size, config.feedback)
     started = time.perf_counter()
     result: dict[str, object] = await publish_log(config, chunks)
     if args.wait:

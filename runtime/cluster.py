@@ -71,6 +71,7 @@ from runtime.messages import (
     GradBatch,
     UserRecommendations,
     WeightDelta,
+    seen_flags,
 )
 from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
@@ -219,14 +220,15 @@ class HistoryFollower:
         await self.items.wait_for(batch.items_upto)
         features = self.featurizer.featurize(batch)
         users, sequence = self.model.users, self.model.sequence
+        seen, positive = seen_flags(features), (features.label != NEGATIVE).tolist()
         for r, row in enumerate(features.item_rows.tolist()):
             user = features.users[r] if features.users else ""
             if row < 0:
                 continue
             recent = users.sequence(user)
             if user:
-                users.add(user, row)
-            if sequence is not None and features.label[r] != NEGATIVE:
+                users.add(user, row, seen[r], positive[r])
+            if sequence is not None and positive[r]:
                 sequence.learn_event(recent if user else None, row, float(features.ts[r]))
         self.model.observe(features.users, features.item_rows)
         self.events += len(features)
@@ -508,7 +510,7 @@ class ClusterFront:
         self.model = build_model(config)
         self.catalog, self.users = self.model.catalog, self.model.users
         self.ranker = self.model.ranker(exploration=False)
-        self.limits, self.times = event_bounds(config.ingest, delayed_labels=False)
+        self.limits, self.times = event_bounds(config, delayed_labels=False)
         self.publisher = Publisher(self.transport, config)
         # events are pending here until published
         self.admission = Admission.from_config(config.ingest)

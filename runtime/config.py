@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.delayed import LATE_POLICIES
+from actors.events import DEFAULT_FEEDBACK_TYPES, FeedbackType
 from runtime.errors import SetupError
 
 
@@ -586,6 +587,43 @@ class CandidatesConfig:
 
 
 @dataclass
+class FeedbackConfig:
+    """Event types (``"type": "like"``) and what each is learned as (actors/events.py).
+
+    ``[feedback.types.<name>]`` adds a type or changes a default one; a key it leaves
+    out keeps the default type's value (for a new type: label 1, weight 1, seen true)."""
+
+    types: dict[str, FeedbackType] = field(default_factory=lambda: dict(DEFAULT_FEEDBACK_TYPES))
+
+    @classmethod
+    def from_table(cls, values: dict[str, Any], origin: str) -> FeedbackConfig:
+        for key in values:
+            if key != "types":
+                raise ConfigError(f"{origin}: unknown key feedback.{key} (known: types)")
+        tables = values.get("types", {})
+        if not isinstance(tables, dict):
+            raise ConfigError(
+                f"{origin}: feedback.types must be a table of [feedback.types.<name>] tables, "
+                f"got {tables!r}"
+            )
+        types = dict(DEFAULT_FEEDBACK_TYPES)
+        for name, table in tables.items():
+            where = f"feedback.types.{name}"
+            if not isinstance(table, dict):
+                raise ConfigError(f"{origin}: [{where}] must be a table, got {table!r}")
+            given = _table_values(FeedbackType, where, table, origin)
+            types[name] = dataclasses.replace(types.get(name, FeedbackType()), **given)
+        return cls(types)
+
+    def check(self) -> None:
+        for name, kind in self.types.items():
+            where = f"feedback.types.{name}"
+            _require(0 < len(name) <= 64, "feedback.types", "names must be 1..64 characters", name)
+            _require(kind.label in (0, 1), f"{where}.label", "must be 1 or 0", kind.label)
+            _require(0 <= kind.weight <= 1e6, f"{where}.weight", "must be in 0..1e6", kind.weight)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     ftrl: FTRLConfig = field(default_factory=FTRLConfig)
@@ -604,6 +642,7 @@ class Config:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
@@ -652,13 +691,22 @@ def _section_type(cls: type, name: str) -> type:
 
 
 def _build_section(section_type: type, section: str, values: dict[str, Any], origin: str) -> Any:
-    hints = typing.get_type_hints(section_type)
+    from_table = getattr(section_type, "from_table", None)
+    if from_table is not None:  # a section of named tables
+        return from_table(values, origin)
+    return section_type(**_table_values(section_type, section, values, origin))
+
+
+def _table_values(
+    table_type: type, section: str, values: dict[str, Any], origin: str
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(table_type)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(f"{origin}: unknown key {section}.{key} (known: {', '.join(hints)})")
         kwargs[key] = _coerce(hints[key], value, f"{origin}: {section}.{key}")
-    return section_type(**kwargs)
+    return kwargs
 
 
 def _coerce(expected: Any, value: Any, where: str) -> Any:

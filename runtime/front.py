@@ -26,7 +26,7 @@ from actors.events import (
 )
 from actors.features import Catalog
 from runtime.admission import Admission
-from runtime.config import Config, IngestConfig
+from runtime.config import Config
 from runtime.errors import BadRequest
 
 
@@ -81,13 +81,15 @@ class SplitEvents:
     refused: list[Refusal] = field(default_factory=list)
 
 
-def event_bounds(ingest: IngestConfig, delayed_labels: bool) -> tuple[EventLimits, TimeBounds]:
+def event_bounds(config: Config, delayed_labels: bool) -> tuple[EventLimits, TimeBounds]:
     """What ingest accepts: event sizes (impressions and outcomes only where a joiner
-    waits for them) and plausible times."""
+    waits for them), the feedback types and plausible times."""
+    ingest = config.ingest
     limits = EventLimits(
         max_string_len=ingest.max_string_len,
         max_features=ingest.max_features_per_event,
         delayed_labels=delayed_labels,
+        feedback_types=config.feedback.types,
     )
     return limits, TimeBounds(ingest.min_ts, ingest.max_ahead_s)
 

@@ -37,9 +37,15 @@ def _i64(values: object = ()) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def take_prescores(prescore: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The prescores of ``rows`` (an empty column stays empty: no prescores at all)."""
-    return prescore[rows] if prescore.size else np.zeros(0, np.float64)
+def take_optional(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The entries of ``rows`` in a column that may be empty (``prescore``, ``seen``): an
+    empty column stays empty, meaning its default for every event."""
+    return column[rows] if column.size else column[:0]
+
+
+def seen_flags(batch: EventBatch | FeatureBatch) -> list[bool]:
+    """Per event, whether its item joins the user's seen items."""
+    return batch.seen.tolist() if batch.seen.size else [True] * len(batch)
 
 
 @register_message
@@ -54,7 +60,7 @@ class EventBatch:
     """
 
     KIND: ClassVar[str] = "event_batch"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: ``seen``; a version 1 message has none (all seen)
 
     seq: int
     users: list[str]
@@ -85,6 +91,9 @@ class EventBatch:
     # NOT_SCORED: none; NOT_EVALUATED: learned but not evaluated; empty (older
     # messages): none for every event
     prescore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # per event, whether its item joins the user's seen items (a feedback type's ``seen``);
+    # empty: every event's does (no event had a type that is not seen)
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -101,7 +110,7 @@ class FeatureBatch:
     """
 
     KIND: ClassVar[str] = "feature_batch"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: ``seen``; a version 1 message has none (all seen)
 
     seq: int
     users: list[str]
@@ -119,6 +128,7 @@ class FeatureBatch:
     source_offset: int = -1
     dense: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint32))
     prescore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # as EventBatch's
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # as EventBatch's
 
     def __len__(self) -> int:
         return int(self.label.shape[0])

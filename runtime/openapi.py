@@ -106,9 +106,10 @@ ERROR_SCHEMA: dict[str, Schema] = {
 
 EVENT_KIND_SCHEMAS: dict[str, Schema] = {
     "Interaction": _event(
-        "A user interacted with an item; no label: an implicit positive",
+        "A user interacted with an item; no label: an implicit positive. A type gives "
+        "the label and weight the event does not give itself, and whether the item is seen",
         ["user", "item"],
-        {**COMMON, "label": LABEL, **FEATURES},
+        {**COMMON, "label": LABEL, "type": _ref("FeedbackType"), **FEATURES},
     ),
     "ItemUpsert": _event(
         "Adds or updates a catalog item",
@@ -251,10 +252,34 @@ def _feature_schemas(config: Config) -> dict[str, Schema]:
     }
 
 
+def _feedback_schema(config: Config) -> dict[str, Schema]:
+    """The configured feedback types ([feedback.types.<name>]) and what each is learned as."""
+    types = config.feedback.types
+    learned = "; ".join(
+        f"{name}: label {kind.label}, weight {kind.weight:g}, {'seen' if kind.seen else 'not seen'}"
+        for name, kind in sorted(types.items())
+    )
+    return {
+        "FeedbackType": {
+            "type": "string",
+            "enum": sorted(types),
+            "description": "A configured feedback type (label 1: a positive with sampled "
+            "negatives, 0: an explicit negative; seen: not recommended to the user again). "
+            + learned,
+        }
+    }
+
+
 def _schemas(config: Config) -> dict[str, Schema]:
     # a copy: a caller may edit its document without changing the next one
     return copy.deepcopy(
-        {**ERROR_SCHEMA, **_feature_schemas(config), **EVENT_KIND_SCHEMAS, **ANSWER_SCHEMAS}
+        {
+            **ERROR_SCHEMA,
+            **_feature_schemas(config),
+            **_feedback_schema(config),
+            **EVENT_KIND_SCHEMAS,
+            **ANSWER_SCHEMAS,
+        }
     )
 
 

@@ -90,7 +90,7 @@ class HTTPMetrics:
 
 
 EVENT_FIELDS = frozenset(
-    {"user", "item", "ts", "label", "weight", "event", "impression_id",
+    {"user", "item", "ts", "label", "weight", "type", "event", "impression_id",
      "user_features", "item_features", "context"}
 )  # fmt: skip
 # (words in a reason, its class); the first match wins
@@ -100,6 +100,7 @@ REASON_RULES: list[tuple[tuple[str, ...], str]] = [
     (("characters long", "more than", "the limit", "values,"), "too_large"),
     (("finite", "floating-point"), "not_finite"),
     (("unknown field",), "unknown_field"),
+    (("feedback type",), "invalid_type"),
     (("required", "needs"), "missing_field"),
     (("must", "not allowed", "carries no"), "invalid_value"),
 ]  # fmt: skip

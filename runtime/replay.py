@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from actors.events import EventLimits
 from actors.readers import (
     Chunk,
     read_ctr_tsv,
@@ -16,6 +17,7 @@ from actors.readers import (
     read_movietweetings,
     read_rechorus,
 )
+from runtime.config import FeedbackConfig
 from runtime.errors import BadInput
 from runtime.system import System
 
@@ -28,12 +30,15 @@ class LogFormatError(BadInput):
     cli_label = "replay"
 
 
-def open_log(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
+def open_log(
+    path: str | Path, fmt: str, batch_size: int, feedback: FeedbackConfig | None = None
+) -> Iterator[Chunk]:
     """The reader for a log format; what it cannot read raises LogFormatError naming the
     file, the format and the cause (a reader meeting another format fails with whatever
-    its parser raises: a traceback for the operator)."""
+    its parser raises: a traceback for the operator).  ``feedback``: the event types a
+    JSON-lines log may name (None: the default ones)."""
     try:  # some readers open and check the file at once, the others when first read
-        chunks = _reader(path, fmt, batch_size)
+        chunks = _reader(path, fmt, batch_size, feedback or FeedbackConfig())
     except READ_ERRORS as error:
         raise _format_error(error, path, fmt) from None
     return _as_format_errors(chunks, path, fmt)
@@ -57,7 +62,9 @@ def _format_error(error: Exception, path: str | Path, fmt: str) -> LogFormatErro
     )
 
 
-def _reader(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
+def _reader(
+    path: str | Path, fmt: str, batch_size: int, feedback: FeedbackConfig
+) -> Iterator[Chunk]:
     if fmt == "movielens":
         return read_movielens(path, batch_size)
     if fmt == "movietweetings":
@@ -69,7 +76,7 @@ def _reader(path: str | Path, fmt: str, batch_size: int) -> Iterator[Chunk]:
     if fmt == "tsv":
         return read_ctr_tsv(path, criteo=False, batch_size=batch_size)
     if fmt == "jsonl":
-        return read_jsonl(path, batch_size)
+        return read_jsonl(path, batch_size, EventLimits(feedback_types=feedback.types))
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 

@@ -72,7 +72,7 @@ class System:
         self.model = m = build_model(c, clock)
         self.space, self.store, self.factors, self.catalog = m.space, m.store, m.factors, m.catalog
         self.users, self.metrics, self.labels = m.users, m.metrics, m.labels
-        self.limits, self.times = event_bounds(c.ingest, delayed_labels=True)
+        self.limits, self.times = event_bounds(c, delayed_labels=True)
         self.ranker = m.ranker()
         e = c.exploration
         self.exploration = ExplorationPolicy.from_settings(e.mode, e.scale, e.epsilon, e.seed)

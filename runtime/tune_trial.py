@@ -51,7 +51,7 @@ async def replay_config(
 ) -> dict[str, Any]:
     """The replay of ``log`` (or its first ``limit`` interactions) with one config."""
     async with System(config) as system:
-        chunks = open_log(log, fmt, config.training.batch_size)
+        chunks = open_log(log, fmt, config.training.batch_size, config.feedback)
         if limit is not None:
             chunks = take_interactions(chunks, limit)
         return await replay(system, chunks)

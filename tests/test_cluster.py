@@ -471,6 +471,22 @@ async def test_one_cluster_trainer_learns_event_by_event_as_one_process_does(
     assert ours["labelled"] == theirs["labelled"] == 2000
 
 
+async def ranker_caught_up(
+    http: Any, url: str, prefix: str, events: int, shards: int
+) -> dict[str, Any]:
+    """The ranker's statistics once its replicas have the weight deltas of every events
+    record it sent (one per shard) and its history has followed ``events`` interactions."""
+    stats: dict[str, Any] = {}
+    for _ in range(1200):
+        async with http.get(f"{url}/v1/stats") as resp:
+            stats = await resp.json()
+        sent = stats["queues"].get(f"{prefix}.events", {}).get("sent", 0)
+        if stats["weight_deltas"] >= sent * shards and stats["followed_events"] >= events:
+            return stats
+        await asyncio.sleep(0.05)  # another process's progress
+    raise AssertionError(f"the ranker did not catch up: {stats}")
+
+
 async def test_ranker_serves_fresh_recommendations_over_http(
     tmp_path: Path, broker: Broker, topic_prefix: str
 ) -> None:
@@ -515,18 +531,8 @@ async def test_ranker_serves_fresh_recommendations_over_http(
                     async with http.post(f"{url}/v1/events", json=clicks[lo : lo + 4]) as resp:
                         assert resp.status == 200
                 await all_learned(config)
-                stats: dict[str, Any] = {}
-                for _ in range(1200):  # the replicas follow the weights and events topics
-                    async with http.get(f"{url}/v1/stats") as resp:
-                        stats = await resp.json()
-                    sent = stats["queues"].get(f"{topic_prefix}.events", {}).get("sent", 0)
-                    # alice's clicks in her history too: they are what "seen" excludes
-                    followed = stats["followed_events"] >= len(clicks)
-                    if stats["weight_deltas"] >= sent * 2 and followed:
-                        break
-                    await asyncio.sleep(0.05)  # another process's progress
-                else:
-                    raise AssertionError(f"the ranker did not catch up: {stats}")
+                # alice's clicks in her history too: they are what "seen" excludes
+                stats = await ranker_caught_up(http, url, topic_prefix, len(clicks), shards=2)
                 async with http.get(
                     f"{url}/v1/recommend", params={"user": "alice", "k": "5"}
                 ) as resp:
@@ -538,6 +544,44 @@ async def test_ranker_serves_fresh_recommendations_over_http(
         finally:
             ranker.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(ranker.wait(), READY_TIMEOUT) == 0
+        for proc in procs.values():
+            assert await proc.stop() == 0
+
+
+async def test_a_ranker_maps_feedback_types_before_publishing(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """Cluster ingest validates an event's type as the System does (an unknown one is
+    refused with its reason); the trainer and the ranker's history learn the published
+    batch's seen flags: a dislike hides its item, a view does not."""
+    import aiohttp
+
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 1, "sync": True}, http={"port": 0}
+    )
+    config = Config.load(path)
+    items = [{"item": f"i{k}"} for k in range(6)]
+    events = [
+        {"user": "alice", "item": "i0"},
+        {"user": "alice", "item": "i1", "type": "dislike"},
+        {"user": "alice", "item": "i2", "type": "view"},
+        {"user": "alice", "item": "i3", "type": "teleport"},
+    ]
+    async with processes(path, ("shard", 0), ("trainer", 0), ("ranker", 0)) as procs:
+        url = procs["ranker-0"].ready_line.split()[3]
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/events", json=items) as resp:
+                assert resp.status == 200 and (await resp.json())["accepted"] == 6
+            async with http.post(f"{url}/v1/events", json=events) as resp:
+                body = await resp.json()
+            assert resp.status == 200 and (body["accepted"], body["rejected"]) == (3, 1)
+            assert body["errors"][0]["index"] == 3
+            assert "'teleport' is not one of click, dislike" in body["errors"][0]["reason"]
+            await all_learned(config)
+            await ranker_caught_up(http, url, topic_prefix, 3, shards=1)
+            async with http.get(f"{url}/v1/recommend", params={"user": "alice", "k": "6"}) as resp:
+                recommended = {it["item"] for it in (await resp.json())["items"]}
+        assert recommended == {"i2", "i3", "i4", "i5"}
         for proc in procs.values():
             assert await proc.stop() == 0
 

@@ -63,11 +63,20 @@ def documented_config(text: str) -> dict[str, dict[str, str]]:
     return tables
 
 
+def as_toml(value: Any) -> Any:
+    """A default as TOML spells it: a table for each named table ([feedback.types.<name>])."""
+    if isinstance(value, dict):
+        return {key: as_toml(entry) for key, entry in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 def config_defaults() -> dict[str, dict[str, Any]]:
     config = Config()
     return {
         section.name: {
-            key.name: getattr(getattr(config, section.name), key.name)
+            key.name: as_toml(getattr(getattr(config, section.name), key.name))
             for key in dataclasses.fields(getattr(config, section.name))
         }
         for section in dataclasses.fields(config)

@@ -195,7 +195,7 @@ async def test_metrics_after_good_and_bad_events(start: Start) -> None:
 KNOWN_CLASSES = {
     "malformed", "too_large", "not_finite", "unknown_field", "missing_field", "invalid_value",
     "other", *(f"invalid_{field}" for field in (
-        "user", "item", "ts", "label", "weight", "event", "impression_id",
+        "user", "item", "ts", "label", "weight", "type", "event", "impression_id",
         "user_features", "item_features", "context")),
 }  # fmt: skip
 
