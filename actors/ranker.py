@@ -27,6 +27,7 @@ from actors.features import (
     score_items,
     with_histories,
 )
+from actors.filters import ItemFilter
 from actors.ftrl import sigmoid
 from actors.signals import SequenceSignals
 from runtime.errors import BadInput
@@ -184,27 +185,29 @@ class Ranker:
         explore: ExplorationPolicy | None = None,
         session: Sequence[str] | None = (),
         exclude: Sequence[str] | None = (),
+        item_filter: ItemFilter | None = None,
     ) -> list[dict[str, Any]]:
         """The top ``k`` for ``user`` ("" for an anonymous visitor), who just interacted
         with the ``session`` item ids (oldest first; not learned, only ranked with),
-        never one of the ``exclude`` item ids (unknown ones are ignored)."""
+        never one of the ``exclude`` item ids (unknown ones are ignored), only items
+        ``item_filter`` lets through."""
         started = time.perf_counter()
         visitor = self.visitor(user, session or (), exclude or ())
         features, names = self.user_features(visitor, context)
-        rows, excluded = self._rows_to_score(visitor, k, candidates)
+        rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
             scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
         if excluded is None:
-            excluded = self._seen_mask(positions, visitor)
+            excluded = self._excluded(positions, visitor, item_filter)
         ranked_by = scores
         if explore is not None:  # the reported score stays the model's mean estimate
             ranked_by = explore.perturb(
                 scores, ScoreUncertainty(self.space, features, self.catalog, self.posterior, rows)
             )
-        best = top_k(ranked_by, k, excluded)
+        best = self._top(ranked_by, positions, k, excluded, item_filter)
         if explore is not None:
             best = explore.substitute(best, excluded)
         result = []
@@ -224,6 +227,20 @@ class Ranker:
         self.seconds += time.perf_counter() - started
         return result
 
+    def _top(
+        self,
+        scores: np.ndarray,
+        positions: np.ndarray,
+        k: int,
+        excluded: np.ndarray,
+        item_filter: ItemFilter | None,
+    ) -> np.ndarray:
+        if item_filter and item_filter.max_per:
+            return item_filter.capped_top_k(
+                self.space, self.catalog, scores, positions, k, excluded
+            )
+        return top_k(scores, k, excluded)
+
     def similar(self, item: str, k: int) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence (cosine item-kNN), best first."""
         row = self.catalog.rows.get(item)
@@ -236,10 +253,15 @@ class Ranker:
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
 
     def _rows_to_score(
-        self, visitor: Visitor, k: int, candidates: Sequence[str] | None
+        self,
+        visitor: Visitor,
+        k: int,
+        candidates: Sequence[str] | None,
+        item_filter: ItemFilter | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The catalog rows to score (None: all of them) and, when already known, which
-        of them the visitor has seen."""
+        of them not to recommend (generated candidates give way to the whole catalog when
+        fewer than k of them are left)."""
         if candidates is not None:
             found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
             if not found and candidates:
@@ -250,10 +272,19 @@ class Ranker:
         rows = self.candidates.rows(visitor.sequence, time.monotonic())
         if rows is None:
             return None, None
-        seen = self._seen_mask(rows, visitor)
-        if rows.size - int(np.count_nonzero(seen)) < k:
+        skip = self._excluded(rows, visitor, item_filter)
+        if rows.size - int(np.count_nonzero(skip)) < k:
             return None, None  # too few to fill k: the whole catalog can
-        return rows, seen
+        return rows, skip
+
+    def _excluded(
+        self, rows: np.ndarray, visitor: Visitor, item_filter: ItemFilter | None
+    ) -> np.ndarray:
+        """The rows not to recommend: seen or excluded ones, and those the filter drops."""
+        skip = self._seen_mask(rows, visitor)
+        if item_filter:
+            skip |= ~item_filter.allowed(self.space, self.catalog, rows)
+        return skip
 
     def _seen_mask(self, rows: np.ndarray, visitor: Visitor) -> np.ndarray:
         """The rows not to recommend: seen ones (``exclude_seen``) and the excluded ones."""

@@ -136,12 +136,22 @@ async def timed_calls(
     return samples
 
 
+# a request-time filter as a shop would send it: not one genre, up to a price, at most
+# 3 items per genre (the README's "Filters by item features")
+FILTER = {
+    "exclude": {"genre": [GENRES[0]]},
+    "range": {"price": [None, 30]},
+    "max_per": {"genre": 3},
+}
+
+
 async def in_process(
     items: list[dict[str, Any]],
     events: list[dict[str, Any]],
     users: list[str],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    from actors.filters import ItemFilter
     from runtime.config import Config
     from runtime.system import System
 
@@ -162,6 +172,13 @@ async def in_process(
 
         wait_quiet()
         samples = await timed_calls(call, users, args.warmup, args.requests, args.seed)
+        item_filter = ItemFilter.from_dict(FILTER)
+
+        async def filtered(user: str) -> Any:
+            return await s.recommend(user, k=10, item_filter=item_filter)
+
+        wait_quiet()
+        with_filter = await timed_calls(filtered, users, args.warmup, args.requests, args.seed)
         stats = s.statistics()
         generator, s.ranker.candidates = s.ranker.candidates, None
         wait_quiet()
@@ -171,6 +188,7 @@ async def in_process(
             **summarise(samples),
             "candidates": stats["ranker"].get("candidates"),
             "whole_catalog": summarise(whole),
+            "filtered": summarise(with_filter),
             "load_s": round(load_s, 2),
             "catalog_items": stats["catalog_items"],
             "users": stats["users"],
@@ -288,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(load {res['load_s']:.1f} s)"
                 + (
                     f"; whole catalog p99 {res['whole_catalog']['p99_ms']:.3f} ms"
+                    f"; filtered p99 {res['filtered']['p99_ms']:.3f} ms"
                     if name == "inproc"
                     else ""
                 ),

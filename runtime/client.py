@@ -101,9 +101,11 @@ class _Calls:
     @staticmethod
     def recommend(
         user: str, k: int, candidates: Sequence[str] | None, context: dict[str, Any] | None,
-        explain: bool, exclude: Sequence[str],
+        explain: bool, exclude: Sequence[str], item_filter: dict[str, Any] | None = None,
     ) -> Call:  # fmt: skip
         query = {"user": user, "k": str(k)}
+        if item_filter is not None:
+            query["filter"] = json.dumps(item_filter)
         if candidates is not None:
             query["candidates"] = ",".join(candidates)
         if exclude:
@@ -164,9 +166,12 @@ class AsyncClient(_Settings):
     async def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
         context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
+        item_filter: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        """``exclude``: item ids never to recommend in this answer."""
-        body = await self._send(_Calls.recommend(user, k, candidates, context, explain, exclude))
+        """``exclude``: item ids never to recommend in this answer; ``item_filter``: only
+        items whose features pass (the ``filter`` object of the API)."""
+        call = _Calls.recommend(user, k, candidates, context, explain, exclude, item_filter)
+        body = await self._send(call)
         items: list[dict[str, Any]] = body["items"]
         return items
 
@@ -228,10 +233,10 @@ class Client(_Settings):
     def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
         context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
+        item_filter: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        items: list[dict[str, Any]] = self._send(
-            _Calls.recommend(user, k, candidates, context, explain, exclude)
-        )["items"]
+        call = _Calls.recommend(user, k, candidates, context, explain, exclude, item_filter)
+        items: list[dict[str, Any]] = self._send(call)["items"]
         return items
 
     def recommend_session(

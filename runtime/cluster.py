@@ -41,6 +41,7 @@ import numpy as np
 from aiokafka.errors import KafkaError
 
 from actors.batching import batch_from_events, take_events
+from actors.filters import ItemFilter
 from actors.learner import FactorShard, LearnerActor
 from actors.metrics import LatencyWindow
 from actors.model import Model, ShardModel, build_model, build_shard
@@ -598,12 +599,20 @@ class ClusterFront:
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         return self.ranker.recommend(
-            user, k, candidates, features, explain, session=session, exclude=exclude
+            user,
+            k,
+            candidates,
+            features,
+            explain,
+            session=session,
+            exclude=exclude,
+            item_filter=item_filter,
         )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

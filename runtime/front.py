@@ -25,6 +25,7 @@ from actors.events import (
     validate_event,
 )
 from actors.features import Catalog
+from actors.filters import ItemFilter
 from runtime.admission import Admission
 from runtime.config import Config
 from runtime.errors import BadRequest
@@ -181,6 +182,7 @@ class Front(Protocol):
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

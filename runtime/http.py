@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from actors.exploration import ExplorationError
+from actors.filters import ItemFilter
 from runtime.admission import Admission, Overload, Ticket
 from runtime.bodies import parse_json_array, parse_ndjson
 from runtime.codec import CodecError, Limits, decode
@@ -39,7 +40,7 @@ from runtime.http_middleware import (
 )
 from runtime.openapi import build_openapi
 from runtime.prometheus import HTTPMetrics
-from runtime.recommend_request import parse_recommend_request
+from runtime.recommend_request import item_filter, parse_recommend_request
 from runtime.replay import clean
 
 SYSTEM_KEY = web.AppKey("system", Front)
@@ -144,7 +145,7 @@ async def _decode_and_ingest(
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/events": frozenset({"wait"}),
     "/v1/recommend": frozenset(
-        {"user", "k", "candidates", "exclude", "context", "explain", "explore", "scale", "epsilon"}
+        "user k candidates exclude filter context explain explore scale epsilon".split()
     ),
     "/v1/items/{item}/similar": frozenset({"k"}),
     "/v1/items/{item}": frozenset({"k"}),
@@ -244,9 +245,21 @@ async def get_recommend(request: web.Request) -> web.Response:
     explain = request.query.get("explain", "false").lower() in ("1", "true", "yes")
     exploration = _exploration_params(request, system)
     items = await system.recommend(
-        user, k, candidates, context, explain, **exploration, exclude=exclude
-    )
+        user, k, candidates, context, explain, **exploration, exclude=exclude,
+        item_filter=_filter_param(request),
+    )  # fmt: skip
     return _json({"user": user, "k": k, "items": items})
+
+
+def _filter_param(request: web.Request) -> ItemFilter | None:
+    """``filter``: the JSON object of POST's ``filter`` (None: absent)."""
+    if "filter" not in request.query:
+        return None
+    try:
+        value = json.loads(request.query["filter"])
+    except (ValueError, RecursionError):
+        raise BadRequest("'filter' must be a JSON object") from None
+    return item_filter(value)
 
 
 async def post_recommend(request: web.Request) -> web.Response:
@@ -258,7 +271,8 @@ async def post_recommend(request: web.Request) -> web.Response:
         raise ExplorationError("exploration is not available on this server")
     items = await system.recommend(
         query.user, query.k, query.candidates, query.context, query.explain,
-        session=query.session, exclude=query.exclude, **query.exploration,
+        session=query.session, exclude=query.exclude, item_filter=query.item_filter,
+        **query.exploration,
     )  # fmt: skip
     ignored = [i for i in query.session if i not in system.catalog.rows]
     return _json(

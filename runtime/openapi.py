@@ -270,6 +270,54 @@ def _feedback_schema(config: Config) -> dict[str, Schema]:
     }
 
 
+FILTER_VALUES: Schema = {
+    "description": "A value or a list of values (strings or integers)",
+    "anyOf": [
+        {"type": "string"},
+        {"type": "integer"},
+        {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 256,
+            "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+        },
+    ],
+}
+
+
+def _by_feature(values: Schema) -> Schema:
+    return {
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": values,
+    }
+
+
+FILTER_SCHEMA: dict[str, Schema] = {
+    "ItemFilter": {
+        "type": "object",
+        "description": "Only items whose own features (item_features) pass: include (for "
+        "each feature, one of the values), exclude (none of them), range (a numeric feature "
+        "within [lo, hi]; null: open; an item without it is left out), max_per (at most N "
+        "items per value of a feature in the answer: diversity)",
+        "additionalProperties": False,
+        "properties": {
+            "include": _by_feature(FILTER_VALUES),
+            "exclude": _by_feature(FILTER_VALUES),
+            "range": _by_feature(
+                {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": {"type": "number", "nullable": True},
+                }
+            ),
+            "max_per": _by_feature({"type": "integer", "minimum": 1, "maximum": 1000}),
+        },
+    }
+}
+
+
 def _schemas(config: Config) -> dict[str, Schema]:
     # a copy: a caller may edit its document without changing the next one
     return copy.deepcopy(
@@ -277,6 +325,7 @@ def _schemas(config: Config) -> dict[str, Schema]:
             **ERROR_SCHEMA,
             **_feature_schemas(config),
             **_feedback_schema(config),
+            **FILTER_SCHEMA,
             **EVENT_KIND_SCHEMAS,
             **ANSWER_SCHEMAS,
         }
@@ -372,6 +421,7 @@ def _recommend_body(config: Config) -> Schema:
                 "maxItems": http.max_candidates,
                 "description": "Item ids never to recommend in this answer (unknown ids ignored)",
             },
+            "filter": _ref("ItemFilter"),
             "context": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]},
             "explain": {"type": "boolean", "default": False},
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
@@ -426,7 +476,14 @@ def _recommend_parameters(config: Config) -> list[Schema]:
             }
         },
     }
+    item_filter = {
+        "name": "filter",
+        "in": "query",
+        "description": "Only items whose own features pass, as a JSON object (ItemFilter)",
+        "content": {JSON: {"schema": _ref("ItemFilter")}},
+    }
     return [
+        item_filter,
         _query(
             "user",
             "The user id",

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.filters import ItemFilter
 from runtime.bodies import loads
 from runtime.config import HTTPConfig
 from runtime.errors import BadRequest
 
 FIELDS = (
-    "user", "session", "k", "candidates", "exclude", "context", "explain", "explore", "scale",
-    "epsilon",
+    "user", "session", "k", "candidates", "exclude", "filter", "context", "explain", "explore",
+    "scale", "epsilon",
 )  # fmt: skip
 MAX_ID_CHARS = 256
 
@@ -28,6 +29,7 @@ class RecommendRequest:
     k: int = 10
     candidates: list[str] | None = None
     exclude: list[str] = field(default_factory=list)  # item ids never to recommend
+    item_filter: ItemFilter | None = None  # by the items' features
     context: dict[str, Any] | None = None
     explain: bool = False
     exploration: dict[str, Any] = field(default_factory=dict)  # explore, scale, epsilon
@@ -61,8 +63,18 @@ def parse_recommend_request(body: bytes, limits: HTTPConfig) -> RecommendRequest
             raise BadRequest("'candidates' must not be empty")
     if "context" in data:
         request.context = _context(data["context"], limits.max_context_keys)
+    if "filter" in data:
+        request.item_filter = item_filter(data["filter"])
     request.exploration = _exploration(data)
     return request
+
+
+def item_filter(value: Any) -> ItemFilter:
+    """A request's ``filter`` object (actors/filters.py), or BadRequest with the reason."""
+    try:
+        return ItemFilter.from_dict(value)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
 
 
 def _text(value: Any, name: str, allow_empty: bool = False) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.exploration import ExplorationPolicy
+from actors.filters import ItemFilter
 from actors.model import build_model
 from actors.sources import SimulatorSource
 from actors.state import STATE_LIMITS, StateError
@@ -232,6 +233,7 @@ class System:
         epsilon: float | None = None,
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k items for ``user`` with the weights as they are now (every learned event counts).
 
@@ -243,7 +245,7 @@ class System:
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
         return self.ranker.recommend(
-            user, k, candidates, features, explain, active, session, exclude
+            user, k, candidates, features, explain, active, session, exclude, item_filter
         )
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ import socket
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,16 @@ def _forget_finished_apps() -> Iterator[None]:
     cache = getattr(web_app, "_cached_build_middleware", None)
     if cache is not None:
         cache.cache_clear()
+
+
+@asynccontextmanager
+async def embedded_with(*batches: list[dict[str, Any]]) -> AsyncIterator[Any]:
+    """An embedded System with nothing saved, which has learned ``batches`` in order."""
+    from runtime.config import Config
+    from runtime.system import System
+
+    config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
+    async with System(config) as system:
+        for batch in batches:
+            await system.ingest(batch)
+        yield system

@@ -10,9 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from runtime.client import AsyncClient
-from runtime.config import Config
 from runtime.http import make_app
 from runtime.system import System
+from tests.conftest import embedded_with
 
 ITEMS = [{"item": f"i{k}", "item_features": {"genre": [f"g{k % 3}"]}} for k in range(12)]
 CLICKS = [{"user": "ann", "item": f"i{k}"} for k in (0, 3, 6)]
@@ -20,10 +20,7 @@ CLICKS = [{"user": "ann", "item": f"i{k}"} for k in (0, 3, 6)]
 
 @pytest.fixture
 async def system() -> AsyncIterator[System]:
-    config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
-    async with System(config) as system:
-        await system.ingest(ITEMS)
-        await system.ingest(CLICKS)
+    async with embedded_with(ITEMS, CLICKS) as system:
         yield system
 
 
