@@ -239,9 +239,11 @@ def _group_alive(group: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_ctrl_c_ends_every_worker_and_writes_nothing(tmp_path: Path) -> None:
-    log = write_genre_log(tmp_path / "events.jsonl", 800)
+    # long enough that the search is still running when Ctrl-C comes: with 20 trials of
+    # 800 events a starved test process once saw the whole search end first (exit 0)
+    log = write_genre_log(tmp_path / "events.jsonl", 4000)
     args = [str(log), "--format", "jsonl", "--trials", "40", "--jobs", "2", "--min-fraction", "1"]
-    args += ["--no-defaults", "--set", "ftrl.alpha=0.05,0.1,0.2,0.3,0.5"]
+    args += ["--no-defaults", "--set", "ftrl.alpha=0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.5,0.7,1.0"]
     args += ["--set", "training.negatives=1,2,4,8"]
     temp = tmp_path / "tmp"
     temp.mkdir()
