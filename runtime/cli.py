@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.config import Config
 from runtime.errors import BadInput, FreshrankError
+from runtime.exporter import add_export_parser
 from runtime.importer import add_import_parser
 from runtime.replay import FORMATS, open_log, replay
 from runtime.state_verify import add_state_parser
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_journal_parser(sub)
     add_state_parser(sub)
     add_import_parser(sub)
+    add_export_parser(sub)
     add_tune_parser(sub)
     return parser
 

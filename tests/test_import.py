@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,9 @@ LINES = [
 ]
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[System, str]]:
+@asynccontextmanager
+async def daemon() -> AsyncIterator[tuple[System, str]]:
+    """A fresh System serving its HTTP API on a loopback port: (system, base URL)."""
     config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
     async with System(config) as system:
         server = TestServer(make_app(system), host="127.0.0.1", port=0)
@@ -42,6 +44,12 @@ async def served() -> AsyncIterator[tuple[System, str]]:
             yield system, str(server.make_url("")).rstrip("/")
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[System, str]]:
+    async with daemon() as running:
+        yield running
 
 
 async def test_every_line_is_sent_learned_or_refused_with_its_line(
