@@ -70,10 +70,10 @@ Cell = Callable[[dict[str, Any], str], None]
 
 def _column(name: str) -> Cell:
     """How one header column puts its cell into the event object."""
+    if name in ("user", "item"):
+        return lambda obj, cell: obj.update({name: cell})
     if name in CSV_FIELDS:
-        if name in ("user", "item"):
-            return lambda obj, cell: obj.__setitem__(name, cell)
-        return lambda obj, cell: obj.__setitem__(name, _number(cell))
+        return lambda obj, cell: obj.update({name: _number(cell)})
     group, _, feature = name.partition(".")
     feature, _, kind = feature.partition(":")
     if group not in FEATURE_GROUPS or not feature or kind not in ("", "number", "list"):
