@@ -12,11 +12,11 @@ import pytest
 from aiohttp import ClientSession
 
 from runtime import cli
-from runtime.client import AsyncClient, Client
+from runtime.client import AsyncClient
 from runtime.exporter import export_catalog
 from runtime.import_sources import jsonl_records
 from runtime.importer import import_records
-from tests.test_import import daemon
+from tests.test_import import daemon, patient
 
 ITEMS = [
     {"item": "i0", "item_features": {"genre": ["war", "drama"], "price": 12.5, "code": "1"}},
@@ -34,7 +34,7 @@ AS_UPSERTS = [  # numbers stay numbers (1.0, not "1"), a boolean is its text, as
 
 
 async def test_items_come_a_page_at_a_time_as_upserts() -> None:
-    async with daemon() as (system, url), AsyncClient(url) as client:
+    async with daemon() as (system, url), AsyncClient(url, timeout_s=600) as client:
         await system.ingest(ITEMS)
         first = await client.items(limit=3)
         assert (first["total"], first["offset"], first["next_offset"]) == (4, 0, 3)
@@ -72,11 +72,11 @@ async def test_an_exported_catalog_imports_into_a_fresh_daemon_as_the_same_catal
         assert await asyncio.to_thread(cli.main, argv) == 0
     assert [json.loads(line) for line in exported.read_text().splitlines()] == AS_UPSERTS
     async with daemon() as (fresh, url):
-        summary = await asyncio.to_thread(import_records, jsonl_records(exported), Client(url))
+        summary = await asyncio.to_thread(import_records, jsonl_records(exported), patient(url))
         assert (summary.accepted, summary.rejected) == (4, 0)
         again = tmp_path / "again.jsonl"
         with again.open("w") as out:
-            assert await asyncio.to_thread(export_catalog, Client(url), out) == 4
+            assert await asyncio.to_thread(export_catalog, patient(url), out) == 4
         assert again.read_text() == exported.read_text()
         assert fresh.catalog.ids == ["i0", "i1", "i2", "i3"]
 

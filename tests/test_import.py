@@ -46,6 +46,12 @@ async def daemon() -> AsyncIterator[tuple[System, str]]:
             await server.close()
 
 
+def patient(url: str) -> Client:
+    """A client that outwaits a cold numba cache: the first batch compiles the kernels
+    (over 30 s on 2 busy cores), and a timed-out ingest sent again is learned twice."""
+    return Client(url, timeout_s=600)
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[System, str]]:
     async with daemon() as running:
@@ -58,7 +64,7 @@ async def test_every_line_is_sent_learned_or_refused_with_its_line(
     system, url = served
     log = tmp_path / "events.jsonl"
     log.write_text("\n".join(LINES) + "\n")
-    summary = await asyncio.to_thread(import_jsonl, log, Client(url), 3)
+    summary = await asyncio.to_thread(import_jsonl, log, patient(url), 3)
     assert (summary.lines, summary.sent, summary.accepted, summary.rejected) == (9, 8, 7, 2)
     assert summary.requests == 3
     assert summary.refusals[0].startswith("line 8: not JSON")
@@ -108,7 +114,7 @@ bob,i2
 
 
 async def imported(url: str, records: object, batch_size: int = 1000) -> ImportSummary:
-    return await asyncio.to_thread(import_records, records, Client(url), batch_size)
+    return await asyncio.to_thread(import_records, records, patient(url), batch_size)
 
 
 async def test_csv_columns_map_to_event_fields_and_bad_rows_are_refused_with_their_line(
