@@ -369,3 +369,31 @@ def _typed(event: Event, typed: FeedbackType, obj: dict[str, Any]) -> Event:
         event.weight = typed.weight
     event.seen = typed.seen
     return event
+
+
+GROUP_OF_PREFIX = {prefix: group for group, prefix in FEATURE_GROUPS.items()}
+
+
+def event_object(event: Event) -> dict[str, Any]:
+    """A plain event or item upsert as ``POST /v1/events`` takes it (``validate_event``
+    of the result is ``event`` again): several values of one feature become a list."""
+    obj: dict[str, Any] = {"item": event.item}
+    if event.user is not None:
+        obj["user"] = event.user
+    if not math.isnan(event.ts):
+        obj["ts"] = event.ts
+    if event.label != IMPLICIT:
+        obj["label"] = event.label
+    if event.weight != 1.0:
+        obj["weight"] = event.weight
+    for namespace, value, number in event.features:
+        group, name = GROUP_OF_PREFIX[namespace[:2]], namespace[2:]
+        features = obj.setdefault(group, {})
+        if not value:
+            features[name] = number
+        elif name in features:
+            known = features[name]
+            features[name] = [*known, value] if isinstance(known, list) else [known, value]
+        else:
+            features[name] = value
+    return obj

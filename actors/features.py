@@ -190,6 +190,18 @@ class Catalog:
         n = len(self.ids)
         return self.ns[:n], self.raw[:n], self.x[:n]
 
+    def features(self, row: int) -> list[tuple[str, str, float]]:
+        """Row ``row``'s item features as events carry them, (namespace, value, x), its id
+        left out.  A numeric feature is named ``ns=<x>`` like a categorical one, so it is
+        told apart by its hash: a number's value hashes as the empty string."""
+        out: list[tuple[str, str, float]] = []
+        for k, name in enumerate(self.names[row][1:], start=1):
+            namespace, _, value = name.partition("=")
+            ns, x = int(self.ns[row, k]), float(self.x[row, k])
+            numeric = int(self.raw[row, k]) == murmur3_32(b"", ns)
+            out.append((namespace, "", x) if numeric else (namespace, value, x))
+        return out
+
     STATE_VERSION: ClassVar[int] = 1
 
     def to_state(self) -> dict[str, Any]:

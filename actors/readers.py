@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from actors.batching import batch_from_events
-from actors.events import Event, EventLimits, InvalidEvent, validate_event
+from actors.events import Event, EventLimits, Feature, InvalidEvent, validate_event
 from runtime.messages import INTERACTION, EventBatch
 
 CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
@@ -55,30 +55,35 @@ def _age_bucket(age: int) -> str:
     return "55+"
 
 
-def read_movielens(
-    path: str | Path, batch_size: int = 256, warmup: float = 0.2, every: int = 20
-) -> Iterator[Chunk]:
-    """MovieLens 100K: items from ``u.item`` first (genres), then ``u.data`` ratings sorted
-    by timestamp (stable) as implicit positives with the user's age, gender and occupation."""
-    base = Path(path)
-    folder = base if base.is_dir() else base.parent
-    data_file = base / "u.data" if base.is_dir() else base
-    upserts: list[Event] = []
-    item_file = folder / "u.item"
-    if item_file.exists():
-        for line in item_file.read_text(encoding="latin-1").splitlines():
-            parts = line.split("|")
-            genres = [g for g, flag in zip(ML_GENRES, parts[5:], strict=False) if flag == "1"]
-            year = parts[2][-4:] if len(parts[2]) >= 4 else "unknown"
-            upserts.append(
-                Event(
-                    None,
-                    parts[0],
-                    features=[("i.genre", g, 1.0) for g in genres] + [("i.year", year, 1.0)],
-                )
-            )
-    profiles: dict[str, list[tuple[str, str, float]]] = {}
-    user_file = folder / "u.user"
+Rejected = tuple[str, str, str]
+"""(where: ``u.data line 7``, why it cannot be read, the line as it was)."""
+
+
+@dataclass
+class MovieLensLog:
+    """MovieLens 100K as events: the catalog of ``u.item`` (genres, year), then the ratings
+    of ``u.data`` sorted by timestamp (file order breaking ties) as implicit positives with
+    their user's ``u.user`` profile; each event with its line number, for reports."""
+
+    items: list[tuple[int, Event]]
+    ratings: list[tuple[int, Event]]
+    rejected: list[Rejected]
+    ratings_file: str = "u.data"
+
+
+def _movielens_item(line: str) -> Event:
+    parts = line.split("|")
+    if len(parts) < 3 or not parts[0]:
+        raise ValueError(f"expected 24 '|'-separated fields (id|title|date|...), got {len(parts)}")
+    genres = [g for g, flag in zip(ML_GENRES, parts[5:], strict=False) if flag == "1"]
+    year = parts[2][-4:] if len(parts[2]) >= 4 else "unknown"
+    return Event(
+        None, parts[0], features=[("i.genre", g, 1.0) for g in genres] + [("i.year", year, 1.0)]
+    )
+
+
+def _movielens_profiles(user_file: Path) -> dict[str, list[Feature]]:
+    profiles: dict[str, list[Feature]] = {}
     if user_file.exists():
         for line in user_file.read_text(encoding="latin-1").splitlines():
             uid, age, gender, occupation, _zip = line.split("|")
@@ -87,16 +92,65 @@ def read_movielens(
                 ("u.gender", gender, 1.0),
                 ("u.occupation", occupation, 1.0),
             ]
-    rows = np.loadtxt(data_file, dtype=np.int64, delimiter="\t", ndmin=2)
-    rows = rows[np.argsort(rows[:, 3], kind="stable")]
-    flags = protocol_flags(len(rows), warmup, every)
+    return profiles
+
+
+def _movielens_ratings(data_file: Path, log: MovieLensLog) -> list[tuple[int, list[int]]]:
+    """(line number, [user, item, rating, timestamp]) of every readable line of u.data."""
+    rows: list[tuple[int, list[int]]] = []
+    with data_file.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            try:
+                if len(fields) != 4:
+                    raise ValueError(f"{len(fields)} field(s)")
+                rows.append((number, [int(f) for f in fields]))
+            except ValueError as error:
+                reason = f"expected 4 tab-separated integers (user, item, rating, time): {error}"
+                log.rejected.append((f"{data_file.name} line {number}", reason, line[:8192]))
+    return rows
+
+
+def movielens_log(path: str | Path) -> MovieLensLog:
+    """The ml-100k folder (or its ``u.data``, with ``u.item`` and ``u.user`` beside it)."""
+    base = Path(path)
+    folder = base if base.is_dir() else base.parent
+    data_file = base / "u.data" if base.is_dir() else base
+    log = MovieLensLog([], [], [], data_file.name)
+    item_file = folder / "u.item"
+    if item_file.exists():
+        for number, line in enumerate(item_file.read_text(encoding="latin-1").splitlines(), 1):
+            try:
+                log.items.append((number, _movielens_item(line)))
+            except ValueError as error:
+                log.rejected.append((f"u.item line {number}", str(error), line[:8192]))
+    profiles = _movielens_profiles(folder / "u.user")
+    rows = _movielens_ratings(data_file, log)
+    rows.sort(key=lambda row: row[1][3])  # stable: equal times keep the file's order
+    log.ratings = [
+        (number, Event(str(u), str(i), ts=float(t), features=profiles.get(str(u), [])))
+        for number, (u, i, _rating, t) in rows
+    ]
+    return log
+
+
+def read_movielens(
+    path: str | Path, batch_size: int = 256, warmup: float = 0.2, every: int = 20
+) -> Iterator[Chunk]:
+    """MovieLens 100K (:func:`movielens_log`): the lines it cannot read as rejections, the
+    items, then the ratings with the protocol's flags."""
+    log = movielens_log(path)
+    if log.rejected:
+        yield Chunk(None, [(f"{where}: {reason}", line) for where, reason, line in log.rejected])
+    upserts = [event for _, event in log.items]
     for lo in range(0, len(upserts), batch_size):
         yield Chunk(batch_from_events(upserts[lo : lo + batch_size]))
-    for lo in range(0, len(rows), batch_size):
-        events = [
-            Event(str(u), str(i), ts=float(t), features=profiles.get(str(u), []))
-            for u, i, _rating, t in rows[lo : lo + batch_size]
-        ]
+    ratings = [event for _, event in log.ratings]
+    flags = protocol_flags(len(ratings), warmup, every)
+    for lo in range(0, len(ratings), batch_size):
+        events = ratings[lo : lo + batch_size]
         yield Chunk(
             batch_from_events(events, flags[lo : lo + batch_size]), interactions=len(events)
         )

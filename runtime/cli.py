@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.config import Config
 from runtime.errors import BadInput, FreshrankError
+from runtime.exporter import add_export_parser
 from runtime.importer import add_import_parser
 from runtime.replay import FORMATS, open_log, replay
 from runtime.state_verify import add_state_parser
@@ -275,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch = sub.add_parser("launch", help="start and supervise every process of a deploy config")
     launch.add_argument("config", help="deploy config, e.g. deploy/cluster.toml")
     launch.set_defaults(func=cmd_launch)
+    _add_broker_parser(sub)
     _add_journal_parser(sub)
     add_state_parser(sub)
     add_import_parser(sub)
+    add_export_parser(sub)
     add_tune_parser(sub)
     return parser
 
@@ -301,6 +304,23 @@ def _add_role_parsers(sub: Any) -> None:
         if role == "ranker":
             p.add_argument("--port", type=port_number, help="HTTP port (default: http.port + id)")
         p.set_defaults(func=cmd_role)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from runtime.broker import run_broker
+
+    return run_broker(args.port)
+
+
+def _add_broker_parser(sub: Any) -> None:
+    broker = sub.add_parser(
+        "broker",
+        help="a Kafka-protocol broker for development (in memory, on loopback) until Ctrl-C",
+    )
+    broker.add_argument(
+        "--port", type=port_number, default=9092, help="its port on 127.0.0.1, 0 for a free one"
+    )
+    broker.set_defaults(func=cmd_broker)
 
 
 def _add_journal_parser(sub: Any) -> None:

@@ -117,6 +117,10 @@ class _Calls:
         return Call("GET", "/v1/recommend", query)
 
     @staticmethod
+    def items(offset: int, limit: int) -> Call:
+        return Call("GET", "/v1/items", {"offset": str(offset), "limit": str(limit)})
+
+    @staticmethod
     def session(session: Sequence[str], k: int, user: str | None) -> Call:
         body: dict[str, Any] = {"session": list(session), "k": k}
         if user:
@@ -191,6 +195,12 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(Call("GET", _item_path(item), {}))
         return body
 
+    async def items(self, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """A page of the catalog: ``total``, ``next_offset`` (None after the last page) and
+        ``items``, each as the item upsert that recreates it."""
+        body: dict[str, Any] = await self._send(_Calls.items(offset, limit))
+        return body
+
     async def health(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._send(Call("GET", "/v1/healthz", {}))
         return body
@@ -252,6 +262,10 @@ class Client(_Settings):
 
     def item(self, item: str) -> dict[str, Any]:
         body: dict[str, Any] = self._send(Call("GET", _item_path(item), {}))
+        return body
+
+    def items(self, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(_Calls.items(offset, limit))
         return body
 
     def health(self) -> dict[str, Any]:

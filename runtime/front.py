@@ -22,6 +22,7 @@ from actors.events import (
     InvalidEvent,
     TimeBounds,
     Unparsable,
+    event_object,
     validate_event,
 )
 from actors.features import Catalog
@@ -154,6 +155,25 @@ def context_features(
     if not context:
         return []
     return validate_event({"item": "-", "user": user, "context": context}, limits).features
+
+
+ITEMS_PAGE_DEFAULT = 1_000
+ITEMS_PAGE_MAX = 10_000
+ITEMS_OFFSET_MAX = 10**18 - 1  # what an 18-digit query parameter holds
+
+
+def catalog_page(catalog: Catalog, offset: int, limit: int) -> dict[str, Any]:
+    """Items ``offset`` .. ``offset + limit - 1`` of the catalog in the order they were
+    first seen, each as the item upsert that would recreate it; new items only ever
+    join at the end, so paging by offset misses none while items arrive."""
+    total = len(catalog)
+    rows = range(min(offset, total), min(offset + limit, total))
+    items = [
+        event_object(Event(None, catalog.ids[row], features=catalog.features(row))) for row in rows
+    ]
+    end = rows.stop
+    return {"total": total, "offset": offset, "next_offset": end if end < total else None,
+            "items": items}  # fmt: skip
 
 
 class Front(Protocol):

@@ -27,7 +27,13 @@ from runtime.bodies import parse_json_array, parse_ndjson
 from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
 from runtime.errors import BadRequest
-from runtime.front import Front
+from runtime.front import (
+    ITEMS_OFFSET_MAX,
+    ITEMS_PAGE_DEFAULT,
+    ITEMS_PAGE_MAX,
+    Front,
+    catalog_page,
+)
 from runtime.gcpause import gc_paused, release
 from runtime.http_middleware import (
     METRICS_KEY,
@@ -147,6 +153,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/recommend": frozenset(
         "user k candidates exclude filter context explain explore scale epsilon".split()
     ),
+    "/v1/items": frozenset({"offset", "limit"}),
     "/v1/items/{item}/similar": frozenset({"k"}),
     "/v1/items/{item}": frozenset({"k"}),
     "/v1/dashboard/series": frozenset({"since"}),
@@ -280,6 +287,13 @@ async def post_recommend(request: web.Request) -> web.Response:
     )
 
 
+async def get_items(request: web.Request) -> web.Response:
+    """A page of the catalog, each item as the upsert that would recreate it."""
+    offset = _int_param(request, "offset", 0, 0, ITEMS_OFFSET_MAX)
+    limit = _int_param(request, "limit", ITEMS_PAGE_DEFAULT, 1, ITEMS_PAGE_MAX)
+    return _json(catalog_page(request.app[SYSTEM_KEY].catalog, offset, limit))
+
+
 async def get_similar(request: web.Request) -> web.Response:
     item = request.match_info["item"]
     k = _int_param(request, "k", 10, 1, request.app[SYSTEM_KEY].config.http.max_k)
@@ -331,6 +345,7 @@ def make_app(system: Front) -> web.Application:
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/recommend", get_recommend)
     app.router.add_post("/v1/recommend", post_recommend)
+    app.router.add_get("/v1/items", get_items)
     app.router.add_get("/v1/items/{item}/similar", get_similar)
     app.router.add_get("/v1/items/{item}", get_item)
     app.router.add_get("/v1/healthz", get_health)

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from runtime.config import Config
+from runtime.front import ITEMS_OFFSET_MAX, ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -554,6 +555,33 @@ def _query(name: str, description: str, schema: Schema, required: bool = False) 
     }
 
 
+def _items() -> Schema:
+    page = {
+        "type": "object",
+        "required": ["total", "offset", "next_offset", "items"],
+        "properties": {
+            "total": {"type": "integer", "description": "Items in the catalog now"},
+            "offset": {"type": "integer"},
+            "next_offset": {"type": "integer", "nullable": True,
+                            "description": "The offset of the next page; null after the last"},
+            "items": {"type": "array", "items": _ref("ItemUpsert"),
+                      "description": "Each item as the upsert that recreates it, in the "
+                      "order the catalog first saw them"},
+        },
+    }  # fmt: skip
+    operation = _get("listItems", "The catalog, a page at a time (freshrank export catalog)",
+                     _response("A page of items", page))  # fmt: skip
+    offset = {"type": "integer", "minimum": 0, "maximum": ITEMS_OFFSET_MAX, "default": 0}
+    limit = {"type": "integer", "minimum": 1, "maximum": ITEMS_PAGE_MAX,
+             "default": ITEMS_PAGE_DEFAULT}  # fmt: skip
+    operation["get"]["parameters"] = [
+        _query("offset", "The first item's position; new items join at the end", offset),
+        _query("limit", "How many items at most", limit),
+    ]
+    operation["get"]["responses"]["400"] = _bad_query()
+    return operation
+
+
 def _similar(config: Config) -> Schema:
     neighbours = {
         "type": "object",
@@ -704,6 +732,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "paths": {
             "/v1/events": _events(config),
             "/v1/recommend": _recommend(config),
+            "/v1/items": _items(),
             "/v1/items/{item}/similar": _similar(config),
             "/v1/items/{item}": _item(config),
             "/v1/healthz": _health(),

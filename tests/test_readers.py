@@ -151,3 +151,20 @@ def test_movielens_reader_has_the_same_shape() -> None:
     assert len(got.upserts) == 1_682 and not got.upsert_after_interaction
     assert len(got.users) == 100_000
     assert np.flatnonzero(got.flags).tolist() == list(range(20_000, 100_000, 20))
+
+
+def test_a_movielens_line_that_cannot_be_read_is_rejected_with_its_line(tmp_path: Path) -> None:
+    from tests.test_import import write_movielens
+
+    write_movielens(tmp_path / "ml")
+    chunks = list(read_movielens(tmp_path / "ml"))
+    assert chunks[0].batch is None
+    reasons = [reason for reason, _ in chunks[0].rejected]
+    assert reasons[0].startswith("u.item line 2: expected 24 '|'-separated fields")
+    assert reasons[1].startswith("u.data line 3: expected 4 tab-separated integers")
+    ratings = [chunk.batch for chunk in chunks[1:] if chunk.interactions]
+    assert [user for batch in ratings if batch is not None for user in batch.users] == [
+        "8",
+        "7",
+        "8",
+    ]
