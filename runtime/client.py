@@ -5,7 +5,9 @@ A 429 (the daemon's admission control: come back later) and a 503 (a server that
 cannot answer now) are retried with exponential backoff that honours the answer's
 ``Retry-After``; a connection that fails is retried the same way.  Every other error
 answer raises :class:`ApiError` at once with the status and the server's reason,
-since sending the same request again would get the same answer.  An ingest whose
+since sending the same request again would get the same answer.  An ingest that was
+sent and got no answer (a timeout, a dropped connection) is never resent, as it may have
+been learned: it raises :class:`OutcomeUnknown`.  An ingest whose
 every event was refused is not an error: its result lists each event's reason, as
 the API's 422 does.
 
@@ -47,6 +49,14 @@ class ApiError(FreshrankError):
         self.reason = reason
 
 
+class OutcomeUnknown(FreshrankError):
+    """A request that changes state (an ingest) was sent and no answer came: the daemon
+    may have learned its events or not.  It is not resent, since a resent batch that was
+    learned the first time would be learned twice."""
+
+    traceback = False
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """``attempts`` in all; the n-th retry waits ``base_s · 2^n`` (at most ``max_s``),
@@ -73,6 +83,14 @@ class Call:
     path: str
     query: dict[str, str]
     body: Any = None
+    idempotent: bool = True  # sending it twice does what sending it once does
+
+    def unanswered(self, error: Exception, timeout_s: float) -> OutcomeUnknown:
+        return OutcomeUnknown(
+            f"{self.method} {self.path}: no answer ({error!r}) within {timeout_s:g} s; its "
+            "events may or may not be learned, so it was not resent: check /v1/stats, or "
+            "raise the client's timeout_s for a daemon that is still compiling its kernels"
+        )
 
     def url(self, base: str) -> str:
         query = f"?{urllib.parse.urlencode(self.query)}" if self.query else ""
@@ -96,7 +114,8 @@ class _Calls:
 
     @staticmethod
     def ingest(events: Sequence[dict[str, Any]], wait: bool) -> Call:
-        return Call("POST", "/v1/events", {} if wait else {"wait": "false"}, list(events))
+        query = {} if wait else {"wait": "false"}
+        return Call("POST", "/v1/events", query, list(events), idempotent=False)
 
     @staticmethod
     def recommend(
@@ -224,7 +243,13 @@ class AsyncClient(_Settings):
                     if answer.status not in RETRIED or last:
                         raise ApiError(answer.status, _reason(text))
                     retry_after = answer.headers.get("Retry-After")
-            except (aiohttp.ClientConnectionError, TimeoutError):
+            except aiohttp.ClientConnectorError:  # never connected: nothing was sent
+                if last:
+                    raise
+                retry_after = None
+            except (aiohttp.ClientConnectionError, TimeoutError) as error:
+                if not call.idempotent:
+                    raise call.unanswered(error, self.timeout_s) from error
                 if last:
                     raise
                 retry_after = None
@@ -294,7 +319,10 @@ class Client(_Settings):
                 if error.code not in RETRIED or last:
                     raise ApiError(error.code, _reason(text)) from None
                 retry_after = error.headers.get("Retry-After")
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                reason = getattr(error, "reason", error)
+                if not call.idempotent and not isinstance(reason, ConnectionRefusedError):
+                    raise call.unanswered(error, self.timeout_s) from error
                 if last:
                     raise
                 retry_after = None

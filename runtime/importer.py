@@ -34,6 +34,9 @@ from runtime.import_sources import (
 
 UNREACHABLE = (urllib.error.URLError, ConnectionError, TimeoutError)
 SHOWN = 10  # refusals printed on standard error; the summary counts them all
+# a batch is answered once learned, and an unanswered one is not resent (it may have been
+# learned): wait long for a daemon that is busy, or still compiling on its first start
+IMPORT_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -105,7 +108,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise BadInput(f"--batch-size must be at least 1, got {args.batch_size}")
     records = open_records(Path(args.log), args.format)
     token = args.token or os.environ.get("FRESHRANK_TOKEN") or None
-    client = Client(args.url, token=token)
+    client = Client(args.url, token=token, timeout_s=IMPORT_TIMEOUT_S)
     try:
         with tqdm(unit=" events", disable=args.no_progress, file=sys.stderr) as progress:
             summary = import_records(records, client, args.batch_size, progress)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from runtime.client import ApiError, AsyncClient, Client, RetryPolicy
+from runtime.client import ApiError, AsyncClient, Client, OutcomeUnknown, RetryPolicy
 from runtime.config import Config
 from runtime.http import make_app
 from runtime.system import System
@@ -157,3 +157,35 @@ def test_the_backoff_doubles_is_capped_and_honours_retry_after() -> None:
     assert policy.delay(0, "1.5", rng) == 1.5  # the server asked for longer
     assert policy.delay(0, "60", rng) == 2.0  # but never past max_s
     assert policy.delay(0, "Wed, 21 Oct 2015 07:28:00 GMT", rng) < 0.2
+
+
+async def test_an_unanswered_ingest_is_not_resent_but_a_recommend_is() -> None:
+    """A resent ingest that the daemon learned the first time would be learned twice
+    (a first start compiling its kernels once took longer than the client's timeout)."""
+    received: dict[str, int] = {"/v1/events": 0, "/v1/recommend": 0}
+    never = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        received[request.path] += 1
+        await never.wait()  # the answer that does not come in time
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/events", silent)
+    app.router.add_get("/v1/recommend", silent)
+    async with TestServer(app, host="127.0.0.1", port=0) as server:
+        url = str(server.make_url("")).rstrip("/")
+        async with AsyncClient(url, retry=FAST, timeout_s=0.2) as client:
+            with pytest.raises(OutcomeUnknown) as unknown:
+                await client.ingest(CLICKS)
+            assert "may or may not be learned, so it was not resent" in str(unknown.value)
+            with pytest.raises(TimeoutError):
+                await client.recommend("ann")
+
+        def sync_ingest() -> None:
+            Client(url, retry=FAST, timeout_s=0.2).ingest(CLICKS)
+
+        with pytest.raises(OutcomeUnknown):
+            await asyncio.to_thread(sync_ingest)
+        never.set()
+    assert received == {"/v1/events": 2, "/v1/recommend": FAST.attempts}
