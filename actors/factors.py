@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit
 
-from actors.ftrl import MAX_LOGIT
+from actors.ftrl import MAX_LOGIT, FTRLParams, _contiguous, _gather, _row_dot, _update
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,22 @@ def _fm_logistic_step(
     return probs, out_idx[:m], out_g[:m], out_fidx[:mf], out_fg[:mf]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _factor_step(
+    v: np.ndarray, n: np.ndarray, active: np.ndarray, start: np.ndarray, j: int,
+    g: np.ndarray, alpha: float, beta: float, l2: float,
+) -> None:  # fmt: skip
+    """One AdaGrad step of row ``j``; a row learned for the first time starts at ``start``."""
+    if not active[j]:
+        active[j] = True
+        for f in range(v.shape[1]):
+            v[j, f] = start[f]
+    for f in range(v.shape[1]):
+        gf = g[f] + l2 * v[j, f]
+        n[j, f] += gf * gf
+        v[j, f] -= alpha * gf / (beta + math.sqrt(n[j, f]))
+
+
 @njit(cache=True, nogil=True)
 def _apply_factor_gradients(
     v: np.ndarray,
@@ -281,15 +297,58 @@ def _apply_factor_gradients(
     l2: float,
 ) -> None:
     for t in range(idx.shape[0]):
-        j = idx[t]
-        if not active[j]:
-            active[j] = True
-            for f in range(v.shape[1]):
-                v[j, f] = init[j, f]
-        for f in range(v.shape[1]):
-            gf = g[t, f] + l2 * v[j, f]
-            n[j, f] += gf * gf
-            v[j, f] -= alpha * gf / (beta + math.sqrt(n[j, f]))
+        _factor_step(v, n, active, init[idx[t]], idx[t], g[t], alpha, beta, l2)
+
+
+@njit(cache=True, nogil=True)
+def _gather_rows(
+    v: np.ndarray, n: np.ndarray, active: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k = v.shape[1]
+    v_local = np.empty((rows.shape[0], k), np.float64)
+    n_local = np.empty((rows.shape[0], k), np.float64)
+    active_local = np.empty(rows.shape[0], np.bool_)
+    for t in range(rows.shape[0]):
+        active_local[t] = active[rows[t]]
+        for f in range(k):
+            v_local[t, f] = v[rows[t], f]
+            n_local[t, f] = n[rows[t], f]
+    return v_local, n_local, active_local
+
+
+@njit(cache=True, nogil=True)
+def _fm_sequential(
+    z: np.ndarray, n: np.ndarray, v: np.ndarray, vn: np.ndarray, active: np.ndarray,
+    init: np.ndarray, indptr: np.ndarray, local: np.ndarray, values: np.ndarray,
+    fptr: np.ndarray, frows: np.ndarray, flocal: np.ndarray, fx: np.ndarray,
+    labels: np.ndarray, sample_weights: np.ndarray, linear: np.ndarray, factor: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Test-then-train one row at a time on local copies: the linear part by FTRL
+    (``linear``: alpha, beta, l1, l2), the vectors by AdaGrad (``factor``: alpha, beta,
+    l2) with each row's gradients taken before any of its own steps."""
+    alpha, beta, l1, l2 = linear[0], linear[1], linear[2], linear[3]
+    k = v.shape[1]
+    probs = np.empty(indptr.shape[0] - 1, np.float64)
+    a = np.empty(k, np.float64)
+    grads = np.empty((max(fx.shape[0], 1), k), np.float64)
+    for r in range(probs.shape[0]):
+        lo, hi, flo, fhi = indptr[r], indptr[r + 1], fptr[r], fptr[r + 1]
+        s = _row_dot(z, n, local, values, lo, hi, alpha, beta, l1, l2)
+        s += _pairwise(v, flocal, fx, flo, fhi, a)
+        s = min(max(s, -MAX_LOGIT), MAX_LOGIT)
+        p = 1.0 / (1.0 + math.exp(-s))
+        probs[r] = p
+        err = (p - labels[r]) * sample_weights[r]
+        for e in range(flo, fhi):
+            for f in range(k):
+                grads[e, f] = err * fx[e] * (a[f] - v[flocal[e], f] * fx[e])
+        for e in range(lo, hi):
+            _update(z, n, local[e], err * values[e], alpha, beta, l1, l2)
+        for e in range(flo, fhi):
+            j = flocal[e]
+            _factor_step(v, vn, active, init[frows[j]], j, grads[e], factor[0], factor[1],
+                         factor[2])  # fmt: skip
+    return probs
 
 
 @njit(cache=True, nogil=True)
@@ -403,6 +462,43 @@ class FactorAggregator:
             self._slot,
             self._fslot,
         )
+
+
+def fm_sequential_increments(
+    state: tuple[np.ndarray, np.ndarray, FactorStore],
+    linear: tuple[np.ndarray, np.ndarray, np.ndarray],
+    factors: tuple[np.ndarray, np.ndarray, np.ndarray],
+    labels: np.ndarray,
+    sample_weights: np.ndarray,
+    p: FTRLParams,
+    slots: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, ...]:
+    """:meth:`actors.ftrl.GradientAggregator.sequential_increments` with the factor
+    terms: each row predicted with the linear weights and vectors that include every
+    earlier row, on copies of what the batch touches.  ``state``: FTRL's z and n and the
+    vectors' store.  Returns the predictions; the touched coordinates with their z and n
+    increments; the touched vector rows with their v and AdaGrad-sum increments (a row
+    never learned before starts from its seeded start, and ``v`` is 0 there, so its
+    increment is the whole vector)."""
+    z, n, store = state
+    indptr, indices, values = linear
+    fptr, fidx, fx = factors
+    fp = store.params
+    indices, values, labels, sample_weights = _contiguous(indices, values, labels, sample_weights)
+    touched, local = _gather(indices, slots[0])
+    frows, flocal = _gather(np.ascontiguousarray(fidx, np.int64), slots[1])
+    z_local, n_local = z[touched], n[touched]
+    v_local, vn_local, active_local = _gather_rows(store.v, store.n, store.active, frows)
+    starts = (z_local.copy(), n_local.copy(), v_local.copy(), vn_local.copy())
+    probs = _fm_sequential(
+        z_local, n_local, v_local, vn_local, active_local, store.init, indptr, local, values,
+        fptr, frows, flocal, np.ascontiguousarray(fx, np.float64), labels, sample_weights,
+        np.array([p.alpha, p.beta, p.l1, p.l2]), np.array([fp.alpha, fp.beta, fp.l2]),
+    )  # fmt: skip
+    return (
+        probs, touched, z_local - starts[0], n_local - starts[1],
+        frows, v_local - starts[2], vn_local - starts[3],
+    )  # fmt: skip
 
 
 class ItemFactorCache:

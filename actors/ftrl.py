@@ -278,11 +278,28 @@ def _sequential_increments(
     l1: float,
     l2: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    entries = indices.shape[0]
-    touched = np.empty(entries, np.int64)
-    local = np.empty(entries, np.int64)
+    touched, local = _gather(indices, slot)
+    z_local = np.empty(touched.shape[0], np.float64)
+    n_local = np.empty(touched.shape[0], np.float64)
+    for k in range(touched.shape[0]):
+        z_local[k] = z[touched[k]]
+        n_local[k] = n[touched[k]]
+    z_start = z_local.copy()
+    n_start = n_local.copy()
+    probs = _fit_sequential(
+        z_local, n_local, indptr, local, values, labels, sample_weights, alpha, beta, l1, l2
+    )
+    return probs, touched, z_local - z_start, n_local - n_start
+
+
+@njit(cache=True, nogil=True)
+def _gather(indices: np.ndarray, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``indices`` in first-seen order, and each entry's position among
+    them (``slot``: one scratch entry per coordinate, -1, left as it was found)."""
+    touched = np.empty(indices.shape[0], np.int64)
+    local = np.empty(indices.shape[0], np.int64)
     m = 0
-    for k in range(entries):
+    for k in range(indices.shape[0]):
         i = indices[k]
         if slot[i] < 0:
             slot[i] = m
@@ -291,17 +308,7 @@ def _sequential_increments(
         local[k] = slot[i]
     for k in range(m):
         slot[touched[k]] = -1
-    z_local = np.empty(m, np.float64)
-    n_local = np.empty(m, np.float64)
-    for k in range(m):
-        z_local[k] = z[touched[k]]
-        n_local[k] = n[touched[k]]
-    z_start = z_local.copy()
-    n_start = n_local.copy()
-    probs = _fit_sequential(
-        z_local, n_local, indptr, local, values, labels, sample_weights, alpha, beta, l1, l2
-    )
-    return probs, touched[:m], z_local - z_start, n_local - n_start
+    return touched[:m], local
 
 
 @njit(cache=True, nogil=True)
@@ -346,6 +353,11 @@ class GradientAggregator:
 
     def __init__(self, size: int) -> None:
         self._slot = np.full(size, -1, np.int32)
+
+    @property
+    def scratch(self) -> np.ndarray:
+        """One -1 per coordinate, for kernels that map coordinates to local slots."""
+        return self._slot
 
     def __call__(self, idx: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _aggregate(

@@ -226,7 +226,7 @@ class LearnerActor(Actor):
             learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
         learned = self.w[message.index]
         self.nonzero += int(np.count_nonzero(learned)) - before
-        factor_index, factor_v = self._apply_factors(message)
+        factor_index, factor_v, factor_n = self._apply_factors(message)
         self.updates += int(message.index.size)
         self.batches += 1
         if message.source_offset >= 0:
@@ -242,28 +242,28 @@ class LearnerActor(Actor):
             factor_v=factor_v,
             z=self.z[message.index] if self.z.size else np.zeros(0),
             n=self.n[message.index] if self.z.size else np.zeros(0),
+            factor_n=factor_n,
         )
         await self.weights.send(delta, key=self.shard)
 
-    def _apply_factors(self, message: GradBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the batch's factor gradients; returns the new vectors (global rows)."""
+    def _apply_factors(self, message: GradBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply the batch's factor gradients, or add its increments; returns the rows
+        (global), their new vectors and AdaGrad sums."""
         f = self.factors
         if f is None or message.factor_index.size == 0:
-            return np.zeros(0, np.int64), np.zeros((0, 0))
-        v, active = f.rows("v"), f.rows("active")
-        before = int(np.count_nonzero(active[message.factor_index]))
-        apply_factor_gradients(
-            v,
-            f.rows("n"),
-            active,
-            f.rows("init"),
-            message.factor_index,
-            message.factor_grad,
-            f.params,
-        )
-        self.factor_rows += int(np.count_nonzero(active[message.factor_index])) - before
+            return np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0))
+        rows, (v, n, active) = message.factor_index, (f.rows(a) for a in ("v", "n", "active"))
+        before = int(np.count_nonzero(active[rows]))
+        if message.factor_n_step.size:
+            v[rows] += message.factor_grad
+            n[rows] += message.factor_n_step
+            active[rows] = True
+        else:
+            init = f.rows("init")
+            apply_factor_gradients(v, n, active, init, rows, message.factor_grad, f.params)
+        self.factor_rows += int(np.count_nonzero(active[rows])) - before
         f.store.version += 1
-        return message.factor_index * self.shards + self.shard, v[message.factor_index]
+        return rows * self.shards + self.shard, v[rows], n[rows]
 
     def _already_applied(self, message: GradBatch) -> bool:
         """A re-sent batch (its trainer died before committing) is applied at most once."""

@@ -241,6 +241,9 @@ class Model:
             self.store.n[delta.index] = delta.n
         if self.factors is not None and delta.factor_index.size:
             self.factors.v[delta.factor_index] = delta.factor_v
+            if delta.factor_n.size:
+                self.factors.n[delta.factor_index] = delta.factor_n
+                self.factors.active[delta.factor_index] = True
             self.factors.version += 1
 
 

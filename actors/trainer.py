@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.factors import FactorAggregator, FactorScorer
+from actors.factors import FactorAggregator, FactorScorer, fm_sequential_increments
 from actors.features import (
     BaseFeatures,
     expand,
@@ -94,8 +94,10 @@ class BatchGradients:
     grad: np.ndarray
     factor_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    # not empty: ``grad`` and this are increments of FTRL's z and n (an exact walk)
+    # not empty: ``grad`` and this are increments of FTRL's z and n (an exact walk), and
+    # ``factor_grad`` and the next those of the vectors and their AdaGrad sums
     n_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    factor_n_step: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @classmethod
     def empty(cls) -> BatchGradients:
@@ -212,6 +214,7 @@ class TrainerActor(Actor):
         # FTRL's z and n are here (the shards' own arrays in one process, a replica the
         # weight deltas keep in a cluster): each batch is walked event by event
         self.exact = isinstance(model.params, FTRLParams)
+        self.exact_factors = self.exact and t.exact_factors
         self._acked = asyncio.Event()
         self.freshness = LatencyWindow()
         self.staleness_sum = 0
@@ -221,6 +224,8 @@ class TrainerActor(Actor):
         size = self.factors.params.size if self.factors else 0
         self.factor_step = FactorAggregator(self.space.size, size) if self.factors else None
         self.scorer = FactorScorer(self.factors) if self.factors else None
+        # scratch slots of the exact walk (linear coordinates, vector rows)
+        self.slots = (self.aggregate.scratch, np.full(size or 1, -1, np.int32))
         self._pending: dict[int, tuple[int, float]] = {}
         # the last batch's labelled events and the scores they were evaluated with
         self.scored = (np.zeros(0, np.int64), np.zeros(0))
@@ -263,6 +268,10 @@ class TrainerActor(Actor):
         linear = split_by_shard(step.index, step.grad, shards)
         factor = split_by_shard(step.factor_index, step.factor_grad, shards)
         n_steps = split_by_shard(step.index, step.n_step, shards) if step.n_step.size else None
+        factor_n = step.factor_n_step
+        factor_n_steps = (
+            split_by_shard(step.factor_index, factor_n, shards) if factor_n.size else None
+        )
         for shard, ((idx, g), (fidx, fg)) in enumerate(zip(linear, factor, strict=True)):
             grad = GradBatch(
                 seq=message.seq,
@@ -276,6 +285,9 @@ class TrainerActor(Actor):
                 factor_index=fidx,
                 factor_grad=fg,
                 n_step=n_steps[shard][1] if n_steps is not None else np.zeros(0),
+                factor_n_step=(
+                    factor_n_steps[shard][1] if factor_n_steps is not None else np.zeros((0, 0))
+                ),
             )
             await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
@@ -316,28 +328,7 @@ class TrainerActor(Actor):
             origin, labels, explicit = rows.origin, rows.labels, rows.explicit
             (indptr, indices, values), factor_rows = rows.linear, rows.factor
             weights = batch.weight[origin]
-        if (factor_rows is None or self.factor_step is None) and self.exact:
-            assert isinstance(self.model.params, FTRLParams)
-            probs, touched, dz, dn = self.aggregate.sequential_increments(
-                self.store.z, self.store.n, indptr, indices, values, labels, weights,
-                self.model.params,
-            )  # fmt: skip
-            step = BatchGradients(touched, dz, n_step=dn)
-        elif factor_rows is None or self.factor_step is None or self.factors is None:
-            probs, touched, grads = self.aggregate.logistic_step(
-                self.store.w, indptr, indices, values, labels, weights
-            )
-            step = BatchGradients(touched, grads)
-        else:
-            probs, touched, grads, ftouched, fgrads = self.factor_step.logistic_step(
-                self.store.w,
-                self.factors.v,
-                (indptr, indices, values),
-                factor_rows,
-                labels,
-                weights,
-            )
-            step = BatchGradients(touched, grads, ftouched, fgrads)
+        probs, step = self._learning_step((indptr, indices, values), factor_rows, labels, weights)
         scores, evaluated = evaluation_rows(batch.prescore, origin, probs, explicit)
         self.scored = (origin[evaluated], scores[evaluated])
         if evaluated.any():
@@ -347,6 +338,41 @@ class TrainerActor(Actor):
             self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
         self.model.stream.rows += int(labels.size)
         return step
+
+    def _learning_step(
+        self,
+        linear: tuple[np.ndarray, np.ndarray, np.ndarray],
+        factor_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        labels: np.ndarray,
+        weights: np.ndarray,
+    ) -> tuple[np.ndarray, BatchGradients]:
+        """The rows' predictions and what the shards learn from them: increments of an
+        exact walk (FTRL; with factor terms when ``training.exact_factors``), or summed
+        gradients (SGD, or factor terms summed per batch)."""
+        if self.exact_factors and factor_rows is not None and self.factors is not None:
+            assert isinstance(self.model.params, FTRLParams)
+            probs, touched, dz, dn, frows, dv, dvn = fm_sequential_increments(
+                (self.store.z, self.store.n, self.factors), linear, factor_rows, labels,
+                weights, self.model.params, self.slots,
+            )  # fmt: skip
+            step = BatchGradients(touched, dz, frows, dv, n_step=dn, factor_n_step=dvn)
+        elif self.exact and factor_rows is None:
+            assert isinstance(self.model.params, FTRLParams)
+            probs, touched, dz, dn = self.aggregate.sequential_increments(
+                self.store.z, self.store.n, *linear, labels, weights, self.model.params
+            )
+            step = BatchGradients(touched, dz, n_step=dn)
+        elif factor_rows is None or self.factor_step is None or self.factors is None:
+            probs, touched, grads = self.aggregate.logistic_step(
+                self.store.w, *linear, labels, weights
+            )
+            step = BatchGradients(touched, grads)
+        else:
+            probs, touched, grads, ftouched, fgrads = self.factor_step.logistic_step(
+                self.store.w, self.factors.v, linear, factor_rows, labels, weights
+            )
+            step = BatchGradients(touched, grads, ftouched, fgrads)
+        return probs, step
 
     def _interaction_rows(self, batch: FeatureBatch) -> Generator[None, None, InteractionRows]:
         """An interaction batch's training rows: each event with the user's history and

@@ -155,8 +155,10 @@ class GradBatch:
     factor_index: np.ndarray = field(default_factory=lambda: _i64())
     factor_grad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     # version 2: when not empty, ``grad`` holds increments of FTRL's z and this those of
-    # n, one per index (the trainer walked the batch event by event: actors/ftrl.py)
+    # n, one per index (the trainer walked the batch event by event: actors/ftrl.py);
+    # likewise ``factor_grad`` increments of the vectors and this of their AdaGrad sums
     n_step: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    factor_n_step: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 @register_message
@@ -184,6 +186,7 @@ class WeightDelta:
     # next batch event by event as the one-process trainer does (actors/ftrl.py)
     z: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    factor_n: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # AdaGrad sums
 
 
 @register_message

@@ -441,13 +441,16 @@ async def test_asynchronous_mode_is_within_one_percent_of_synchronous(
 async def test_one_cluster_trainer_learns_event_by_event_as_one_process_does(
     tmp_path: Path, broker: Broker, topic_prefix: str
 ) -> None:
-    """The trainer walks each batch event by event on its replica's z and n (the weight
-    deltas carry them), so a CTR log learned by a cluster of 2 shards equals one process
-    at batch size 1: the same progressive logloss and the same z and n."""
+    """The trainer walks each batch event by event on its replica's z and n and vectors
+    (the weight deltas carry them), so a CTR log learned by a cluster of 2 shards equals
+    one process at batch size 1: the same progressive logloss and the same z and n."""
     from tests.test_exact import synthetic_ctr
 
     log = synthetic_ctr(tmp_path / "ctr.tsv", 2000)
-    path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 2})
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 2, "exact_factors": True},
+        model={"bits": 20, "factors_dense": True},
+    )  # fmt: skip
     config = Config.load(path)
     async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
         published = await publish_log(config, read_ctr_tsv(log, criteo=False, batch_size=256))

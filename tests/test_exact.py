@@ -9,46 +9,74 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.features import expand_dense
+from actors.factors import FactorParams, initial_vectors
+from actors.features import expand_dense, expand_dense_factors
 from actors.ftrl import MAX_LOGIT
+from actors.model import factor_params
 from actors.readers import read_ctr_tsv
 from runtime.config import Config
 from runtime.messages import EventBatch
 from runtime.system import System
 
 
+class PlainFTRL:
+    """The paper's per-coordinate FTRL-Proximal (McMahan et al. 2013, Algorithm 1) in
+    plain Python dicts."""
+
+    def __init__(self, alpha: float, beta: float, l1: float, l2: float) -> None:
+        self.alpha, self.beta, self.l1, self.l2 = alpha, beta, l1, l2
+        self.z: dict[int, float] = {}
+        self.n: dict[int, float] = {}
+
+    def weight(self, i: int) -> float:
+        zi, ni = self.z.get(i, 0.0), self.n.get(i, 0.0)
+        if abs(zi) <= self.l1:
+            return 0.0
+        return -(zi - math.copysign(self.l1, zi)) / (
+            (self.beta + math.sqrt(ni)) / self.alpha + self.l2
+        )
+
+    def logit(self, indices: list[int], values: list[float]) -> float:
+        return sum(self.weight(i) * x for i, x in zip(indices, values, strict=True))
+
+    def learn(self, indices: list[int], values: list[float], err: float) -> None:
+        for i, x in zip(indices, values, strict=True):
+            g, ni, wi = err * x, self.n.get(i, 0.0), self.weight(i)
+            sigma = (math.sqrt(ni + g * g) - math.sqrt(ni)) / self.alpha
+            self.z[i] = self.z.get(i, 0.0) + g - sigma * wi
+            self.n[i] = ni + g * g
+
+
+def sigmoid(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(logit, -MAX_LOGIT), MAX_LOGIT)))
+
+
 def algorithm_1(
     rows: list[tuple[list[int], list[float], float]], alpha: float, beta: float, l1: float,
     l2: float,
 ) -> tuple[list[float], dict[int, float]]:  # fmt: skip
-    """The paper's per-coordinate FTRL-Proximal, one event at a time, in plain Python:
-    each event's prediction before it is learned, and the final weights."""
-    z: dict[int, float] = {}
-    n: dict[int, float] = {}
-
-    def weight(i: int) -> float:
-        zi, ni = z.get(i, 0.0), n.get(i, 0.0)
-        if abs(zi) <= l1:
-            return 0.0
-        return -(zi - math.copysign(l1, zi)) / ((beta + math.sqrt(ni)) / alpha + l2)
-
+    """Algorithm 1 one event at a time: each event's prediction before it is learned,
+    and the final weights."""
+    ftrl = PlainFTRL(alpha, beta, l1, l2)
     predictions = []
     for indices, values, label in rows:
-        logit = sum(weight(i) * x for i, x in zip(indices, values, strict=True))
-        p = 1.0 / (1.0 + math.exp(-min(max(logit, -MAX_LOGIT), MAX_LOGIT)))
+        p = sigmoid(ftrl.logit(indices, values))
         predictions.append(p)
-        for i, x in zip(indices, values, strict=True):
-            g, ni, wi = (p - label) * x, n.get(i, 0.0), weight(i)
-            z[i] = z.get(i, 0.0) + g - (math.sqrt(ni + g * g) - math.sqrt(ni)) / alpha * wi
-            n[i] = ni + g * g
-    return predictions, {i: weight(i) for i in z}
+        ftrl.learn(indices, values, p - label)
+    return predictions, {i: ftrl.weight(i) for i in ftrl.z}
 
 
-async def learn(config: Config, batches: list[EventBatch]) -> tuple[System, np.ndarray, list]:
+Row = tuple[list[int], list[float], float]
+
+
+async def learn(
+    config: Config, batches: list[EventBatch], factor_rows: list[list[int]] | None = None
+) -> tuple[System, np.ndarray, list[Row]]:
     """Each batch learned in turn: the predictions the trainer evaluated it with, and the
-    batch's rows as the trainer expanded them (global index, value, label)."""
+    batch's rows as the trainer expanded them (global index, value, label); with
+    ``factor_rows``, each row's vector rows are appended to it."""
     predictions: list[np.ndarray] = []
-    rows: list[tuple[list[int], list[float], float]] = []
+    rows: list[Row] = []
     async with System(config) as system:
         featurizer = system.model.featurizer()
         for batch in batches:
@@ -57,6 +85,10 @@ async def learn(config: Config, batches: list[EventBatch]) -> tuple[System, np.n
             predictions.append(system.trainer.scored[1])
             features = featurizer.featurize(batch)
             indptr, indices, values = expand_dense(system.model.space, features.dense)
+            if factor_rows is not None and system.model.factors is not None:
+                mask = system.model.factors.params.mask
+                fptr, fidx, _ = expand_dense_factors(features.dense, mask)
+                factor_rows += [fidx[fptr[r] : fptr[r + 1]].tolist() for r in range(len(features))]
             for r in range(len(features)):
                 lo, hi = indptr[r], indptr[r + 1]
                 rows.append(
@@ -120,3 +152,49 @@ async def test_the_batch_size_and_the_shards_change_nothing_but_the_speed(
         np.testing.assert_allclose(predictions, runs[0][0], rtol=0, atol=1e-9)
         np.testing.assert_allclose(weights, runs[0][1], rtol=0, atol=1e-9)
     assert runs[0][0].std() > 0.05  # it learned something: predictions vary
+
+
+def fm_reference(
+    rows: list[Row], factor_rows: list[list[int]], ftrl: tuple[float, ...], fp: FactorParams
+) -> list[float]:
+    """Per event, in plain Python: FTRL-Proximal on the linear part and AdaGrad on the
+    vectors (x = 1 each, as a CTR file's columns), each row's vector gradients taken before
+    its steps; a vector learned for the first time starts at its seeded start."""
+    linear = PlainFTRL(*ftrl)
+    init = initial_vectors(fp)
+    v: dict[int, np.ndarray] = {}
+    vn: dict[int, np.ndarray] = {}
+    predictions = []
+    zero = np.zeros(fp.k)
+    for (indices, values, label), vector_rows in zip(rows, factor_rows, strict=True):
+        vectors = [v.get(j, zero) for j in vector_rows]
+        a = np.sum(vectors, axis=0)
+        pairwise = 0.5 * (a @ a - sum(u @ u for u in vectors))
+        p = sigmoid(linear.logit(indices, values) + pairwise)
+        predictions.append(p)
+        grads = [(p - label) * (a - u) for u in vectors]
+        linear.learn(indices, values, p - label)
+        for j, g in zip(vector_rows, grads, strict=True):
+            if j not in v:
+                v[j], vn[j] = init[j].copy(), np.zeros(fp.k)
+            gf = g + fp.l2 * v[j]
+            vn[j] = vn[j] + gf * gf
+            v[j] = v[j] - fp.alpha * gf / (fp.beta + np.sqrt(vn[j]))
+    return predictions
+
+
+async def test_with_factor_terms_each_event_equals_a_plain_per_event_fm(
+    criteo_train: Path,
+) -> None:
+    config = ctr_config(shards=4, batch_size=256)
+    config.model.factors_dense, config.training.exact_factors = True, True
+    batches = batches_of(criteo_train, True, 256)[:8]  # 2,048 events: the reference is slow
+    vector_rows: list[list[int]] = []
+    _, predictions, rows = await learn(config, batches, vector_rows)
+    fp = factor_params(config)
+    assert fp is not None and len(rows) == 2048
+    p = config.ftrl
+    expected = fm_reference(rows, vector_rows, (p.alpha, p.beta, p.l1, p.l2), fp)
+    np.testing.assert_allclose(predictions, expected, rtol=0, atol=1e-9)
+    linear_only, _ = algorithm_1(rows, p.alpha, p.beta, p.l1, p.l2)
+    assert np.abs(np.asarray(expected) - linear_only).max() > 1e-3  # the vectors count
