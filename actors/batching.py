@@ -39,6 +39,7 @@ def batch_from_events(
         ptr[r + 1] = len(feat_ns)
     data, offsets = encode_strings(feat_val)
     upsert = np.fromiter((e.is_upsert for e in events), bool, n)
+    lifecycle, expires_at = _lifecycle_columns(events)
     return EventBatch(
         seq=seq,
         users=[e.user or "" for e in events],
@@ -55,7 +56,23 @@ def batch_from_events(
         feat_off=offsets,
         feat_x=np.asarray(feat_x, np.float64),
         prescore=np.asarray(prescore if prescore is not None else (), np.float64),
+        lifecycle=lifecycle,
+        expires_at=expires_at,
     )
+
+
+def _lifecycle_columns(events: Sequence[Event]) -> tuple[np.ndarray, np.ndarray]:
+    """The LIFECYCLE_* bits and expiry times of item upserts (both empty when none has any)."""
+    changes = [(i, e.lifecycle) for i, e in enumerate(events) if e.lifecycle is not None]
+    if not changes:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float64)
+    bits = np.zeros(len(events), np.uint8)
+    expires_at = np.full(len(events), np.inf)
+    for i, change in changes:
+        bits[i] = change.code()
+        if change.expires_at is not None:
+            expires_at[i] = change.expires_at
+    return bits, expires_at
 
 
 def slice_strings(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> list[str]:
@@ -113,4 +130,6 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
         col_data=[d for d, _ in columns],
         col_off=[o for _, o in columns],
         prescore=take_prescores(batch.prescore, rows),
+        lifecycle=batch.lifecycle[rows] if batch.lifecycle.size else batch.lifecycle,
+        expires_at=batch.expires_at[rows] if batch.expires_at.size else batch.expires_at,
     )

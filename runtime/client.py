@@ -12,6 +12,7 @@ the API's 422 does.
     async with AsyncClient("http://127.0.0.1:8080", token=None) as client:
         await client.ingest([{"user": "u1", "item": "i3"}])
         items = await client.recommend("u1", k=10)
+        await client.hide_item("i3")        # also unhide_item, delete_item
 """
 
 from __future__ import annotations
@@ -186,6 +187,20 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(Call("GET", _item_path(item), {}))
         return body
 
+    async def hide_item(self, item: str) -> dict[str, Any]:
+        """Never recommend the item nor sample it, until :meth:`unhide_item`; its lifecycle."""
+        body: dict[str, Any] = await self._send(Call("POST", _item_path(item, "/hide"), {}))
+        return body
+
+    async def unhide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._send(Call("POST", _item_path(item, "/unhide"), {}))
+        return body
+
+    async def delete_item(self, item: str) -> dict[str, Any]:
+        """Gone from serving and sampling until an item upsert of the same id."""
+        body: dict[str, Any] = await self._send(Call("DELETE", _item_path(item), {}))
+        return body
+
     async def health(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._send(Call("GET", "/v1/healthz", {}))
         return body
@@ -247,6 +262,18 @@ class Client(_Settings):
 
     def item(self, item: str) -> dict[str, Any]:
         body: dict[str, Any] = self._send(Call("GET", _item_path(item), {}))
+        return body
+
+    def hide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("POST", _item_path(item, "/hide"), {}))
+        return body
+
+    def unhide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("POST", _item_path(item, "/unhide"), {}))
+        return body
+
+    def delete_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("DELETE", _item_path(item), {}))
         return body
 
     def health(self) -> dict[str, Any]:

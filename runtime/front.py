@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.events import (
     Event,
@@ -28,6 +28,9 @@ from actors.features import Catalog
 from runtime.admission import Admission
 from runtime.config import Config, IngestConfig
 from runtime.errors import BadRequest
+
+if TYPE_CHECKING:
+    from runtime.lifecycle import Lifecycle
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Front(Protocol):
     admission: Admission
     catalog: Catalog
     exploration_available: bool
+    lifecycle: Lifecycle  # hide, unhide, delete items
 
     async def ingest(
         self, events: Iterable[Any], *, wait: bool = True, source: str = "api"
