@@ -13,6 +13,7 @@ the API's 422 does.
         await client.ingest([{"user": "u1", "item": "i3"}])
         items = await client.recommend("u1", k=10)
         await client.hide_item("i3")        # also unhide_item, delete_item
+        await client.forget_user("u1")      # a privacy request
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def _reason(text: str) -> str:
 
 def _item_path(item: str, suffix: str = "") -> str:
     return f"/v1/items/{urllib.parse.quote(item, safe='')}{suffix}"
+
+
+def _user_path(user: str) -> str:
+    return f"/v1/users/{urllib.parse.quote(user, safe='')}"
 
 
 class _Calls:
@@ -201,6 +206,11 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(Call("DELETE", _item_path(item), {}))
         return body
 
+    async def forget_user(self, user: str) -> dict[str, Any]:
+        """Forget everything kept of the user (a privacy request); what was removed."""
+        body: dict[str, Any] = await self._send(Call("DELETE", _user_path(user), {}))
+        return body
+
     async def health(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._send(Call("GET", "/v1/healthz", {}))
         return body
@@ -274,6 +284,10 @@ class Client(_Settings):
 
     def delete_item(self, item: str) -> dict[str, Any]:
         body: dict[str, Any] = self._send(Call("DELETE", _item_path(item), {}))
+        return body
+
+    def forget_user(self, user: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("DELETE", _user_path(user), {}))
         return body
 
     def health(self) -> dict[str, Any]:

@@ -518,7 +518,7 @@ class ClusterFront:
         self.supervisor = Supervisor(self.name)
         self.items: ItemsFollower | None = None  # of the items topic, from start()
         self.history: HistoryFollower | None = None  # of the events topic, from start()
-        # item changes are item upserts: on the items topic, every replica follows them
+        # item changes are item upserts (on the items topic); users cannot be forgotten here
         self.lifecycle = Lifecycle(self.ingest, self.catalog, time.time)
         # recommend over Kafka: the rankers share the requests topic in a consumer group
         self.requests: RequestServer | None = None

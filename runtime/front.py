@@ -163,7 +163,7 @@ class Front(Protocol):
     admission: Admission
     catalog: Catalog
     exploration_available: bool
-    lifecycle: Lifecycle  # hide, unhide, delete items
+    lifecycle: Lifecycle  # hide, unhide, delete items; forget users
 
     async def ingest(
         self, events: Iterable[Any], *, wait: bool = True, source: str = "api"

@@ -149,6 +149,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/items/{item}": frozenset({"k"}),
     "/v1/items/{item}/hide": frozenset(),
     "/v1/items/{item}/unhide": frozenset(),
+    "/v1/users/{user}": frozenset(),
     "/v1/dashboard/series": frozenset({"since"}),
     "/v1/dashboard/top": frozenset({"k"}),
 }
@@ -296,6 +297,13 @@ async def post_unhide(request: web.Request) -> web.Response:
     return _json(await lifecycle.unhide_item(request.match_info["item"]))
 
 
+async def delete_user(request: web.Request) -> web.Response:
+    """Forget a user (a privacy request): 404 when nothing of them is kept, 501 in cluster
+    mode."""
+    lifecycle = request.app[SYSTEM_KEY].lifecycle
+    return _json(await lifecycle.forget_user(request.match_info["user"]))
+
+
 async def get_health(request: web.Request) -> web.Response:
     health = request.app[SYSTEM_KEY].health()
     return _json(health, 503 if health["status"] == "failed" else 200)
@@ -339,6 +347,7 @@ def make_app(system: Front) -> web.Application:
     app.router.add_delete("/v1/items/{item}", delete_item)
     app.router.add_post("/v1/items/{item}/hide", post_hide)
     app.router.add_post("/v1/items/{item}/unhide", post_unhide)
+    app.router.add_delete("/v1/users/{user}", delete_user)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

@@ -1,4 +1,4 @@
-"""Item lifecycle: what an operator does to items besides ingest and recommend.
+"""Item lifecycle and forgetting users: what an operator does besides ingest and recommend.
 
 Every front (the embedded System, a cluster ranker) holds one :class:`Lifecycle` as
 ``front.lifecycle``; ``runtime/http.py`` serves it and embedding code calls it::
@@ -6,10 +6,13 @@ Every front (the embedded System, a cluster ranker) holds one :class:`Lifecycle`
     await system.lifecycle.hide_item("i7")        # never recommended nor sampled
     await system.lifecycle.update_item("i7", available=False, expires_at=1.7e9)
     await system.lifecycle.delete_item("i7")      # gone until an upsert brings it back
+    await system.lifecycle.forget_user("u42")     # a privacy request
 
 Changing an item is sending an item upsert through the front's own ingest (validated,
 journaled and replayed like any event; in cluster mode published on the items topic,
-so every replica follows it), answered once it is in effect.
+so every replica follows it), answered once it is in effect.  Forgetting a user is
+the front's ``forget``: the embedded System's :meth:`Persistence.forget_user`; a
+cluster ranker has none and answers 501.
 """
 
 from __future__ import annotations
@@ -19,20 +22,41 @@ from typing import Any
 
 from actors.features import Catalog
 from actors.ranker import UnknownItem
-from runtime.errors import BadRequest
+from runtime.errors import BadInput, BadRequest
 from runtime.front import IngestResult
 
 Ingest = Callable[..., Awaitable[IngestResult]]
+Forget = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+class NotSupportedHere(BadInput, NotImplementedError):
+    """An operation this kind of front cannot do (forgetting a user on a cluster ranker)."""
+
+    http_status = 501
+
+
+FORGET_IN_CLUSTER = (
+    "forgetting a user is not supported in cluster mode: the user's state lives in every "
+    "trainer and ranker that followed their events, and the events topic cannot forget "
+    "them; run the embedded daemon (freshrank run) for privacy deletions"
+)
 
 
 class Lifecycle:
-    """Hide, unhide, update and delete items (as item upserts)."""
+    """Hide, unhide, update and delete items (as item upserts), forget users."""
 
-    def __init__(self, ingest: Ingest, catalog: Catalog, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        catalog: Catalog,
+        clock: Callable[[], float],
+        forget: Forget | None = None,
+    ) -> None:
         self._ingest = ingest
         self.catalog = catalog
         self.clock = clock
-        self.counters = dict.fromkeys(("items_changed", "items_deleted"), 0)
+        self._forget = forget
+        self.counters = dict.fromkeys(("items_changed", "items_deleted", "users_forgotten"), 0)
 
     async def hide_item(self, item: str) -> dict[str, Any]:
         """Never recommend the item nor sample it as a negative, until it is unhidden."""
@@ -61,6 +85,15 @@ class Lifecycle:
         await self._send({"item": item, "deleted": True})
         self.counters["items_deleted"] += 1
         return {"item": item, "deleted": True}
+
+    async def forget_user(self, user: str) -> dict[str, Any]:
+        """Remove everything the model keeps keyed by the user (``actors/forget.py``);
+        ``{"user", "forgotten": what was removed}``.  UnknownUser when there is nothing."""
+        if self._forget is None:
+            raise NotSupportedHere(FORGET_IN_CLUSTER)
+        removed = await self._forget(user)
+        self.counters["users_forgotten"] += 1
+        return {"user": user, "forgotten": removed}
 
     def statistics(self) -> dict[str, Any]:
         """This process's lifecycle requests and the catalog's lifecycle now."""

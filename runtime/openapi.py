@@ -160,6 +160,12 @@ EVENT_KIND_SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+FORGOTTEN_COUNTS: dict[str, Schema] = {
+    name: {"type": "integer", "minimum": 0}
+    for name in ("items_seen", "recent_items", "open_impressions", "resolved_impressions",
+                 "pending_evaluations", "parameters_reset")
+}  # fmt: skip
+
 ANSWER_SCHEMAS: dict[str, Schema] = {
     "IngestResult": {
         "type": "object",
@@ -249,6 +255,18 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["item", "deleted"],
         "properties": {"item": {"type": "string"}, "deleted": {"type": "boolean"}},
+    },
+    "UserForgotten": {
+        "type": "object",
+        "required": ["user", "forgotten"],
+        "properties": {
+            "user": {"type": "string"},
+            "forgotten": {
+                "type": "object",
+                "description": "What was removed: counts of the user's state",
+                "properties": {"profile": {"type": "boolean"}, **FORGOTTEN_COUNTS},
+            },
+        },
     },
     "Statistics": {
         "type": "object",
@@ -595,17 +613,19 @@ ITEM_PATH = {"name": "item", "in": "path", "required": True, "description": "The
              "schema": {"type": "string", "minLength": 1}}  # fmt: skip
 
 
-def _change(operation_id: str, summary: str, answer: str) -> Schema:
-    """An operation that changes one item: 404 when unknown."""
+def _change(operation_id: str, summary: str, answer: str, what: str = "item") -> Schema:
+    """An operation that changes one item (or forgets one user): 404 when unknown."""
+    path = ITEM_PATH if what == "item" else {**ITEM_PATH, "name": "user",
+                                             "description": "The user id"}  # fmt: skip
     return {
         "operationId": operation_id,
         "summary": summary,
-        "parameters": [ITEM_PATH],
+        "parameters": [path],
         "responses": {
             "200": _response("Done, in effect for the next request", _ref(answer)),
             "400": _error("An unknown query parameter"),
             "401": UNAUTHORIZED,
-            "404": _error("The item is not known (or already deleted)"),
+            "404": _error(f"The {what} is not known (or already deleted)"),
             "503": BUSY,
         },
     }
@@ -619,6 +639,14 @@ def _hide(hidden: bool) -> Schema:
         else "Recommend and sample the hidden item again"
     )
     return {"post": _change(f"{verb.lower()}Item", summary, "ItemLifecycle")}
+
+
+def _forget() -> Schema:
+    operation = _change("forgetUser", "Forget a user (a privacy request): history, seen "
+                        "items, profile, impressions, the user id's own weights", "UserForgotten",
+                        what="user")  # fmt: skip
+    operation["responses"]["501"] = _error("A cluster ranker: users cannot be forgotten there")
+    return {"delete": operation}
 
 
 def _health() -> Schema:
@@ -700,6 +728,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
             "/v1/items/{item}": _item(config),
             "/v1/items/{item}/hide": _hide(True),
             "/v1/items/{item}/unhide": _hide(False),
+            "/v1/users/{user}": _forget(),
             "/v1/healthz": _health(),
             "/v1/stats": stats,
             "/metrics": _metrics(config.http.metrics_public),

@@ -16,8 +16,9 @@ with :class:`SystemFailed`, and is raised again when the ``async with`` block en
 System is the front (ingest, recommend, statistics, lifecycle); the parts it holds do
 the rest: :class:`~runtime.pipeline.Pipeline` queues batches through the actors,
 :class:`~runtime.labels.LabelStage` joins delayed labels,
-:class:`~runtime.durability.Persistence` restores, journals and snapshots, and
-:class:`~runtime.lifecycle.Lifecycle` (``s.lifecycle``) hides and deletes items.
+:class:`~runtime.durability.Persistence` restores, journals, snapshots and forgets
+users, and :class:`~runtime.lifecycle.Lifecycle` (``s.lifecycle``) hides and deletes
+items and forgets users.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class System:
         self.services += [self.simulator] if self.simulator is not None else []
         learned = self.trainer.learned  # the HTTP ingest bound: pending until learned
         self.admission = Admission.from_config(c.ingest, lambda: learned.value)
-        self.lifecycle = Lifecycle(self.ingest, m.catalog, clock)
+        self.lifecycle = Lifecycle(self.ingest, m.catalog, clock, self.persistence.forget_user)
         self.clock = clock
         self.column_crosses = column_crosses(c.model.crosses)
         self.started_at = time.time()

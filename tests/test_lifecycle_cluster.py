@@ -1,7 +1,7 @@
 """Item lifecycle in cluster mode, over a real broker: a hide or a delete sent to a ranker
 travels as an item upsert on the items topic, so the ranker answers without the item at
 once, and the trainer's catalog replica (its sampling, its fresh lists on the
-recommendations topic) follows it."""
+recommendations topic) follows it; forgetting a user is refused with 501."""
 
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ async def test_hide_and_delete_reach_the_ranker_and_the_trainer(
                 async with http.post(f"{url}/v1/items/war-1/unhide") as resp:
                     assert resp.status == 200
                 assert "war-1" in await recommended(http, url, "alice")
+                async with http.delete(f"{url}/v1/users/alice") as resp:
+                    assert resp.status == 501
+                    assert "cluster mode" in (await resp.json())["error"]
                 async with http.get(f"{url}/v1/stats") as resp:
                     stats = (await resp.json())["lifecycle"]
                 assert stats["catalog"]["deleted"] == 1 and stats["items_deleted"] == 1
