@@ -40,6 +40,7 @@ def batch_from_events(
     data, offsets = encode_strings(feat_val)
     upsert = np.fromiter((e.is_upsert for e in events), bool, n)
     seen = np.fromiter((e.seen for e in events), bool, n)
+    lifecycle, expires_at = _lifecycle_columns(events)
     return EventBatch(
         seq=seq,
         users=[e.user or "" for e in events],
@@ -57,7 +58,23 @@ def batch_from_events(
         feat_x=np.asarray(feat_x, np.float64),
         prescore=np.asarray(prescore if prescore is not None else (), np.float64),
         seen=seen if not seen.all() else np.zeros(0, bool),
+        lifecycle=lifecycle,
+        expires_at=expires_at,
     )
+
+
+def _lifecycle_columns(events: Sequence[Event]) -> tuple[np.ndarray, np.ndarray]:
+    """The LIFECYCLE_* bits and expiry times of item upserts (both empty when none has any)."""
+    changes = [(i, e.lifecycle) for i, e in enumerate(events) if e.lifecycle is not None]
+    if not changes:
+        return np.zeros(0, np.uint8), np.zeros(0, np.float64)
+    bits = np.zeros(len(events), np.uint8)
+    expires_at = np.full(len(events), np.inf)
+    for i, change in changes:
+        bits[i] = change.code()
+        if change.expires_at is not None:
+            expires_at[i] = change.expires_at
+    return bits, expires_at
 
 
 def slice_strings(data: np.ndarray, offsets: np.ndarray, lo: int, hi: int) -> list[str]:
@@ -116,4 +133,6 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
         col_off=[o for _, o in columns],
         prescore=take_optional(batch.prescore, rows),
         seen=take_optional(batch.seen, rows),
+        lifecycle=take_optional(batch.lifecycle, rows),
+        expires_at=take_optional(batch.expires_at, rows),
     )

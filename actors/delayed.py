@@ -238,6 +238,25 @@ class DelayedLabelJoiner:
             )
         return None
 
+    # -- forgetting a user ------------------------------------------------------
+
+    def impressions_of(self, user: str) -> tuple[list[str], list[str]]:
+        """The impression ids of ``user``: open ones, and resolved ones remembered."""
+        open_ = [key for key, entry in self._open.items() if entry.event.user == user]
+        closed = [key for key, entry in self._closed.items() if entry.user == user]
+        return open_, closed
+
+    def forget_user(self, user: str) -> tuple[int, int]:
+        """Drop ``user``'s open impressions (never learned) and remembered resolved ones (a
+        later click of theirs is an unknown one); how many of each."""
+        open_, closed = self.impressions_of(user)
+        for key in open_:
+            del self._open[key]  # its heap entry is skipped as stale
+        for key in closed:
+            del self._closed[key]
+        self._compact()
+        return len(open_), len(closed)
+
     # -- bookkeeping -----------------------------------------------------------
 
     def _oldest(self) -> _Open | None:

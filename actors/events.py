@@ -18,6 +18,11 @@ Feedback types: ``"type": "dislike"`` names one of the configured
 item counts as seen; a ``label`` or ``weight`` the event gives itself wins.  Mapped
 here, at parse time, so the learning path only ever sees the label and weight columns.
 
+An item upsert may also change the item's lifecycle: ``hidden`` and ``available``
+(booleans), ``expires_at`` (Unix seconds, ``null``: no expiry) or ``"deleted": true``
+(:class:`ItemLifecycle`); without ``item_features`` such an upsert keeps the item's
+features.
+
 Delayed labels (see ``actors/delayed.py``): ``"event": "impression"`` with an
 ``impression_id`` (and ``user``, ``item``, features) is learned once its label is
 known: 1 when an ``"event": "click"`` (or ``"conversion"``) with the same
@@ -36,15 +41,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import BadInput
-from runtime.messages import IMPLICIT, NEGATIVE, POSITIVE
+from runtime.messages import (
+    IMPLICIT,
+    LIFECYCLE_AVAILABLE,
+    LIFECYCLE_DELETE,
+    LIFECYCLE_EXPIRES,
+    LIFECYCLE_HIDE,
+    LIFECYCLE_KEEP_FEATURES,
+    LIFECYCLE_UNAVAILABLE,
+    LIFECYCLE_UNHIDE,
+    NEGATIVE,
+    POSITIVE,
+)
 
 FEATURE_GROUPS = {"user_features": "u.", "item_features": "i.", "context": "c."}
 IMPRESSION = "impression"
 OUTCOMES = frozenset({"click", "conversion"})
 EVENT_KINDS = (IMPRESSION, "click", "conversion")
+LIFECYCLE_KEYS = ("hidden", "available", "expires_at", "deleted")
 KNOWN_KEYS = frozenset(
-    {"user", "item", "ts", "label", "weight", "type", "event", "impression_id", *FEATURE_GROUPS}
-)
+    {"user", "item", "ts", "label", "weight", "type", "event", "impression_id",
+     *FEATURE_GROUPS, *LIFECYCLE_KEYS}
+)  # fmt: skip
+MAX_EXPIRES_AT = 1e11  # Unix seconds in the year 5138: a larger value is milliseconds
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,33 @@ class EventLimits:
     )
 
 
+@dataclass(frozen=True)
+class ItemLifecycle:
+    """What an item upsert changes of its item's lifecycle: None leaves a state as it is.
+
+    ``expires_at`` is Unix seconds (``math.inf``: no expiry, the JSON ``null``);
+    ``deleted`` removes the item from serving and sampling (any later upsert of the id
+    brings it back); ``keep_features``: the upsert has no ``item_features``, so the
+    item keeps the features it has (a plain upsert replaces them)."""
+
+    hidden: bool | None = None
+    available: bool | None = None
+    expires_at: float | None = None
+    deleted: bool = False
+    keep_features: bool = False
+
+    def code(self) -> int:
+        """The LIFECYCLE_* bits of :class:`runtime.messages.EventBatch`'s column."""
+        bits = LIFECYCLE_DELETE if self.deleted else 0
+        if self.hidden is not None:
+            bits |= LIFECYCLE_HIDE if self.hidden else LIFECYCLE_UNHIDE
+        if self.available is not None:
+            bits |= LIFECYCLE_AVAILABLE if self.available else LIFECYCLE_UNAVAILABLE
+        if self.expires_at is not None:
+            bits |= LIFECYCLE_EXPIRES
+        return bits | (LIFECYCLE_KEEP_FEATURES if self.keep_features else 0)
+
+
 @dataclass
 class Event:
     """A validated event.  ``user is None`` marks an item upsert (unless ``event`` is set).
@@ -148,6 +194,7 @@ class Event:
     event: str | None = None
     impression_id: str | None = None
     seen: bool = True
+    lifecycle: ItemLifecycle | None = None  # an item upsert's lifecycle changes
 
     @property
     def is_upsert(self) -> bool:
@@ -313,6 +360,67 @@ def _check_delayed(
         )
 
 
+def _flag(obj: dict[str, Any], key: str) -> bool | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidEvent(f"'{key}' must be true or false, got {str(value)[:80]!r}")
+
+
+def _expires_at(obj: dict[str, Any]) -> float | None:
+    """Unix seconds; ``null`` is no expiry (``math.inf``); absent: None."""
+    if "expires_at" not in obj:
+        return None
+    value = obj["expires_at"]
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(
+            "'expires_at' must be a number of Unix seconds (or null: no expiry), "
+            f"got {type(value).__name__}"
+        )
+    number = _to_float(value, "'expires_at'")
+    if number < 0:
+        raise InvalidEvent(f"'expires_at' must be Unix seconds >= 0, got {number:g}")
+    if number > MAX_EXPIRES_AT:
+        raise InvalidEvent(
+            f"'expires_at' {number:.6g} is after the year 5000 (milliseconds? it is in seconds)"
+        )
+    return number
+
+
+def _lifecycle(obj: dict[str, Any], upsert: bool) -> ItemLifecycle | None:
+    """An item upsert's ``hidden``, ``available``, ``expires_at`` and ``deleted``."""
+    # a null is an absent key, except for expires_at, where it clears the expiry
+    given = [
+        k for k in LIFECYCLE_KEYS if obj.get(k) is not None or (k == "expires_at" and k in obj)
+    ]
+    if not given:
+        return None
+    if not upsert:
+        raise InvalidEvent(
+            f"{', '.join(repr(k) for k in given)} only on an item upsert "
+            "(an event with 'item' and without 'user' or 'event')"
+        )
+    deleted = obj.get("deleted")
+    if deleted is not None and deleted is not True:
+        raise InvalidEvent(
+            f"'deleted' can only be true, got {str(deleted)[:80]!r} "
+            "(an upsert without it brings a deleted item back)"
+        )
+    extra = [k for k in given if k != "deleted"]
+    extra += ["item_features"] if obj.get("item_features") is not None else []
+    if deleted and extra:
+        raise InvalidEvent(f"a deletion ('deleted': true) carries no {', '.join(extra)}")
+    return ItemLifecycle(
+        hidden=_flag(obj, "hidden"),
+        available=_flag(obj, "available"),
+        expires_at=_expires_at(obj),
+        deleted=bool(deleted),
+        keep_features=obj.get("item_features") is None,
+    )
+
+
 def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     """Check one decoded JSON/msgpack value against the schema and normalise it."""
     if isinstance(obj, Unparsable):
@@ -348,6 +456,7 @@ def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
     )
     if kind is None and user is None and interaction:
         raise InvalidEvent("'user' is required for an interaction (only item upserts omit it)")
+    lifecycle = _lifecycle(obj, upsert=kind is None and user is None)
     event = Event(
         user=user,
         item=item or "",
@@ -357,6 +466,7 @@ def validate_event(obj: Any, limits: EventLimits = EventLimits()) -> Event:
         features=features,
         event=kind,
         impression_id=impression_id,
+        lifecycle=lifecycle,
     )
     return event if typed is None else _typed(event, typed, obj)
 

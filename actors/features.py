@@ -39,11 +39,22 @@ from actors.murmur import (
 from actors.murmur import (
     fmix32_scalar as _fmix,
 )
+from runtime.messages import (
+    LIFECYCLE_AVAILABLE,
+    LIFECYCLE_DELETE,
+    LIFECYCLE_EXPIRES,
+    LIFECYCLE_HIDE,
+    LIFECYCLE_UNAVAILABLE,
+    LIFECYCLE_UNHIDE,
+)
 
 USER_NS = "user"
 ITEM_NS = "item"
 BIAS_NS = "bias"
 HISTORY_NS = "h.item"  # a user's most recent items, as user-side features
+
+# Catalog.flags: why an item may not be served or sampled (0: it may, unless expired)
+HIDDEN, UNAVAILABLE, DELETED = 1, 2, 4
 
 
 @dataclass
@@ -107,6 +118,12 @@ class Catalog:
     Row ``r`` holds up to ``width`` features; unused slots have ``x == 0`` (they add
     nothing to a score).  ``first_seq[r]`` is the ingest batch that introduced the
     item, so replays can rank among the items known at that point in the stream.
+
+    The lifecycle of row ``r``: ``flags[r]`` (HIDDEN, UNAVAILABLE, DELETED) and
+    ``expires[r]`` (Unix seconds, inf: never).  A row that is flagged, or expired at the
+    time asked about, is never recommended nor sampled as a negative (:meth:`blocked`);
+    a deleted row keeps its place (its id, features and learned state) until an upsert
+    of the same id brings it back.
     """
 
     width: int = 8
@@ -121,6 +138,9 @@ class Catalog:
         self.ns = np.zeros((0, self.width), np.uint32)
         self.raw = np.zeros((0, self.width), np.uint32)
         self.x = np.zeros((0, self.width), np.float64)
+        self.flags = np.zeros(0, np.uint8)
+        self.expires = np.zeros(0, np.float64)
+        self.restricted = 0  # rows flagged or with an expiry (0: every row may be served)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,6 +159,11 @@ class Catalog:
         seq = np.zeros(new_cap, np.int64)
         seq[: self.first_seq.shape[0]] = self.first_seq
         self.first_seq = seq
+        flags = np.zeros(new_cap, np.uint8)
+        flags[: self.flags.shape[0]] = self.flags
+        expires = np.full(new_cap, np.inf)
+        expires[: self.expires.shape[0]] = self.expires
+        self.flags, self.expires = flags, expires
         self.width = new_width
 
     def upsert(
@@ -171,6 +196,71 @@ class Catalog:
         self.raw[row, :k] = raw
         self.x[row, :k] = x
         return row
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def change_lifecycle(self, row: int, code: int, expires_at: float = np.inf) -> None:
+        """An item upsert of ``row`` with the LIFECYCLE_* bits ``code`` (and its expiry
+        time): any upsert brings a deleted row back (live, no expiry) unless it deletes."""
+        if not code and not self.flags[row] & DELETED:
+            return
+        before = self._restricted(row)
+        if code & LIFECYCLE_DELETE:
+            self.flags[row] |= DELETED
+        elif self.flags[row] & DELETED:
+            self.flags[row], self.expires[row] = 0, np.inf
+        for on, off, flag in (
+            (LIFECYCLE_HIDE, LIFECYCLE_UNHIDE, HIDDEN),
+            (LIFECYCLE_UNAVAILABLE, LIFECYCLE_AVAILABLE, UNAVAILABLE),
+        ):
+            if code & on:
+                self.flags[row] |= flag
+            elif code & off:
+                self.flags[row] &= ~np.uint8(flag)
+        if code & LIFECYCLE_EXPIRES:
+            self.expires[row] = expires_at
+        self.restricted += self._restricted(row) - before
+
+    def _restricted(self, row: int) -> bool:
+        return bool(self.flags[row]) or bool(np.isfinite(self.expires[row]))
+
+    def blocked(self, now: float, n: int | None = None) -> np.ndarray | None:
+        """Which of the first ``n`` rows (default: all) may not be served or sampled at
+        time ``now``: hidden, unavailable, deleted, or expired (``expires <= now``); None
+        when every one may."""
+        if not self.restricted:
+            return None
+        n = len(self.ids) if n is None else n
+        mask = (self.flags[:n] != 0) | (self.expires[:n] <= now)
+        return mask if mask.any() else None
+
+    def live_row(self, item: str) -> int | None:
+        """The item's row, unless the item is unknown or deleted."""
+        row = self.rows.get(item)
+        return None if row is None or self.flags[row] & DELETED else row
+
+    def lifecycle(self, row: int, now: float) -> dict[str, Any]:
+        """The row's lifecycle as the API shows it."""
+        expires = float(self.expires[row])
+        return {
+            "hidden": bool(self.flags[row] & HIDDEN),
+            "available": not self.flags[row] & UNAVAILABLE,
+            "expires_at": expires if np.isfinite(expires) else None,
+            "expired": expires <= now,
+            "deleted": bool(self.flags[row] & DELETED),
+        }
+
+    def lifecycle_counts(self, now: float) -> dict[str, int]:
+        """How many rows are hidden, unavailable, deleted, have an expiry, are expired."""
+        n = len(self.ids)
+        flags, expires = self.flags[:n], self.expires[:n]
+        return {
+            "hidden": int(np.count_nonzero(flags & HIDDEN)),
+            "unavailable": int(np.count_nonzero(flags & UNAVAILABLE)),
+            "deleted": int(np.count_nonzero(flags & DELETED)),
+            "with_expiry": int(np.count_nonzero(np.isfinite(expires))),
+            "expired": int(np.count_nonzero(expires <= now)),
+        }
 
     def id_hashes(self, space: FeatureSpace, namespace: str) -> np.ndarray:
         """The value hash of every item id in ``namespace`` (row order), computed once per id."""
@@ -214,10 +304,13 @@ class Catalog:
             "x": x,
             "first_seq": self.first_seq[:n],
             "names": self.names,
+            "flags": self.flags[:n],
+            "expires": self.expires[:n],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Upsert every saved item in row order (an empty catalog keeps the saved rows)."""
+        """Upsert every saved item in row order (an empty catalog keeps the saved rows);
+        the lifecycle too (a snapshot from before it had none: every item live)."""
         for row, item in enumerate(state["ids"]):
             self.upsert(
                 item,
@@ -227,6 +320,14 @@ class Catalog:
                 np.array(state["x"][row]),
                 list(state["names"][row]),
             )
+        n = len(state["ids"])
+        if "flags" in state:
+            self.flags[:n] = np.asarray(state["flags"], np.uint8)
+            self.expires[:n] = np.asarray(state["expires"], np.float64)
+        n = len(self.ids)
+        self.restricted = int(
+            np.count_nonzero((self.flags[:n] != 0) | np.isfinite(self.expires[:n]))
+        )
 
 
 @dataclass

@@ -8,7 +8,7 @@ It is the single writer of the catalog and of user profiles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,15 @@ from actors.features import (
 )
 from actors.murmur import encode_strings, hash_slices_one_seed
 from runtime.actor import Actor
-from runtime.messages import INTERACTION, ITEM_UPSERT, EventBatch, FeatureBatch, take_optional
+from runtime.messages import (
+    INTERACTION,
+    ITEM_UPSERT,
+    LIFECYCLE_DELETE,
+    LIFECYCLE_KEEP_FEATURES,
+    EventBatch,
+    FeatureBatch,
+    take_optional,
+)
 from runtime.transport import Channel
 
 ITEM_PREFIX = "i."
@@ -122,29 +130,39 @@ class Featurizer:
         item_raw = self._hash_ids(batch.items, ITEM_NS)
         item_ns = np.uint32(self.space.ns_hash(ITEM_NS))
         ptr = batch.feat_ptr
+        lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
         for r, item in enumerate(batch.items):
             lo, hi = int(ptr[r]), int(ptr[r + 1])
             sel = np.flatnonzero(item_side[lo:hi]) + lo
             row = self.catalog.rows.get(item)
-            if row is not None and sel.size == 0 and batch.kind[r] == INTERACTION:
-                item_rows[r] = row
-                continue
-            values = [
-                slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0] for e in sel
-            ]
-            names = [f"{ITEM_NS}={item}"] + [
-                _feature_name(batch.namespaces[batch.feat_ns[e]], v, float(batch.feat_x[e]))
-                for e, v in zip(sel, values, strict=True)
-            ]
-            item_rows[r] = self.catalog.upsert(
-                item,
-                batch.seq,
-                np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
-                np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
-                np.concatenate(([1.0], batch.feat_x[sel])),
-                names,
-            )
-            self.upserts += int(batch.kind[r] == ITEM_UPSERT)
+            upsert, code = batch.kind[r] == ITEM_UPSERT, lifecycle[r]
+            keep = code & (LIFECYCLE_DELETE | LIFECYCLE_KEEP_FEATURES)
+            if row is not None and sel.size == 0 and (not upsert or keep):
+                item_rows[r] = row  # the features stay as they are
+            elif upsert and code & LIFECYCLE_DELETE:
+                item_rows[r] = -1  # an item never seen is not created to be deleted
+            else:
+                values = [
+                    slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0]
+                    for e in sel
+                ]
+                names = [f"{ITEM_NS}={item}"] + [
+                    _feature_name(batch.namespaces[batch.feat_ns[e]], v, float(batch.feat_x[e]))
+                    for e, v in zip(sel, values, strict=True)
+                ]
+                item_rows[r] = self.catalog.upsert(
+                    item,
+                    batch.seq,
+                    np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
+                    np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
+                    np.concatenate(([1.0], batch.feat_x[sel])),
+                    names,
+                )
+            if upsert:
+                self.upserts += 1
+                if item_rows[r] >= 0:  # any upsert brings a deleted item back, unless it deletes
+                    expires = float(batch.expires_at[r]) if batch.expires_at.size else np.inf
+                    self.catalog.change_lifecycle(int(item_rows[r]), code, expires)
 
     def _user_side(
         self,
@@ -226,16 +244,30 @@ def take_rows(base: BaseFeatures, rows: np.ndarray) -> BaseFeatures:
 
 
 class HasherActor(Actor):
-    """Reads :class:`EventBatch` messages, sends :class:`FeatureBatch` messages."""
+    """Reads :class:`EventBatch` messages, sends :class:`FeatureBatch` messages.
 
-    def __init__(self, featurizer: Featurizer, inbox: Channel, out: Channel) -> None:
+    ``learned(seq)`` returns once batch ``seq`` is learned: a batch that changes an
+    item's lifecycle waits until every batch before it is learned, so the trainer
+    learns each batch with the lifecycle as of that batch (not of one the hasher has
+    run ahead to), and a replay samples the same negatives as the live run did."""
+
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        inbox: Channel,
+        out: Channel,
+        learned: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__("hasher", inbox)
         self.featurizer = featurizer
         self.out = out
+        self.learned = learned
         self.events = 0
 
     async def handle(self, message: EventBatch) -> None:
         self.events += len(message)
+        if self.learned is not None and message.lifecycle.any():
+            await self.learned(message.seq - 1)
         await self.out.send(self.featurizer.featurize(message))
 
     def statistics(self) -> dict[str, Any]:

@@ -1094,6 +1094,16 @@ class NextItemMetrics:
         self.f1_sum += _f1(precision, recall)
         self._drop(evaluation)
 
+    def forget(self, user: str) -> int:
+        """Drop ``user``'s evaluations still waiting (not counted); how many."""
+        waiting = list(self._by_user.get(user, ()))
+        for evaluation in waiting:
+            self._drop(evaluation)
+        return len(waiting)
+
+    def waiting_for(self, user: str) -> bool:
+        return user in self._by_user
+
     def _drop(self, evaluation: int) -> None:
         user = self._pending.pop(evaluation)[0]
         ids = self._by_user[user]

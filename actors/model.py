@@ -184,6 +184,7 @@ class Model:
     sequence: SequenceSignals | None = None
     stream: StreamPosition = field(default_factory=StreamPosition)
     components: dict[str, Component] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # wall clock: serving judges item expiry by it
 
     def parts(self) -> dict[str, Stateful]:
         """The stateful parts by name: what a snapshot saves and restores."""
@@ -231,6 +232,7 @@ class Model:
             candidates=CandidateGenerator(
                 self.catalog, self.sequence, CandidateParams(**asdict(self.config.candidates))
             ),
+            clock=self.clock,
         )
 
     def apply_delta(self, delta: WeightDelta) -> None:
@@ -271,6 +273,7 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         if sp
         else None,
         components=load_components(config),
+        clock=clock,
     )
 
 

@@ -7,7 +7,7 @@ so a recommendation reflects every event learned before the request.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from actors.candidates import CandidateGenerator
 from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
 from actors.factors import FactorScorer, FactorStore
 from actors.features import (
+    DELETED,
     HISTORY_NS,
     USER_NS,
     BaseFeatures,
@@ -92,8 +93,10 @@ class Ranker:
         posterior: WeightPosterior | None = None,  # None: Thompson exploration unavailable
         sequence: SequenceSignals | None = None,
         candidates: CandidateGenerator | None = None,  # None: always the whole catalog
+        clock: Callable[[], float] = time.time,  # wall clock: when an item's expiry is due
     ) -> None:
         self.space = space
+        self.clock = clock
         self.candidates = candidates
         self.sequence = sequence
         self.posterior = posterior
@@ -194,14 +197,15 @@ class Ranker:
         started = time.perf_counter()
         visitor = self.visitor(user, session or (), exclude or ())
         features, names = self.user_features(visitor, context)
-        rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter)
+        blocked = self.catalog.blocked(self.clock())  # hidden, deleted, expired, ...
+        rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter, blocked)
         scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
         if signals is not None:
             scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
         positions = rows if rows is not None else np.arange(scores.size)
         if excluded is None:
-            excluded = self._excluded(positions, visitor, item_filter)
+            excluded = self._excluded(positions, visitor, item_filter, blocked)
         ranked_by = scores
         if explore is not None:  # the reported score stays the model's mean estimate
             ranked_by = explore.perturb(
@@ -242,15 +246,26 @@ class Ranker:
         return top_k(scores, k, excluded)
 
     def similar(self, item: str, k: int) -> list[dict[str, Any]]:
-        """The item's nearest neighbours by co-occurrence (cosine item-kNN), best first."""
-        row = self.catalog.rows.get(item)
-        if row is None:
-            raise UnknownItem(f"unknown item {item[:64]!r}")
+        """The item's nearest neighbours by co-occurrence (cosine item-kNN), best first;
+        never a hidden, unavailable, deleted or expired one."""
+        row = self._row(item)
         if self.sequence is None:
             return []
-        rows, scores = self.sequence.stats.similar(row, k)
+        blocked = self.catalog.blocked(self.clock())
+        wanted = k if blocked is None else k + int(np.count_nonzero(blocked))
+        rows, scores = self.sequence.stats.similar(row, wanted)
+        if blocked is not None:
+            keep = ~blocked[rows]
+            rows, scores = rows[keep][:k], scores[keep][:k]
         ids = self.catalog.ids
         return [{"item": ids[r], "score": float(s)} for r, s in zip(rows, scores, strict=True)]
+
+    def _row(self, item: str) -> int:
+        """The item's catalog row; UnknownItem when it has none or is deleted."""
+        row = self.catalog.live_row(item)
+        if row is None:
+            raise UnknownItem(f"unknown item {item[:64]!r}")
+        return row
 
     def _rows_to_score(
         self,
@@ -258,12 +273,14 @@ class Ranker:
         k: int,
         candidates: Sequence[str] | None,
         item_filter: ItemFilter | None = None,
+        blocked: np.ndarray | None = None,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The catalog rows to score (None: all of them) and, when already known, which
-        of them not to recommend (generated candidates give way to the whole catalog when
-        fewer than k of them are left)."""
+        of them not to recommend (seen, excluded, ``blocked``, filtered out); generated
+        candidates give way to the whole catalog when fewer than k of them are left."""
         if candidates is not None:
-            found = [self.catalog.rows[c] for c in candidates if c in self.catalog.rows]
+            live = (self.catalog.live_row(c) for c in candidates)
+            found = [row for row in live if row is not None]
             if not found and candidates:
                 raise UnknownCandidates("none of the candidate items is in the catalog")
             return np.asarray(found, np.int64), None
@@ -272,34 +289,42 @@ class Ranker:
         rows = self.candidates.rows(visitor.sequence, time.monotonic())
         if rows is None:
             return None, None
-        skip = self._excluded(rows, visitor, item_filter)
+        skip = self._excluded(rows, visitor, item_filter, blocked)
         if rows.size - int(np.count_nonzero(skip)) < k:
             return None, None  # too few to fill k: the whole catalog can
         return rows, skip
 
     def _excluded(
-        self, rows: np.ndarray, visitor: Visitor, item_filter: ItemFilter | None
+        self,
+        rows: np.ndarray,
+        visitor: Visitor,
+        item_filter: ItemFilter | None,
+        blocked: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The rows not to recommend: seen or excluded ones, and those the filter drops."""
-        skip = self._seen_mask(rows, visitor)
+        """The rows not to recommend: seen, excluded or blocked ones, and those the filter
+        drops."""
+        skip = self._seen_mask(rows, visitor, blocked)
         if item_filter:
             skip |= ~item_filter.allowed(self.space, self.catalog, rows)
         return skip
 
-    def _seen_mask(self, rows: np.ndarray, visitor: Visitor) -> np.ndarray:
-        """The rows not to recommend: seen ones (``exclude_seen``) and the excluded ones."""
+    def _seen_mask(
+        self, rows: np.ndarray, visitor: Visitor, blocked: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The rows not to recommend: seen ones (``exclude_seen``), the excluded ones and
+        the ``blocked`` ones (per catalog row: hidden, unavailable, deleted, expired)."""
         skip = (visitor.seen if self.exclude_seen else set()) | visitor.excluded
-        if not skip:
-            return np.zeros(rows.size, bool)
-        return np.isin(rows, np.fromiter(skip, np.int64, len(skip)))
+        mask = np.zeros(rows.size, bool) if blocked is None else blocked[rows]
+        if skip:
+            mask |= np.isin(rows, np.fromiter(skip, np.int64, len(skip)))
+        return mask
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
         """What the model knows of one item: its features with their learned weights,
         its kNN neighbours and Markov successors, and its exposure (interactions
-        learned, answers it was in since start, each trend relative to the top item's)."""
-        row = self.catalog.rows.get(item)
-        if row is None:
-            raise UnknownItem(f"unknown item {item[:64]!r}")
+        learned, answers it was in since start, each trend relative to the top item's) and
+        its lifecycle (hidden, available, expiry).  Deleted items are left out."""
+        row = self._row(item)
         exposure: dict[str, float | int] = {
             "shown": int(self.shown[row]) if row < self.shown.size else 0
         }
@@ -311,17 +336,21 @@ class Ranker:
             trends = self.sequence.trends.scores_at(np.array([row], np.int64))[:, 0]
             for name, value in zip(self.sequence.trends.names, trends, strict=True):
                 exposure[name] = round(float(value), 6)
-            for found, out in (
-                (stats.similar(row, k), neighbours),
-                (stats.successors(row, k), successors),
+            live = (self.catalog.flags[: len(self.catalog)] & DELETED) == 0
+            for (rows, values), out in (
+                (stats.similar(row, stats.params.neighbours), neighbours),
+                (stats.successors(row, stats.params.neighbours), successors),
             ):
-                out.extend({"item": ids[r], "score": float(v)} for r, v in zip(*found, strict=True))
+                keep = live[rows]
+                pairs = zip(rows[keep][:k].tolist(), values[keep][:k].tolist(), strict=True)
+                out.extend({"item": ids[r], "score": v} for r, v in pairs)
         return {
             "item": item,
             "features": self._item_weights(row),
             "neighbours": neighbours,
             "successors": successors,
             "exposure": exposure,
+            "lifecycle": self.catalog.lifecycle(row, self.clock()),
         }
 
     def _item_weights(self, row: int) -> list[dict[str, Any]]:

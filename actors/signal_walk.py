@@ -178,14 +178,16 @@ def _learn_trend(item: int, ts: float, trends: tuple[Any, ...], scalars: np.ndar
 def _draw_hard_negatives(
     recent: np.ndarray,
     span: np.ndarray,
-    hard: tuple[int, int],
+    hard: tuple[int, int, int],
     stats: tuple[Any, ...],
     stat_params: tuple[int, float, int, float],
     n_items: int,
+    blocked: np.ndarray,
 ) -> None:
     """Replace the first ``count`` negatives of ``span`` (the positive first) by rows among
-    the ``known`` ones the personal signals score above 0, other than the positive."""
-    count, known = hard
+    the ``known`` ones the personal signals score above 0, other than the positive and the
+    ones ``blocked`` marks (empty: none); ``hard`` = (count, known, seed)."""
+    count, known, _ = hard
     end = min(span.size, 1 + count)
     if end <= 1:
         return
@@ -199,6 +201,9 @@ def _draw_hard_negatives(
     total = scores[0] + scores[1]
     if 0 <= span[0] < known:
         total[span[0]] = 0.0
+    for row in range(min(known, blocked.size)):
+        if blocked[row]:
+            total[row] = 0.0
     pool = np.flatnonzero(total)
     if pool.size:
         for k in range(1, end):
@@ -218,11 +223,12 @@ def _walk(
     scalars: np.ndarray,
     sizes: np.ndarray,
     hard: tuple[int, int, int],
+    blocked: np.ndarray,
     signals: np.ndarray,
     ranked: np.ndarray,
 ) -> None:
     """The batch's events in order (module docstring); ``hard`` = (negatives per positive
-    drawn among the user's neighbours, catalog rows they are drawn from, seed)."""
+    drawn among the user's neighbours, not ``blocked``, catalog rows drawn from, seed)."""
     seq_ptr, seq_rows, named, items, learn, ts, row_first, row_items, rank_slot, draw = events
     np.random.seed(hard[2])
     window, _, order, decay = stat_params
@@ -235,7 +241,7 @@ def _walk(
         lo, hi = row_first[e], row_first[e + 1]
         span = row_items[lo:hi]
         if hard[0] and draw[e] and recent.size:
-            _draw_hard_negatives(recent, span, (hard[0], hard[1]), stats, stat_params, sizes[0])
+            _draw_hard_negatives(recent, span, hard, stats, stat_params, sizes[0], blocked)
         keep_rows = np.flatnonzero(span >= 0)
         values, picked, evidence = _values(
             recent, span[keep_rows], n_catalog, stats, stat_params, content,

@@ -156,7 +156,11 @@ class SequenceSignals:
             self.stats.learn(recent, item)
 
     def walk(
-        self, events: SignalEvents, n_catalog: int, hard: tuple[int, int, int] = (0, 0, 0)
+        self,
+        events: SignalEvents,
+        n_catalog: int,
+        hard: tuple[int, int, int] = (0, 0, 0),
+        blocked: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every event of a batch in stream order, as :meth:`values` of its rows then
         :meth:`learn_event` (:mod:`actors.signal_walk`).  Returns the rows' values (rows,
@@ -164,7 +168,8 @@ class SequenceSignals:
         n_catalog), as :meth:`catalog_values` just before each was learned.
 
         ``hard``: (negatives per positive to draw among the rows the user's kNN and
-        Markov signals score above 0, the catalog rows to draw from, a seed)."""
+        Markov signals score above 0, the catalog rows to draw from, a seed); the rows
+        ``blocked`` marks (hidden, deleted, expired, ...) are never drawn."""
         if events.row_items.dtype != np.int64:
             raise TypeError("row_items must be int64: hard negatives are written into it")
         rows = events.row_items.size
@@ -187,7 +192,8 @@ class SequenceSignals:
             ((catalog.raw, catalog.ns, catalog.x), c.counted(), c.half_life, int(c.id_namespace)),
             (t.half_lives, t.scaled, peaks, totals),
             (self.mixture.totals, SignalMixture.BUCKETS, self.mixture.keep),
-            scalars, sizes, hard, signals, ranked,
+            scalars, sizes, hard, np.zeros(0, np.bool_) if blocked is None else blocked,
+            signals, ranked,
         )  # fmt: skip
         s.n_items, t.rows = int(sizes[0]), int(sizes[1])
         t.origin, t.latest = float(scalars[1]), float(scalars[2])

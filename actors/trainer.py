@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class EventRows:
     item_rows: np.ndarray
     labels: np.ndarray
     signals: np.ndarray | None
+    blocked: np.ndarray | None = None  # known rows never sampled nor ranked (lifecycle)
 
 
 class UserWalk:
@@ -118,14 +120,32 @@ def evaluation_rows(
 
 
 def rows_with_negatives(
-    label: np.ndarray, item_rows: np.ndarray, known: int, negatives: int, rng: np.random.Generator
+    label: np.ndarray,
+    item_rows: np.ndarray,
+    known: int,
+    negatives: int,
+    rng: np.random.Generator,
+    blocked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The rows a batch is learned as: each implicit positive (``label == IMPLICIT``) is
-    followed by ``negatives`` items drawn uniformly from the ``known`` catalog rows (a draw
-    equal to the positive moves to the next row).  Returns each row's event, item, label
-    and whether its label was given (explicit) rather than implied."""
+    followed by ``negatives`` items drawn uniformly from the ``known`` catalog rows that
+    ``blocked`` (None: none) does not mark (hidden, unavailable, deleted, expired); a draw
+    equal to the positive moves to the next such row.  Returns each row's event, item,
+    label and whether its label was given (explicit) rather than implied."""
     implicit = label == IMPLICIT
-    per_row = np.where(implicit & (item_rows >= 0) & (known > 1), 1 + negatives, 1)
+    # the rows drawn from (None: every known row) and each positive's place among them
+    # (``size`` when it is not one of them)
+    pool: np.ndarray | None = None
+    if blocked is None:
+        size, at = known, np.where((item_rows >= 0) & (item_rows < known), item_rows, known)
+    else:
+        pool = np.flatnonzero(~blocked[:known])
+        size, at = pool.size, np.full(item_rows.shape, pool.size)
+        if pool.size:
+            place = np.minimum(np.searchsorted(pool, item_rows), pool.size - 1)
+            at = np.where((item_rows >= 0) & (pool[place] == item_rows), place, pool.size)
+    others = size - (at < size)
+    per_row = np.where(implicit & (item_rows >= 0) & (others >= 1), 1 + negatives, 1)
     origin = np.repeat(np.arange(len(label)), per_row)
     rows = item_rows[origin].copy()
     labels = np.where(implicit, 1.0, label.astype(np.float64))[origin]
@@ -136,9 +156,9 @@ def rows_with_negatives(
     is_negative[first[:-1]] = False
     count = int(is_negative.sum())
     if count:
-        drawn = rng.integers(0, max(known, 1), count)
-        positive = rows[is_negative]
-        rows[is_negative] = np.where(drawn == positive, (drawn + 1) % max(known, 1), drawn)
+        drawn = rng.integers(0, size, count)
+        drawn = np.where(drawn == at[origin[is_negative]], (drawn + 1) % size, drawn)
+        rows[is_negative] = drawn if pool is None else pool[drawn]
         labels[is_negative] = 0.0
     return origin, rows, labels, explicit
 
@@ -378,11 +398,12 @@ class TrainerActor(Actor):
         """An interaction batch's training rows: each event with the user's history and
         signals as of that event, then its sampled negatives; linear and factor entries."""
         user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
-        origin, item_rows, labels, explicit = self._rows_with_negatives(batch)
+        blocked = self._blocked(batch)
+        origin, item_rows, labels, explicit = self._rows_with_negatives(batch, blocked)
         sequence = self.model.sequence
         signals = np.zeros((origin.size, len(sequence.names))) if sequence else None
         if batch.item_rows.size and (batch.item_rows >= 0).any():
-            rows = EventRows(origin, item_rows, labels, signals)
+            rows = EventRows(origin, item_rows, labels, signals, blocked)
             user = yield from self._walk_events(batch, user, rows)
         self.model.observe(batch.users, batch.item_rows)
         rows_user = take_rows(user, origin)
@@ -394,12 +415,22 @@ class TrainerActor(Actor):
             factor = expand_factors(rows_user, item_rows, self.catalog, self.factors.params.mask)
         return InteractionRows(origin, labels, explicit, linear, factor)
 
+    def _blocked(self, batch: FeatureBatch) -> np.ndarray | None:
+        """The catalog rows known at the batch that are hidden, unavailable, deleted or
+        expired at its stream time (its latest event time): never sampled as negatives
+        nor ranked by the progressive evaluation (None: no such row)."""
+        times = batch.ts[np.isfinite(batch.ts)]
+        now = float(times.max()) if times.size else -math.inf
+        return self.catalog.blocked(now, self.catalog.known_at(batch.seq))
+
     def _rows_with_negatives(
-        self, batch: FeatureBatch
+        self, batch: FeatureBatch, blocked: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, batch.seq])
         known = self.catalog.known_at(batch.seq)
-        return rows_with_negatives(batch.label, batch.item_rows, known, self.negatives, rng)
+        return rows_with_negatives(
+            batch.label, batch.item_rows, known, self.negatives, rng, blocked
+        )
 
     def _walk_events(
         self, batch: FeatureBatch, user: BaseFeatures, rows: EventRows
@@ -415,7 +446,7 @@ class TrainerActor(Actor):
         ``users.recent_len``), so an event is learned with the history it was ranked with.
         """
         known = self.catalog.known_at(batch.seq)
-        walk = yield from self._follow_users(batch, known)
+        walk = yield from self._follow_users(batch, known, rows.blocked)
         if self.users.recent_len > 0:
             user = with_histories(self.space, self.catalog, user, walk.recent)
         events = self._signal_events(batch, rows, walk)
@@ -427,7 +458,7 @@ class TrainerActor(Actor):
                 part = events.between(lo, hi)
                 seed = int(np.random.default_rng([self.seed, batch.seq, lo]).integers(2**31))
                 hard = (self.hard_negatives, known, seed)
-                values, ranked = sequence.walk(part, n_catalog, hard)
+                values, ranked = sequence.walk(part, n_catalog, hard, rows.blocked)
                 rows.signals[events.row_first[lo] : events.row_first[hi]] = values
                 yield
             in_chunk = [entry for entry in walk.ranked if lo <= entry[0] < hi]
@@ -440,12 +471,15 @@ class TrainerActor(Actor):
                     yield
         return user
 
-    def _follow_users(self, batch: FeatureBatch, known: int) -> Generator[None, None, UserWalk]:
+    def _follow_users(
+        self, batch: FeatureBatch, known: int, blocked: np.ndarray | None = None
+    ) -> Generator[None, None, UserWalk]:
         """Each event's user as of that event (recent items, sequence, what they saw
-        when it is ranked), the popularity baseline's test-then-train; then the event
-        joins the user's history and the relevant sets of the user's earlier next-item
-        evaluations."""
+        when it is ranked, with the ``blocked`` rows), the popularity baseline's
+        test-then-train; then the event joins the user's history and the relevant sets of
+        the user's earlier next-item evaluations."""
         users, popularity, next_item = self.users, self.metrics.popularity, self.metrics.next_item
+        never = np.flatnonzero(blocked) if blocked is not None else np.zeros(0, np.int64)
         names = batch.users or [""] * len(batch)
         marks_seen, positive = seen_flags(batch), (batch.label != NEGATIVE).tolist()
         walk = UserWalk(len(batch))
@@ -463,6 +497,8 @@ class TrainerActor(Actor):
             if batch.rank_eval[r]:
                 seen = users.seen(name) if self.exclude_seen else set()
                 exclude = np.fromiter(seen, np.int64, len(seen))
+                if never.size:  # the held-out item always competes
+                    exclude = np.concatenate([exclude, never[never != item]])
                 walk.rank_slot[r] = len(walk.ranked) % walk.per_chunk
                 walk.ranked.append((r, exclude, next_item.begin(name, item)))
                 if popularity is not None:

@@ -14,6 +14,8 @@ the API's 422 does.
     async with AsyncClient("http://127.0.0.1:8080", token=None) as client:
         await client.ingest([{"user": "u1", "item": "i3"}])
         items = await client.recommend("u1", k=10)
+        await client.hide_item("i3")        # also unhide_item, delete_item
+        await client.forget_user("u1")      # a privacy request
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def _reason(text: str) -> str:
 
 def _item_path(item: str, suffix: str = "") -> str:
     return f"/v1/items/{urllib.parse.quote(item, safe='')}{suffix}"
+
+
+def _user_path(user: str) -> str:
+    return f"/v1/users/{urllib.parse.quote(user, safe='')}"
 
 
 class _Calls:
@@ -220,6 +226,25 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(_Calls.items(offset, limit))
         return body
 
+    async def hide_item(self, item: str) -> dict[str, Any]:
+        """Never recommend the item nor sample it, until :meth:`unhide_item`; its lifecycle."""
+        body: dict[str, Any] = await self._send(Call("POST", _item_path(item, "/hide"), {}))
+        return body
+
+    async def unhide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._send(Call("POST", _item_path(item, "/unhide"), {}))
+        return body
+
+    async def delete_item(self, item: str) -> dict[str, Any]:
+        """Gone from serving and sampling until an item upsert of the same id."""
+        body: dict[str, Any] = await self._send(Call("DELETE", _item_path(item), {}))
+        return body
+
+    async def forget_user(self, user: str) -> dict[str, Any]:
+        """Forget everything kept of the user (a privacy request); what was removed."""
+        body: dict[str, Any] = await self._send(Call("DELETE", _user_path(user), {}))
+        return body
+
     async def health(self) -> dict[str, Any]:
         body: dict[str, Any] = await self._send(Call("GET", "/v1/healthz", {}))
         return body
@@ -291,6 +316,22 @@ class Client(_Settings):
 
     def items(self, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
         body: dict[str, Any] = self._send(_Calls.items(offset, limit))
+        return body
+
+    def hide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("POST", _item_path(item, "/hide"), {}))
+        return body
+
+    def unhide_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("POST", _item_path(item, "/unhide"), {}))
+        return body
+
+    def delete_item(self, item: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("DELETE", _item_path(item), {}))
+        return body
+
+    def forget_user(self, user: str) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("DELETE", _user_path(user), {}))
         return body
 
     def health(self) -> dict[str, Any]:

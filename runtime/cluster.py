@@ -61,6 +61,7 @@ from runtime.front import (
 )
 from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport, committed_offsets
 from runtime.kafka_recommend import RequestServer
+from runtime.lifecycle import Lifecycle
 from runtime.messages import (
     INTERACTION,
     ITEM_UPSERT,
@@ -518,7 +519,10 @@ class ClusterFront:
         self.freshness = LatencyWindow()
         self.deltas = 0
         self.supervisor = Supervisor(self.name)
+        self.items: ItemsFollower | None = None  # of the items topic, from start()
         self.history: HistoryFollower | None = None  # of the events topic, from start()
+        # item changes are item upserts (on the items topic); users cannot be forgotten here
+        self.lifecycle = Lifecycle(self.ingest, self.catalog, time.time)
         # recommend over Kafka: the rankers share the requests topic in a consumer group
         self.requests: RequestServer | None = None
         self.requests_transport: KafkaTransport | None = None
@@ -580,6 +584,10 @@ class ClusterFront:
         size = self.config.training.batch_size
         for lo in range(0, len(split.plain), size):
             await self.publisher.publish(batch_from_events(split.plain[lo : lo + size]))
+        if wait and self.items is not None and any(e.is_upsert for e in split.plain):
+            # this ranker's catalog has them before the answer: a hidden or deleted item
+            # is gone from its next answer (the other replicas follow the topic)
+            await self.supervisor.guard(self.items.wait_for(self.publisher.items_upto))
         return result
 
     async def reject(self, rejected: Sequence[tuple[str, str]], source: str) -> None:
@@ -650,6 +658,7 @@ class ClusterFront:
             "published": self.publisher.published,
             "requests": self.requests.statistics() if self.requests is not None else None,
             "components": self.model.component_statistics(),
+            "lifecycle": self.lifecycle.statistics(),
             "failed": repr(failure) if failure else None,
         }
 

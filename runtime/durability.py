@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.forget import UnknownUser, forget_user, knows_user
 from actors.model import Model, build_model
 from actors.state import StateError, compose, encode_state, restore
 from actors.trainer import Watermark
@@ -32,7 +33,14 @@ from runtime.config import Config
 from runtime.errors import FreshrankError
 from runtime.front import IngestResult, SplitEvents
 from runtime.gcpause import gc_paused
-from runtime.journal import Journal, Record, decode_entry, encode_entry, read_records
+from runtime.journal import (
+    Journal,
+    Record,
+    decode_entry,
+    encode_entry,
+    forgotten_users,
+    read_records,
+)
 from runtime.snapshots import write_atomically
 from runtime.supervisor import Service, Supervisor
 
@@ -85,7 +93,7 @@ class Durability:
         self.restored_from: str | None = None
         self.counters = dict.fromkeys(
             ("snapshots_written", "snapshot_errors", "snapshots_rejected",
-             "replayed_records", "replayed_events", "replay_refused"),
+             "replayed_records", "replayed_events", "replay_refused", "replayed_forgets"),
             0,
         )  # fmt: skip
         self.last: dict[str, Any] = {}
@@ -245,6 +253,15 @@ class Persistence:
         except CodecError as error:  # checksummed, so only a foreign writer gets here
             log.warning("journal record %d is not an entry (%s); skipped", record.seq, error)
             return None
+        if users := forgotten_users(entry):
+            async with self._ingest_lock:
+                await self.learned.wait_for(self.model.stream.seq)
+                for user in users:
+                    forget_user(self.model, user)
+                self._restored()
+            d.counters["replayed_records"] += 1
+            d.counters["replayed_forgets"] += len(users)
+            return None
         result, last = await replay(entry["events"], float(entry.get("t", self.clock())))
         d.counters["replayed_records"] += 1
         d.counters["replayed_events"] += result.accepted
@@ -274,6 +291,25 @@ class Persistence:
         """Return once the record at ``position`` is as durable as ``journal.fsync`` says."""
         if position is not None and self.durability is not None:
             await self.durability.journal.durable(position)
+
+    async def forget_user(self, user: str) -> dict[str, Any]:
+        """Forget ``user`` (:func:`actors.forget.forget_user`) between two requests, once
+        everything accepted before is learned, and record it in the journal (with
+        ``state.dir``) before answering, so a replay forgets them at the same point of
+        the stream; what was removed.  UnknownUser when the model keeps nothing of them."""
+        async with self._ingest_lock:
+            await self.learned.wait_for(self.model.stream.seq)
+            if not knows_user(self.model, user):
+                raise UnknownUser(f"unknown user {user[:64]!r}")
+            position = None
+            if self.durability is not None:
+                entry = encode_entry(self.clock(), "forget", [], forget=[user])
+                position = self.durability.journal.append(entry)
+                self.durability.accepted(1)  # a change: the next periodic snapshot covers it
+            removed = forget_user(self.model, user)
+            self._restored()  # the learners' counts of learned weights
+        await self.durable(position)
+        return removed
 
     # -- one snapshot file ---------------------------------------------------
 

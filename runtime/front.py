@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.events import (
     Event,
@@ -30,6 +30,9 @@ from actors.filters import ItemFilter
 from runtime.admission import Admission
 from runtime.config import Config
 from runtime.errors import BadRequest
+
+if TYPE_CHECKING:
+    from runtime.lifecycle import Lifecycle
 
 
 @dataclass
@@ -183,6 +186,7 @@ class Front(Protocol):
     admission: Admission
     catalog: Catalog
     exploration_available: bool
+    lifecycle: Lifecycle  # hide, unhide, delete items; forget users
 
     async def ingest(
         self, events: Iterable[Any], *, wait: bool = True, source: str = "api"

@@ -156,6 +156,9 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/items": frozenset({"offset", "limit"}),
     "/v1/items/{item}/similar": frozenset({"k"}),
     "/v1/items/{item}": frozenset({"k"}),
+    "/v1/items/{item}/hide": frozenset(),
+    "/v1/items/{item}/unhide": frozenset(),
+    "/v1/users/{user}": frozenset(),
     "/v1/dashboard/series": frozenset({"since"}),
     "/v1/dashboard/top": frozenset({"k"}),
 }
@@ -307,6 +310,29 @@ async def get_item(request: web.Request) -> web.Response:
     return _json({"k": k, **await request.app[SYSTEM_KEY].inspect(item, k)})
 
 
+async def delete_item(request: web.Request) -> web.Response:
+    """Remove the item from serving and sampling (until an upsert brings it back)."""
+    lifecycle = request.app[SYSTEM_KEY].lifecycle
+    return _json(await lifecycle.delete_item(request.match_info["item"]))
+
+
+async def post_hide(request: web.Request) -> web.Response:
+    lifecycle = request.app[SYSTEM_KEY].lifecycle
+    return _json(await lifecycle.hide_item(request.match_info["item"]))
+
+
+async def post_unhide(request: web.Request) -> web.Response:
+    lifecycle = request.app[SYSTEM_KEY].lifecycle
+    return _json(await lifecycle.unhide_item(request.match_info["item"]))
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    """Forget a user (a privacy request): 404 when nothing of them is kept, 501 in cluster
+    mode."""
+    lifecycle = request.app[SYSTEM_KEY].lifecycle
+    return _json(await lifecycle.forget_user(request.match_info["user"]))
+
+
 async def get_health(request: web.Request) -> web.Response:
     health = request.app[SYSTEM_KEY].health()
     return _json(health, 503 if health["status"] == "failed" else 200)
@@ -348,6 +374,10 @@ def make_app(system: Front) -> web.Application:
     app.router.add_get("/v1/items", get_items)
     app.router.add_get("/v1/items/{item}/similar", get_similar)
     app.router.add_get("/v1/items/{item}", get_item)
+    app.router.add_delete("/v1/items/{item}", delete_item)
+    app.router.add_post("/v1/items/{item}/hide", post_hide)
+    app.router.add_post("/v1/items/{item}/unhide", post_unhide)
+    app.router.add_delete("/v1/users/{user}", delete_user)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

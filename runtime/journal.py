@@ -395,10 +395,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def encode_entry(arrived: float, source: str, events: list[Any]) -> bytes:
+def encode_entry(
+    arrived: float, source: str, events: list[Any], forget: list[str] | None = None
+) -> bytes:
     """A record's payload: the accepted events of one request, as they were sent, with
-    their arrival time (untimed events happened then, also on replay)."""
-    entry = {"t": arrived, "source": source, "events": events}
+    their arrival time (untimed events happened then, also on replay); or, with
+    ``forget``, the users forgotten at that point of the stream (and no events)."""
+    entry: dict[str, Any] = {"t": arrived, "source": source, "events": events}
+    if forget:
+        entry["forget"] = list(forget)
     try:
         return encode(entry)
     except CodecError:  # an int past 64 bits passed validation as a float: store it so
@@ -423,15 +428,29 @@ def _fit_ints(value: Any) -> Any:
     return value
 
 
+def forgotten_users(entry: dict[str, Any]) -> list[str]:
+    """The users a journal entry forgets (none: an entry of events)."""
+    users = entry.get("forget")
+    return [u for u in users if isinstance(u, str)] if isinstance(users, list) else []
+
+
 def export_jsonl(directory: Path, out: TextIO) -> int:
     """Write every event of the journal as one JSON line, as it was sent, with ``ts`` set
     to its arrival time when it had none (so posting the lines to ``POST /v1/events`` as
-    NDJSON teaches another daemon the same stream); the number of events."""
+    NDJSON teaches another daemon the same stream); the number of events.  The events of
+    a user the journal later forgets (``DELETE /v1/users/{user}``) are left out."""
+    forgotten: dict[str, int] = {}  # user -> the last record that forgets them
+    for record in read_records(directory):
+        for user in forgotten_users(decode_entry(record.payload)):
+            forgotten[user] = record.seq
     count = 0
     for record in read_records(directory):
         entry = decode_entry(record.payload)
         arrived = entry.get("t")
         for event in entry["events"]:
+            author = event.get("user") if isinstance(event, dict) else None
+            if author is not None and record.seq < forgotten.get(str(author), -1):
+                continue
             if isinstance(event, dict) and event.get("ts") is None and arrived is not None:
                 event = {**event, "ts": arrived}
             out.write(json.dumps(event, ensure_ascii=False, allow_nan=False) + "\n")

@@ -28,6 +28,15 @@ NEGATIVE: Final = 0
 POSITIVE: Final = 1
 IMPLICIT: Final = -1  # no label given: a positive, learned with sampled negatives
 
+# ``lifecycle``: what an item upsert changes of its item's lifecycle (bits; 0: nothing)
+LIFECYCLE_HIDE: Final = 1
+LIFECYCLE_UNHIDE: Final = 2
+LIFECYCLE_UNAVAILABLE: Final = 4
+LIFECYCLE_AVAILABLE: Final = 8
+LIFECYCLE_EXPIRES: Final = 16  # the ``expires_at`` column holds the time (inf: never)
+LIFECYCLE_DELETE: Final = 32
+LIFECYCLE_KEEP_FEATURES: Final = 64  # no item_features given: the item keeps its features
+
 # ``prescore``: the probability when an impression was shown, or one of these
 NOT_SCORED: Final = math.nan  # none: the metrics use the prediction at learning time
 NOT_EVALUATED: Final = -1.0  # learned but not evaluated by the progressive metrics
@@ -94,6 +103,10 @@ class EventBatch:
     # per event, whether its item joins the user's seen items (a feedback type's ``seen``);
     # empty: every event's does (no event had a type that is not seen)
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # per event, the LIFECYCLE_* bits of an item upsert and its expiry time (Unix seconds;
+    # inf: none); both empty when no event of the batch changes a lifecycle
+    lifecycle: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    expires_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     def __len__(self) -> int:
         return int(self.label.shape[0])

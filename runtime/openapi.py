@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from actors.events import MAX_EXPIRES_AT
 from runtime.config import Config
 from runtime.front import ITEMS_OFFSET_MAX, ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX
 
@@ -113,9 +114,30 @@ EVENT_KIND_SCHEMAS: dict[str, Schema] = {
         {**COMMON, "label": LABEL, "type": _ref("FeedbackType"), **FEATURES},
     ),
     "ItemUpsert": _event(
-        "Adds or updates a catalog item",
+        "Adds or updates a catalog item; any upsert brings a deleted item back. Without "
+        "item_features an upsert that changes the lifecycle keeps the item's features",
         ["item"],
-        {"item": IDENTIFIER, "ts": TS, "weight": WEIGHT, "item_features": _ref("Features")},
+        {
+            "item": IDENTIFIER,
+            "ts": TS,
+            "weight": WEIGHT,
+            "item_features": _ref("Features"),
+            "hidden": {"type": "boolean", "description": "Never recommended nor sampled"},
+            "available": {"type": "boolean", "description": "false: as hidden (out of stock)"},
+            "expires_at": {
+                "type": "number",
+                "nullable": True,
+                "minimum": 0,
+                "maximum": MAX_EXPIRES_AT,
+                "description": "Unix seconds from which the item is never recommended (wall "
+                "clock) nor sampled (event time); null: no expiry",
+            },
+        },
+    ),
+    "ItemDeletion": _event(
+        "Removes an item from serving and sampling, until an upsert brings it back",
+        ["item", "deleted"],
+        {"item": IDENTIFIER, "ts": TS, "deleted": {"type": "boolean", "enum": [True]}},
     ),
     "Impression": _event(
         "An item shown to a user; labelled 1 by a click with its impression_id, else 0",
@@ -139,6 +161,12 @@ EVENT_KIND_SCHEMAS: dict[str, Schema] = {
         },
     ),
 }
+
+FORGOTTEN_COUNTS: dict[str, Schema] = {
+    name: {"type": "integer", "minimum": 0}
+    for name in ("items_seen", "recent_items", "open_impressions", "resolved_impressions",
+                 "pending_evaluations", "parameters_reset")
+}  # fmt: skip
 
 ANSWER_SCHEMAS: dict[str, Schema] = {
     "IngestResult": {
@@ -213,6 +241,35 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "error": {"type": "string"},
         },
     },
+    "ItemLifecycle": {
+        "type": "object",
+        "required": ["hidden", "available", "expires_at", "expired", "deleted"],
+        "properties": {
+            "item": {"type": "string"},
+            "hidden": {"type": "boolean"},
+            "available": {"type": "boolean"},
+            "expires_at": {"type": "number", "nullable": True},
+            "expired": {"type": "boolean", "description": "expires_at has passed (wall clock)"},
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "ItemDeleted": {
+        "type": "object",
+        "required": ["item", "deleted"],
+        "properties": {"item": {"type": "string"}, "deleted": {"type": "boolean"}},
+    },
+    "UserForgotten": {
+        "type": "object",
+        "required": ["user", "forgotten"],
+        "properties": {
+            "user": {"type": "string"},
+            "forgotten": {
+                "type": "object",
+                "description": "What was removed: counts of the user's state",
+                "properties": {"profile": {"type": "boolean"}, **FORGOTTEN_COUNTS},
+            },
+        },
+    },
     "Statistics": {
         "type": "object",
         "description": "Counters and gauges of every actor (shape may grow); see also /metrics",
@@ -246,6 +303,7 @@ def _feature_schemas(config: Config) -> dict[str, Schema]:
             "oneOf": [
                 _ref("Interaction"),
                 _ref("ItemUpsert"),
+                _ref("ItemDeletion"),
                 _ref("Impression"),
                 _ref("Outcome"),
             ],
@@ -650,11 +708,55 @@ def _item(config: Config) -> Schema:
             "successors": {**scored, "description": "Items most often next (share of the "
                            "distance-weighted transitions), best first"},
             "exposure": exposure,
+            "lifecycle": _ref("ItemLifecycle"),
         },
     }  # fmt: skip
     operation = _get("inspectItem", "What the model knows of one item",
                      _response("Features, neighbours, successors and exposure", inspected))  # fmt: skip
-    return _of_one_item(config, operation, "How many neighbours and successors")
+    operation = _of_one_item(config, operation, "How many neighbours and successors")
+    deletion = _change("deleteItem", "Remove the item from serving and sampling (until an "
+                       "upsert of the same id brings it back)", "ItemDeleted")  # fmt: skip
+    return {**operation, "delete": deletion}
+
+
+ITEM_PATH = {"name": "item", "in": "path", "required": True, "description": "The item id",
+             "schema": {"type": "string", "minLength": 1}}  # fmt: skip
+
+
+def _change(operation_id: str, summary: str, answer: str, what: str = "item") -> Schema:
+    """An operation that changes one item (or forgets one user): 404 when unknown."""
+    path = ITEM_PATH if what == "item" else {**ITEM_PATH, "name": "user",
+                                             "description": "The user id"}  # fmt: skip
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [path],
+        "responses": {
+            "200": _response("Done, in effect for the next request", _ref(answer)),
+            "400": _error("An unknown query parameter"),
+            "401": UNAUTHORIZED,
+            "404": _error(f"The {what} is not known (or already deleted)"),
+            "503": BUSY,
+        },
+    }
+
+
+def _hide(hidden: bool) -> Schema:
+    verb = "Hide" if hidden else "Unhide"
+    summary = (
+        "Never recommend the item nor sample it as a negative, until it is unhidden"
+        if hidden
+        else "Recommend and sample the hidden item again"
+    )
+    return {"post": _change(f"{verb.lower()}Item", summary, "ItemLifecycle")}
+
+
+def _forget() -> Schema:
+    operation = _change("forgetUser", "Forget a user (a privacy request): history, seen "
+                        "items, profile, impressions, the user id's own weights", "UserForgotten",
+                        what="user")  # fmt: skip
+    operation["responses"]["501"] = _error("A cluster ranker: users cannot be forgotten there")
+    return {"delete": operation}
 
 
 def _health() -> Schema:
@@ -735,6 +837,9 @@ def build_openapi(config: Config) -> dict[str, Any]:
             "/v1/items": _items(),
             "/v1/items/{item}/similar": _similar(config),
             "/v1/items/{item}": _item(config),
+            "/v1/items/{item}/hide": _hide(True),
+            "/v1/items/{item}/unhide": _hide(False),
+            "/v1/users/{user}": _forget(),
             "/v1/healthz": _health(),
             "/v1/stats": stats,
             "/metrics": _metrics(config.http.metrics_public),

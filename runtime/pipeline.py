@@ -52,8 +52,9 @@ class Pipeline:
         grads = [transport.channel(f"grads.{k}", size) for k in range(shards)]
         weights = transport.channel("weights", 0)
         self.dead_letter_channel = transport.channel("dead_letters", size)
-        self.hasher = HasherActor(model.featurizer(), self.events, features)
         self.trainer = TrainerActor(model, inbox=features, grads=grads, weights=weights)
+        before = self.trainer.learned.wait_for  # a lifecycle change waits for the batches before
+        self.hasher = HasherActor(model.featurizer(), self.events, features, before)
         self.learners = [self._learner(model, k, grads[k], weights) for k in range(shards)]
         path = config.ingest.dead_letter_path or None
         self.dead_letters = DeadLetterSink(path, self.dead_letter_channel)

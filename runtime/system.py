@@ -15,13 +15,16 @@ with :class:`SystemFailed`, and is raised again when the ``async with`` block en
 
 System is the front (ingest, recommend, statistics, lifecycle); the parts it holds do
 the rest: :class:`~runtime.pipeline.Pipeline` queues batches through the actors,
-:class:`~runtime.labels.LabelStage` joins delayed labels, and
-:class:`~runtime.durability.Persistence` restores, journals and snapshots.
+:class:`~runtime.labels.LabelStage` joins delayed labels,
+:class:`~runtime.durability.Persistence` restores, journals, snapshots and forgets
+users, and :class:`~runtime.lifecycle.Lifecycle` (``s.lifecycle``) hides and deletes
+items and forgets users.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +51,7 @@ from runtime.front import (
 )
 from runtime.gcpause import release
 from runtime.labels import LabelStage
+from runtime.lifecycle import Lifecycle
 from runtime.messages import EventBatch
 from runtime.pipeline import Pipeline
 from runtime.supervisor import Service, Supervisor, SystemFailed
@@ -75,8 +79,7 @@ class System:
         self.users, self.metrics, self.labels = m.users, m.metrics, m.labels
         self.limits, self.times = event_bounds(c, delayed_labels=True)
         self.ranker = m.ranker()
-        e = c.exploration
-        self.exploration = ExplorationPolicy.from_settings(e.mode, e.scale, e.epsilon, e.seed)
+        self.exploration = ExplorationPolicy.from_settings(**dataclasses.asdict(c.exploration))
         self.supervisor = Supervisor("system")
         self.pipeline = p = Pipeline(m, self.transport, self.supervisor, clock)
         self.hasher, self.trainer, self.learners = p.hasher, p.trainer, p.learners
@@ -91,10 +94,10 @@ class System:
         self.services: list[Service] = [*p.services, self.label_stage, *self.persistence.services()]
         simulated = functools.partial(self.ingest, source="simulator", wait=False)
         self.simulator = SimulatorSource.from_section(c.simulator, simulated)
-        if self.simulator is not None:
-            self.services.append(self.simulator)
+        self.services += [self.simulator] if self.simulator is not None else []
         learned = self.trainer.learned  # the HTTP ingest bound: pending until learned
         self.admission = Admission.from_config(c.ingest, lambda: learned.value)
+        self.lifecycle = Lifecycle(self.ingest, m.catalog, clock, self.persistence.forget_user)
         self.clock = clock
         self.column_crosses = column_crosses(c.model.crosses)
         self.started_at = time.time()
@@ -286,6 +289,7 @@ class System:
             "admission": self.admission.statistics(),
             "labels": self.labels.statistics(),
             "components": self.model.component_statistics(),
+            "lifecycle": self.lifecycle.statistics(),
             **self.persistence.statistics(),
             "failed": repr(failure) if failure else None,
         }
