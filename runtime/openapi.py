@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from actors.exploration import MAX_SCALE
 from runtime.config import Config
 
 JSON = "application/json"
@@ -86,6 +87,7 @@ IDENTIFIER_STRING: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
 IDENTIFIER: Schema = {"oneOf": [IDENTIFIER_STRING, {"type": "integer"}]}
 TS: Schema = {"type": "number", "description": "Event time, seconds since the epoch"}
 WEIGHT: Schema = {"type": "number", "minimum": 0}
+SCALE: Schema = {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": MAX_SCALE}
 LABEL: Schema = {"type": "integer", "enum": [0, 1], "description": "Absent: implicit positive"}
 COMMON: Schema = {"user": IDENTIFIER, "item": IDENTIFIER, "ts": TS, "weight": WEIGHT}
 FEATURES: Schema = {
@@ -375,7 +377,7 @@ def _recommend_body(config: Config) -> Schema:
             "context": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]},
             "explain": {"type": "boolean", "default": False},
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
-            "scale": {"type": "number"},
+            "scale": SCALE,
             "epsilon": {"type": "number"},
         },
     }
@@ -466,7 +468,7 @@ def _exploration_parameters() -> list[Schema]:
         _query(
             "scale",
             "Thompson sampling: posterior std multiplier (explore=thompson)",
-            {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            SCALE,
         ),
         _query(
             "epsilon",
