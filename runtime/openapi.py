@@ -659,6 +659,15 @@ def _ingest_links() -> dict[str, Schema]:
         )
         links[f"Inspect{form}Item"] = _link("inspectItem", "Inspect its item", item=item)
         links[f"{form}ItemNeighbours"] = _link("similar", "Its item's neighbours", item=item)
+        click = {
+            "event": "click",
+            "impression_id": at + "impression_id",
+            "user": user,
+            "item": item,
+        }
+        links[f"ClickOn{form}Impression"] = _link(
+            "postEvents", "A click on its impression", body=[click] if form == "Batch" else click
+        )
     return links
 
 
