@@ -46,6 +46,9 @@ from actors.murmur import fmix32_scalar as _fmix
 from runtime.errors import BadInput
 
 MODES = ("off", "thompson", "epsilon")
+# draws with a std a million times the posterior's are noise already, and scale² × variance
+# overflows a float from about 1e154 on
+MAX_SCALE = 1e6
 
 
 class ExplorationError(BadInput, ValueError):
@@ -226,8 +229,11 @@ def _draw_untaken(
 def _check(mode: str, scale: float, epsilon: float) -> None:
     if mode not in MODES:
         raise ExplorationError(f"explore must be one of {', '.join(MODES)}, got {mode!r}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ExplorationError(f"exploration scale must be a finite number > 0, got {scale!r}")
+    if not (math.isfinite(scale) and 0 < scale <= MAX_SCALE):
+        raise ExplorationError(
+            f"exploration scale must be a finite number > 0 and at most {MAX_SCALE:g}, "
+            f"got {scale!r}"
+        )
     if not 0.0 <= epsilon <= 1.0:
         raise ExplorationError(f"exploration epsilon must be in [0, 1], got {epsilon!r}")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from actors.delayed import LATE_POLICIES
 from actors.events import DEFAULT_FEEDBACK_TYPES, FeedbackType
+from actors.exploration import MAX_SCALE
 from runtime.errors import SetupError
 
 
@@ -405,7 +406,10 @@ class ExplorationConfig:
             self.mode,
         )
         _require(
-            0 < self.scale < float("inf"), "exploration.scale", "must be finite and > 0", self.scale
+            0 < self.scale <= MAX_SCALE,
+            "exploration.scale",
+            f"must be > 0 and at most {MAX_SCALE:g}",
+            self.scale,
         )
         _require(0 <= self.epsilon <= 1, "exploration.epsilon", "must be in [0, 1]", self.epsilon)
 

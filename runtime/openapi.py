@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from actors.events import MAX_EXPIRES_AT
+from actors.exploration import MAX_SCALE
 from runtime.config import Config
 from runtime.front import ITEMS_OFFSET_MAX, ITEMS_PAGE_DEFAULT, ITEMS_PAGE_MAX
 
@@ -88,6 +89,7 @@ IDENTIFIER_STRING: Schema = {"type": "string", "minLength": 1, "maxLength": 256}
 IDENTIFIER: Schema = {"oneOf": [IDENTIFIER_STRING, {"type": "integer"}]}
 TS: Schema = {"type": "number", "description": "Event time, seconds since the epoch"}
 WEIGHT: Schema = {"type": "number", "minimum": 0}
+SCALE: Schema = {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": MAX_SCALE}
 LABEL: Schema = {"type": "integer", "enum": [0, 1], "description": "Absent: implicit positive"}
 COMMON: Schema = {"user": IDENTIFIER, "item": IDENTIFIER, "ts": TS, "weight": WEIGHT}
 FEATURES: Schema = {
@@ -484,7 +486,7 @@ def _recommend_body(config: Config) -> Schema:
             "context": {"allOf": [_ref("Features"), {"maxProperties": http.max_context_keys}]},
             "explain": {"type": "boolean", "default": False},
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
-            "scale": {"type": "number"},
+            "scale": SCALE,
             "epsilon": {"type": "number"},
         },
     }
@@ -582,7 +584,7 @@ def _exploration_parameters() -> list[Schema]:
         _query(
             "scale",
             "Thompson sampling: posterior std multiplier (explore=thompson)",
-            {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            SCALE,
         ),
         _query(
             "epsilon",
@@ -819,10 +821,99 @@ def _dashboard() -> dict[str, Schema]:
     }
 
 
+def _link(operation_id: str, description: str, body: Any = None, **parameters: str) -> Schema:
+    """An OpenAPI link: ``parameters`` name the target's parameters and ``body`` its body,
+    each value a runtime expression on this request or its response."""
+    link: Schema = {"operationId": operation_id, "description": description}
+    if parameters:
+        link["parameters"] = parameters
+    if body is not None:
+        link["requestBody"] = body
+    return link
+
+
+def _ingest_links() -> dict[str, Schema]:
+    """What a client does next with the ids it just sent: the ingest answer carries none,
+    so each link reads the request, as a batch (``#/0/...``) or as a single event."""
+    links: dict[str, Schema] = {}
+    for form, at in (("Batch", "$request.body#/0/"), ("Event", "$request.body#/")):
+        user, item = at + "user", at + "item"
+        links[f"RecommendFor{form}User"] = _link("recommend", "Rank for its user", user=user)
+        links[f"SessionOf{form}Item"] = _link(
+            "recommendSession",
+            "Rank for its user with its item as the session",
+            body={"user": user, "session": [item]},
+        )
+        links[f"Inspect{form}Item"] = _link("inspectItem", "Inspect its item", item=item)
+        links[f"{form}ItemNeighbours"] = _link("similar", "Its item's neighbours", item=item)
+        click = {
+            "event": "click",
+            "impression_id": at + "impression_id",
+            "user": user,
+            "item": item,
+        }
+        links[f"ClickOn{form}Impression"] = _link(
+            "postEvents", "A click on its impression", body=[click] if form == "Batch" else click
+        )
+    return links
+
+
+def _item_links(pointer: str, what: str) -> dict[str, Schema]:
+    """Links from an answer naming an item at ``pointer`` to the operations on that item."""
+    item = "$response.body#" + pointer
+    return {
+        "InspectItem": _link("inspectItem", f"Inspect the {what}", item=item),
+        "ItemNeighbours": _link("similar", f"The {what}'s neighbours", item=item),
+    }
+
+
+def _add_links(paths: dict[str, Schema]) -> None:
+    """How one answer feeds the next request; schemathesis follows these links in the
+    stateful fuzz of tests/test_openapi.py."""
+    top = "/items/0/item"
+    session_of_top = _link(
+        "recommendSession",
+        "Rank for the same user with the top item as the session",
+        body={"user": "$response.body#/user", "session": ["$response.body#" + top]},
+    )
+    candidate = _link("recommend", "Rank the item for a user", candidates="$response.body#/item")
+    links = {
+        ("/v1/events", "post"): _ingest_links(),
+        ("/v1/recommend", "get"): {
+            **_item_links(top, "top item"),
+            "SessionOfTopItem": session_of_top,
+        },
+        ("/v1/recommend", "post"): _item_links(top, "top item"),
+        ("/v1/items/{item}/similar", "get"): _item_links("/similar/0/item", "nearest neighbour"),
+        ("/v1/items/{item}", "get"): {
+            **_item_links("/successors/0/item", "item most often next"),
+            "RankAsCandidate": candidate,
+        },
+    }
+    for (path, method), operation_links in links.items():
+        paths[path][method]["responses"]["200"]["links"] = operation_links
+
+
 def build_openapi(config: Config) -> dict[str, Any]:
     """The document for a server running with ``config``."""
     stats = _get("stats", "Statistics of every actor", _response("Statistics", _ref("Statistics")))
     document = _response("OpenAPI 3 document", {"type": "object"})
+    paths = {
+        "/v1/events": _events(config),
+        "/v1/recommend": _recommend(config),
+        "/v1/items": _items(),
+        "/v1/items/{item}/similar": _similar(config),
+        "/v1/items/{item}": _item(config),
+        "/v1/items/{item}/hide": _hide(True),
+        "/v1/items/{item}/unhide": _hide(False),
+        "/v1/users/{user}": _forget(),
+        "/v1/healthz": _health(),
+        "/v1/stats": stats,
+        "/metrics": _metrics(config.http.metrics_public),
+        "/v1/openapi.json": _get("openapi", "This document", document),
+        **_dashboard(),
+    }
+    _add_links(paths)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -831,21 +922,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
             "description": "Real-time recommender: ingest events, get fresh rankings. Every "
             'error is JSON {"error": reason}; every response carries X-Request-ID.',
         },
-        "paths": {
-            "/v1/events": _events(config),
-            "/v1/recommend": _recommend(config),
-            "/v1/items": _items(),
-            "/v1/items/{item}/similar": _similar(config),
-            "/v1/items/{item}": _item(config),
-            "/v1/items/{item}/hide": _hide(True),
-            "/v1/items/{item}/unhide": _hide(False),
-            "/v1/users/{user}": _forget(),
-            "/v1/healthz": _health(),
-            "/v1/stats": stats,
-            "/metrics": _metrics(config.http.metrics_public),
-            "/v1/openapi.json": _get("openapi", "This document", document),
-            **_dashboard(),
-        },
+        "paths": paths,
         "components": {
             "schemas": _schemas(config),
             "headers": HEADERS,

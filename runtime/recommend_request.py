@@ -120,5 +120,8 @@ def _exploration(data: dict[str, Any]) -> dict[str, Any]:
             value = data[name]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise BadRequest(f"'{name}' must be a number")
-            params[name] = float(value)
+            try:
+                params[name] = float(value)
+            except OverflowError:  # JSON integers have no bound; floats do
+                raise BadRequest(f"'{name}' is a number past the float range") from None
     return params

@@ -171,6 +171,7 @@ def test_policy_settings_are_checked() -> None:
         {"mode": "thompson", "scale": 0.0},
         {"mode": "thompson", "scale": math.inf},
         {"mode": "thompson", "scale": math.nan},
+        {"mode": "thompson", "scale": 1e200},  # scale² overflows
         {"mode": "epsilon", "epsilon": 1.5},
         {"mode": "epsilon", "epsilon": math.nan},
     ):
@@ -288,6 +289,7 @@ def test_exploration_config_section() -> None:
         ({"scale": 0}, "exploration.scale"),
         ({"scale": -1.0}, "exploration.scale"),
         ({"scale": math.inf}, "exploration.scale"),
+        ({"scale": 1e200}, "exploration.scale must be > 0 and at most 1e+06"),
         ({"epsilon": 1.5}, "exploration.epsilon"),
         ({"epsilon": -0.1}, "exploration.epsilon"),
         ({"epsilon": "a lot"}, "exploration.epsilon must be float"),
@@ -328,6 +330,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
         ("explore=thompson&scale=-1", "scale must be a finite number > 0"),
         ("explore=thompson&scale=nan", "scale must be a finite number > 0"),
         ("explore=thompson&scale=inf", "scale must be a finite number > 0"),
+        ("explore=thompson&scale=7.5e307", "scale must be a finite number > 0 and at most 1e+06"),
         ("explore=epsilon&epsilon=2", "epsilon must be in [0, 1]"),
         ("explore=epsilon&epsilon=", "'epsilon' must be a number"),
         ("explore=thompson&epsilon=0.1", "'epsilon' applies to explore=epsilon only"),

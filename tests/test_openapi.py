@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
+from hypothesis.stateful import Bundle, rule
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.generation.stateful.state_machine import APIStateMachine, StepInput, StepOutput
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -27,12 +31,14 @@ from runtime.codec import encode
 from runtime.config import Config
 from runtime.http import make_app
 from runtime.http_middleware import start_site
-from runtime.openapi import MSGPACK, NDJSON, build_openapi
+from runtime.openapi import JSON, MSGPACK, NDJSON, build_openapi
 from runtime.system import System
 
 TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ_EXAMPLES = 25  # per operation: ~10 operations in well under a minute on 2 busy cores
+STATEFUL_EXAMPLES = 50  # sequences of calls that follow the document's links
+STATEFUL_STEPS = 10  # calls per sequence at most
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -181,6 +187,71 @@ schema = schemathesis.openapi.from_dict(build_openapi(fuzz_config(Path("unused")
 )
 def test_api_conforms_to_its_document(case: schemathesis.Case, live: LiveServer) -> None:
     case.call_and_validate(base_url=live.url, headers=AUTH, checks=CHECKS)
+
+
+def linked_workflow(config: Config, followed: Counter[str]) -> type[APIStateMachine]:
+    """Schemathesis' state machine over the document's links, with the checks of the
+    stateless fuzz; ``followed`` counts the links whose values it sent.
+
+    Each sequence runs against a new server: hypothesis replays the start of a sequence to
+    explore what may follow it, and needs the same answers then (a server that learned from
+    earlier sequences answers otherwise, and hypothesis fails as inconsistent)."""
+    stateful = schemathesis.openapi.from_dict(build_openapi(config))
+    # valid requests only, and JSON events only (the links read ids back from the request):
+    # bad requests and the other media types are the stateless fuzz's, and here would
+    # spend the steps on sequences that end at their first call
+    stateful.config.generation.update(modes=[GenerationMode.POSITIVE])
+    # learned before the answer, so what follows sees it, every time
+    events = stateful["/v1/events"]["POST"].as_strategy(query={"wait": "true"})
+    json_events = events.filter(lambda case: case.media_type == JSON)
+
+    class Workflow(stateful.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            self.server = LiveServer(config).__enter__()
+
+        def teardown(self) -> None:
+            self.server.__exit__()
+            super().teardown()
+
+        # schemathesis starts sequences only at operations it expects to succeed with
+        # generated data, and doubts ingest (an outcome's impression_id names an impression
+        # nothing returns); ingest is where every client's sequence starts
+        @rule(target=Bundle("catch_all"), case=json_events)
+        def ingest(self, case: schemathesis.Case) -> StepOutput:
+            self.recorder.record_case(case=case)
+            return self.step(StepInput.initial(case))
+
+        def step(self, input: StepInput) -> StepOutput:
+            output = super().step(input)
+            if input.transition is not None and input.is_applied:
+                followed[input.transition.id] += 1
+            return output
+
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"base_url": self.server.url, "headers": AUTH}
+
+        def validate_response(self, response: Any, case: schemathesis.Case, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS, recorder=self.recorder)
+
+    return Workflow
+
+
+def test_linked_calls_conform_to_the_document(tmp_path: Path) -> None:
+    """Sequences that feed one answer into the next request (ingest, then rank for its
+    user, inspect its item, its neighbours, ...) reach states random ids never do."""
+    followed: Counter[str] = Counter()
+    linked_workflow(fuzz_config(tmp_path), followed).run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=STATEFUL_STEPS,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+        )
+    )
+    sources = {link.split(" -> ")[0] for link in followed}
+    # from the ids a request sent, and from the ids an answer holds
+    assert {"POST /v1/events", "GET /v1/recommend"} <= sources, followed
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,7 @@ async def test_post_recommend_over_http(tmp_path: Path) -> None:
                 ({"session": ["a"], "k": 0}, "'k' must be an integer"),
                 ({"session": ["a"], "sesion": []}, "unknown field"),
                 ({"user": 5}, "'user' must be a string"),
+                ({"user": "u", "scale": 10**400}, "'scale' is a number past the float range"),
             ]:
                 resp = await client.post("/v1/recommend", json=bad)
                 assert resp.status == 400 and reason in (await resp.json())["error"], bad
@@ -94,6 +95,7 @@ def test_the_request_parser_names_every_field(tmp_path: Path) -> None:
     assert (parsed.user, parsed.candidates, parsed.exploration) == ("u", ["x"], {"scale": 1.0})
     for body in (b'{"user": "u", "candidates": []}', b'{"user": "u", "explain": "yes"}',
                  b'{"user": "u", "k": true}', b'{"user": "u", "scale": "1"}',
+                 b'{"user": "u", "epsilon": 1' + b"0" * 400 + b"}",
                  b'{"session": [' + b'"x",' * 1000 + b'"x"]}'):  # fmt: skip
         with pytest.raises(BadRequest):
             parse_recommend_request(body, limits)
