@@ -694,10 +694,18 @@ def _dashboard() -> dict[str, Schema]:
     series = _get(
         "dashboardSeries",
         "Time series for the dashboard charts",
-        _response("Series newer than since", {"type": "object"}),
+        _response(
+            "Series newer than since, from the history kept since the process started "
+            "(thinned to at most 2,000 evenly spaced samples, the newest kept)",
+            {"type": "object"},
+        ),
     )
     series["get"]["parameters"] = [
-        _query("since", "Unix seconds: only samples newer than this", {"type": "number"})
+        _query(
+            "since",
+            "Unix seconds: only samples newer than this (0: the whole history)",
+            {"type": "number"},
+        )
     ]
     series["get"]["responses"]["400"] = _error("'since' is not a number")
     top = _get(
