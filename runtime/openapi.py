@@ -696,7 +696,7 @@ def _dashboard() -> dict[str, Schema]:
         "Time series for the dashboard charts",
         _response(
             "Series newer than since, from the history kept since the process started "
-            "(thinned to at most 2,000 evenly spaced samples, the newest kept)",
+            "(at most 2,000 points: longer spans are averaged in runs, the newest kept)",
             {"type": "object"},
         ),
     )

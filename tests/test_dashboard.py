@@ -31,6 +31,7 @@ from runtime.dashboard import (
     StatsHistory,
     Trending,
     number,
+    run_means,
     sample_values,
 )
 from runtime.http import make_app
@@ -388,10 +389,13 @@ async def test_history_is_bounded_by_the_configured_span(tmp_path: Path) -> None
     assert len(dashboard.series(0.0)["t"]) == 10
 
 
-def test_a_long_history_is_thinned_to_evenly_spaced_samples_keeping_the_newest() -> None:
+def test_a_long_history_is_averaged_in_runs_keeping_the_newest() -> None:
     clock = FakeClock()
-    history = StatsHistory(lambda: fake_stats(10), capacity=17_280, clock=clock, timer=clock)
-    for _ in range(17_280 + 5):
+    events = {"n": 0}
+    history = StatsHistory(lambda: fake_stats(events["n"]), capacity=17_280, clock=clock)
+    history.timer = clock
+    for step in range(17_280 + 5):
+        events["n"] += 900 if step == 17_280 - 100 else 0  # one burst between two samples
         history.sample()
         clock.now += 5.0
     assert len(history.samples) == 17_280
@@ -400,7 +404,17 @@ def test_a_long_history_is_thinned_to_evenly_spaced_samples_keeping_the_newest()
     assert len(thinned["t"]) <= 1000 and thinned["t"][-1] == newest
     steps = {b - a for a, b in zip(thinned["t"], thinned["t"][1:], strict=False)}
     assert steps == {5.0 * 18}
+    learned = [rate for rate in thinned["series"]["throughput/learned"] if rate]
+    assert learned == [pytest.approx(900 / (18 * 5.0))]  # the burst's run, averaged
     assert history.since(newest - 10.0)["t"] == [newest - 5.0, newest]
+
+
+def test_run_means_ignore_gaps() -> None:
+    table = np.array([[1.0, np.nan], [3.0, np.nan], [5.0, 2.0]])
+    means = run_means(table, 2)
+    assert means[0, 0] == 2.0 and math.isnan(means[0, 1])
+    assert means[1].tolist() == [5.0, 2.0]
+    assert run_means(table, 1) is table
 
 
 @pytest.mark.parametrize(
