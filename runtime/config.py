@@ -286,9 +286,25 @@ class HTTPConfig:
     max_context_keys: int = 64
     # an unknown or repeated query parameter is a 400 (false: ignored, the first one wins)
     strict_params: bool = True
+    # the dashboard's history: sampled every dashboard_sample_s from the start, the last
+    # dashboard_history_s kept (a day at 5 s: 17,280 samples, a few megabytes)
+    dashboard_sample_s: float = 5.0
+    dashboard_history_s: float = 86400.0
 
     def check(self) -> None:
         _require(0 <= self.port <= 65535, "http.port", "must be in 0..65535", self.port)
+        _require(
+            0.1 <= self.dashboard_sample_s <= self.dashboard_history_s,
+            "http.dashboard_sample_s",
+            "must be >= 0.1 seconds and at most http.dashboard_history_s",
+            self.dashboard_sample_s,
+        )
+        _require(
+            self.dashboard_history_s / self.dashboard_sample_s <= 1_000_000,
+            "http.dashboard_history_s",
+            "keeps at most 1,000,000 samples (dashboard_history_s / dashboard_sample_s)",
+            self.dashboard_history_s,
+        )
         _require(
             self.log_format in ("text", "json"),
             "http.log_format",

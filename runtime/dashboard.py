@@ -7,11 +7,12 @@
 ``GET /v1/dashboard/top?k=10``
     the items interacted with most recently (exponentially decayed counts).
 
-Samples are taken lazily: a request samples ``statistics()`` when the interval has
-passed since the last sample, so at most once a second however many pages poll (less
-often when ``statistics()`` is slow, see :class:`StatsHistory`), and nothing at all
-while no page is open.  The ring buffer keeps the last ``capacity`` samples,
-so a page opened again shows the history gathered while one was open.
+History is kept from the process's start: when the HTTP app starts, a sampling task
+owned by the process's supervisor samples ``statistics()`` every ``http.dashboard_sample_s``
+seconds (less often when ``statistics()`` is slow, see :class:`StatsHistory`) into a
+ring buffer of ``http.dashboard_history_s`` seconds, so a page opened for the first time
+shows the recent past.  Requests only read the buffer; a first load of a long history
+gets at most ``MAX_POINTS`` points, each the mean of a run of samples.
 
 The page and uPlot (vendored, MIT; see ``static/vendor/README.md``) are package data:
 the dashboard works offline and needs no front-end build.
@@ -19,11 +20,14 @@ the dashboard works offline and needs no front-end build.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +37,14 @@ from aiohttp import web
 
 from actors.features import ITEM_NS, Catalog
 from actors.metrics import PopularityBaseline, ProgressiveMetrics
+from runtime.supervisor import Supervisor
 
 log = logging.getLogger("freshrank.dashboard")
 
 STATIC_DIR = Path(__file__).with_name("static")
-SAMPLE_INTERVAL_S = 1.0
-HISTORY_CAPACITY = 600  # ten minutes at one sample a second
+SAMPLE_INTERVAL_S = 5.0
+HISTORY_CAPACITY = 17_280  # a day at one sample every 5 s
+MAX_POINTS = 2_000  # samples in one answer: a day's history is thinned to this
 MAX_SAMPLING_COST_FACTOR = 20.0  # sampling takes at most 5% of the event loop
 TRENDING_HALF_LIFE_S = 60.0
 MAX_TOP_K = 100
@@ -180,10 +186,23 @@ def headline(stats: Stats) -> dict[str, Any]:
     }
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Sample:
+    """One sample, packed: a day of them must stay a few megabytes, not a dict per sample.
+
+    ``keys`` is shared by every sample with the same series (see StatsHistory._keys_of);
+    a gap is stored as NaN (``number`` never lets a NaN through as a value).
+    """
+
     t: float
-    values: Values
+    keys: tuple[str, ...]
+    packed: array[float]
+
+    @property
+    def values(self) -> Values:
+        return {
+            k: None if math.isnan(v) else v for k, v in zip(self.keys, self.packed, strict=True)
+        }
 
 
 @dataclass
@@ -208,6 +227,7 @@ class StatsHistory:
     last_cost_s: float = field(init=False, default=0.0)
     _counters: Values = field(init=False, default_factory=dict)
     _counted_at: float = field(init=False, default=math.nan)
+    _keys: dict[tuple[str, ...], tuple[str, ...]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.samples = deque(maxlen=self.capacity)
@@ -218,9 +238,14 @@ class StatsHistory:
 
     def maybe_sample(self) -> bool:
         """Take a sample if one is due; True when one was taken."""
-        now = self.clock()
-        if now < self.next_due:
+        if self.clock() < self.next_due:
             return False
+        self.sample()
+        return True
+
+    def sample(self) -> None:
+        """Take a sample now."""
+        now = self.clock()
         started = self.timer()
         stats = self.source()
         self.last_cost_s = self.timer() - started
@@ -228,20 +253,72 @@ class StatsHistory:
         count = counters(stats)
         throughput = rates(count, self._counters, now - self._counted_at)
         self._counters, self._counted_at = count, now
-        self.samples.append(Sample(now, sample_values(stats, throughput)))
+        values = sample_values(stats, throughput)
+        packed = array("d", (math.nan if v is None else v for v in values.values()))
+        self.samples.append(Sample(now, self._keys_of(tuple(values)), packed))
         self.latest = stats
-        return True
 
-    def since(self, t: float) -> dict[str, Any]:
-        """The samples newer than ``t`` as columns: ``t`` and one list per series (None: gap)."""
-        newer = [s for s in self.samples if s.t > t]
-        keys: dict[str, None] = {}
-        for sample in newer:
-            keys.update(dict.fromkeys(sample.values))
+    def _keys_of(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """One shared tuple per set of series (they change only when a chart gains one)."""
+        if len(self._keys) > 1000:  # bounded whatever the statistics report
+            self._keys.clear()
+        return self._keys.setdefault(keys, keys)
+
+    def since(self, t: float, max_points: int = MAX_POINTS) -> dict[str, Any]:
+        """The samples newer than ``t`` as columns: ``t`` and one list per series (None: gap).
+
+        More than ``max_points`` are averaged in runs of consecutive samples, each shown
+        at its newest one's time: the newest sample keeps its time (it is the page's next
+        ``since``), and a burst between two shown samples still counts."""
+        newer: list[Sample] = []
+        for sample in reversed(self.samples):  # newest first: a follow-up reads a few
+            if sample.t <= t:
+                break
+            newer.append(sample)
+        stride = max(1, math.ceil(len(newer) / max_points))
+        index, table = tabulate(newer)
+        means = run_means(table, stride)[::-1]
+        cells = means.astype(object)
+        cells[np.isnan(means)] = None
         return {
-            "t": [s.t for s in newer],
-            "series": {key: [s.values.get(key) for s in newer] for key in keys},
+            "t": [s.t for s in newer[::stride][::-1]],
+            "series": {key: cells[:, column].tolist() for key, column in index.items()},
         }
+
+
+def tabulate(samples: list[Sample]) -> tuple[dict[str, int], np.ndarray]:
+    """The samples as a table, a row each and a column per series (NaN where a sample lacks
+    it): the columns of a day of samples come from numpy, not from a loop per value."""
+    groups: dict[tuple[str, ...], list[int]] = {}  # rows by their set of series: one or few
+    for row, sample in enumerate(samples):
+        groups.setdefault(sample.keys, []).append(row)
+    index: dict[str, int] = {}
+    for keys in groups:
+        for key in keys:
+            index.setdefault(key, len(index))
+    table = np.full((len(samples), len(index)), np.nan)
+    for keys, rows in groups.items():
+        packed = np.frombuffer(b"".join(samples[row].packed for row in rows))
+        where = [index[key] for key in keys]
+        block = packed.reshape(len(rows), len(keys))
+        if len(rows) == len(samples):  # the usual case: one set of series throughout
+            table[:, where] = block
+        else:
+            table[np.ix_(rows, where)] = block
+    return index, table
+
+
+def run_means(table: np.ndarray, stride: int) -> np.ndarray:
+    """The mean of each run of ``stride`` rows, ignoring NaN (a run of only NaN: NaN)."""
+    if stride == 1:
+        return table
+    runs = -(-table.shape[0] // stride)
+    padded = np.full((runs * stride, table.shape[1]), np.nan)
+    padded[: table.shape[0]] = table
+    shaped = padded.reshape(runs, stride, table.shape[1])
+    present = (~np.isnan(shaped)).sum(axis=1)
+    sums = np.nansum(shaped, axis=1)
+    return np.where(present > 0, sums / np.maximum(present, 1), np.nan)
 
 
 # --------------------------------------------------------------------------- top items
@@ -316,35 +393,52 @@ def describe(catalog: Catalog, row: int) -> tuple[str, list[str]]:
 
 
 class Dashboard:
-    """State behind the dashboard endpoints of one app."""
+    """State behind the dashboard endpoints of one app: the history :meth:`run` keeps."""
 
     def __init__(self, system: Any) -> None:
         self.system = system
-        self.history = StatsHistory(system.statistics)
+        http = system.config.http
+        capacity = max(1, math.ceil(http.dashboard_history_s / http.dashboard_sample_s))
+        self.history = StatsHistory(system.statistics, http.dashboard_sample_s, capacity)
         self.trending = Trending()
+        self.sample_failures = 0
+
+    async def run(self) -> None:
+        """Sample for as long as the process serves (the first sample is taken at start)."""
+        while True:
+            await asyncio.sleep(self.history.effective_interval_s)
+            try:
+                self.tick()
+            except Exception:  # a broken chart must not take the serving process down
+                self.sample_failures += 1
+                log.exception("dashboard: sampling statistics() failed")
 
     def tick(self) -> None:
         """Sample statistics and the popularity counts when the interval has passed."""
-        if not self.history.maybe_sample():
-            return
+        if self.history.clock() >= self.history.next_due:
+            self.sample()
+
+    def sample(self) -> None:
+        """Sample statistics and the popularity counts now."""
+        self.history.sample()
         popularity = popularity_of(self.system)
         if popularity is not None:
             self.trending.update(interaction_counts(popularity), self.history.samples[-1].t)
 
     def series(self, since: float) -> dict[str, Any]:
-        self.tick()
         latest = self.history.latest or {}
         return {
+            "now": self.history.clock(),
             "interval_s": round(self.history.effective_interval_s, 3),
             "sample_cost_ms": round(self.history.last_cost_s * 1000, 3),
             "capacity": self.history.capacity,
+            "sample_failures": self.sample_failures,
             **self.history.since(since),
             "rejected": rejections(latest),
             "headline": headline(latest),
         }
 
     def top(self, k: int) -> dict[str, Any]:
-        self.tick()
         if popularity_of(self.system) is None:
             return {
                 "available": False,
@@ -397,6 +491,26 @@ async def get_index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def keep_history(app: web.Application) -> AsyncIterator[None]:
+    """The sampling task, from the app's start to its cleanup.
+
+    The first sample is taken here, before the app serves: the history starts with the
+    process.  The task belongs to the serving process's supervisor when it has one (a
+    System, a cluster ranker), so it ends with the process.
+    """
+    dashboard = app[DASHBOARD_KEY]
+    dashboard.sample()
+    supervisor = getattr(dashboard.system, "supervisor", None)
+    if isinstance(supervisor, Supervisor) and supervisor.running:
+        task = supervisor.spawn(dashboard.run(), "dashboard-sampler")
+    else:
+        task = asyncio.create_task(dashboard.run(), name="dashboard-sampler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def files_missing(request: web.Request) -> web.Response:
     return _error(503, f"the dashboard's files are not installed (expected {STATIC_DIR})")
 
@@ -408,6 +522,7 @@ def add_dashboard(app: web.Application, system: Any) -> None:
     ranker): whatever it does not report shows as an empty chart.
     """
     app[DASHBOARD_KEY] = Dashboard(system)
+    app.cleanup_ctx.append(keep_history)
     app.router.add_get("/v1/dashboard/series", get_series)
     app.router.add_get("/v1/dashboard/top", get_top)
     if (STATIC_DIR / "index.html").is_file():

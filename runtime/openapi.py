@@ -798,10 +798,18 @@ def _dashboard() -> dict[str, Schema]:
     series = _get(
         "dashboardSeries",
         "Time series for the dashboard charts",
-        _response("Series newer than since", {"type": "object"}),
+        _response(
+            "Series newer than since, from the history kept since the process started "
+            "(at most 2,000 points: longer spans are averaged in runs, the newest kept)",
+            {"type": "object"},
+        ),
     )
     series["get"]["parameters"] = [
-        _query("since", "Unix seconds: only samples newer than this", {"type": "number"})
+        _query(
+            "since",
+            "Unix seconds: only samples newer than this (0: the whole history)",
+            {"type": "number"},
+        )
     ]
     series["get"]["responses"]["400"] = _error("'since' is not a number")
     top = _get(

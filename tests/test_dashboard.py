@@ -7,10 +7,13 @@ that a failure. It saves a screenshot to tests/artifacts/dashboard.png.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import os
+import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from runtime.cluster import ClusterFront
 from runtime.config import Config
 from runtime.dashboard import (
     DASHBOARD_KEY,
@@ -27,6 +31,7 @@ from runtime.dashboard import (
     StatsHistory,
     Trending,
     number,
+    run_means,
     sample_values,
 )
 from runtime.http import make_app
@@ -42,6 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+HISTORY_MINUTES = 20
 CHARTS = ("throughput", "logloss", "auc", "ranking", "f1", "freshness", "queues", "shards")
 GENRES = ("drama", "war", "comedy", "noir", "western", "musical")
 N_ITEMS = 40
@@ -92,16 +98,36 @@ def system_config(tmp_path: Path) -> Config:
             "training": {"shards": 2, "rank_eval_every": 5, "batch_size": 64},
             "state": {"restore": False},
             "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
+            # the sampling task sleeps through every test: tests sample explicitly
+            "http": {"dashboard_sample_s": 3600.0, "dashboard_history_s": 86400.0},
         }
     )
 
 
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @asynccontextmanager
-async def served(tmp_path: Path) -> AsyncIterator[tuple[System, TestServer]]:
-    """A running System with a catalog, behind the full HTTP app on a free loopback port."""
-    async with System(system_config(tmp_path)) as system:
+async def served(
+    tmp_path: Path, clock: FakeClock | None = None, http: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[System, TestServer]]:
+    """A running System with a catalog, behind the full HTTP app on a free loopback port;
+    the dashboard's clock is ``clock`` from its first sample (taken as the app starts)."""
+    config = system_config(tmp_path)
+    for key, value in (http or {}).items():
+        setattr(config.http, key, value)
+    async with System(config) as system:
         await system.ingest(catalog_events())
-        async with TestServer(make_app(system), host="127.0.0.1", port=0) as server:
+        app = make_app(system)
+        if clock is not None:
+            history = app[DASHBOARD_KEY].history
+            history.clock = history.timer = clock  # statistics() takes no (fake) time
+        async with TestServer(app, host="127.0.0.1", port=0) as server:
             yield system, server
 
 
@@ -117,14 +143,6 @@ def test_number_reads_nested_finite_numbers_and_nothing_else() -> None:
     assert number(stats, "flag") is None
     assert number(stats, "text") is None
     assert number(None, "a") is None
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def fake_stats(events: int, shards: int = 1) -> dict[str, Any]:
@@ -265,12 +283,14 @@ def test_trending_starts_over_when_counts_shrink() -> None:
 
 
 async def test_endpoints_serve_the_page_series_and_top_items(tmp_path: Path) -> None:
-    async with served(tmp_path) as (system, server), TestClient(server) as client:
-        clock = FakeClock()
-        history = server.app[DASHBOARD_KEY].history
-        history.clock = history.timer = clock  # statistics() takes no (fake) time
+    clock = FakeClock()
+    async with served(tmp_path, clock) as (system, server), TestClient(server) as client:
+        dashboard = server.app[DASHBOARD_KEY]
+        started = clock.now  # the sample taken as the app started
         clicks = interactions(seed=1, n=300)
         await system.ingest(clicks)
+        clock.now += 1.0
+        dashboard.sample()
         page = await client.get("/")
         assert page.status == 200
         html = await page.text()
@@ -281,11 +301,12 @@ async def test_endpoints_serve_the_page_series_and_top_items(tmp_path: Path) -> 
             assert await served_file.read() == (STATIC_DIR / path).read_bytes()
 
         series = await (await client.get("/v1/dashboard/series")).json()
-        assert series["t"] == [clock.now]
+        assert series["t"] == [started, clock.now] and series["now"] == clock.now
+        assert series["series"]["throughput/learned"] == [None, pytest.approx(len(clicks))]
         assert series["headline"]["learned_events"] == len(clicks)
-        assert series["series"]["shards/shard 0"][0] > 0
-        clock.now += 0.5  # within the interval: no new sample
-        later = await (await client.get(f"/v1/dashboard/series?since={clock.now}")).json()
+        assert series["series"]["shards/shard 0"][-1] > 0
+        clock.now += 0.5  # a request only reads the history: no new sample
+        later = await (await client.get(f"/v1/dashboard/series?since={series['t'][-1]}")).json()
         assert later["t"] == []
 
         top = await (await client.get("/v1/dashboard/top?k=3")).json()
@@ -296,11 +317,12 @@ async def test_endpoints_serve_the_page_series_and_top_items(tmp_path: Path) -> 
 
         rare = counts.most_common()[-1][0]
         await system.ingest([{"user": f"new{n}", "item": rare} for n in range(3)])
-        clock.now += 1.0
+        clock.now += 3600.0  # 60 half-lives: the first clicks are no longer recent
+        dashboard.sample()
         top = await (await client.get("/v1/dashboard/top?k=3")).json()
         assert top["items"][0] == {
             "item": rare,
-            "recent": 3.0,
+            "recent": pytest.approx(3.0),
             "total": counts[rare] + 3,
             "features": [f"i.genre={GENRES[int(rare[1:]) % len(GENRES)]}"],
         }
@@ -308,6 +330,91 @@ async def test_endpoints_serve_the_page_series_and_top_items(tmp_path: Path) -> 
         assert later["t"] == [clock.now]
         seconds = clock.now - series["t"][-1]
         assert later["series"]["throughput/learned"] == [pytest.approx(3 / seconds)]
+
+
+async def test_history_is_kept_from_the_start_before_any_page_opens(tmp_path: Path) -> None:
+    """The first load gets every sample since the app started, not just one.
+
+    The sampling task may wake meanwhile (every 5 s of real time), but it samples on the
+    fake clock, which only moves right before the test's own tick: it finds nothing due."""
+    clock = FakeClock()
+    config = {"dashboard_sample_s": 5.0, "dashboard_history_s": 86400.0}
+    async with served(tmp_path, clock, config) as (system, server):
+        dashboard = server.app[DASHBOARD_KEY]
+        tasks = {task.get_name() for task in asyncio.all_tasks()}
+        assert "dashboard-sampler" in tasks  # the process's own task, not a page's
+        for seed in range(1, 6):
+            await system.ingest(interactions(seed=seed, n=100))
+            clock.now += 5.0
+            dashboard.tick()
+            dashboard.tick()  # not due again: nothing taken
+        async with TestClient(server) as client:
+            first_load = await (await client.get("/v1/dashboard/series?since=0")).json()
+    assert first_load["t"] == [1000.0 + 5.0 * n for n in range(6)]
+    learned = first_load["series"]["throughput/learned"]
+    assert learned[0] is None and learned[1:] == [pytest.approx(100 / 5.0)] * 5
+    assert first_load["capacity"] == 86400 // 5
+    assert "dashboard-sampler" not in {task.get_name() for task in asyncio.all_tasks()}
+
+
+async def test_a_cluster_rankers_dashboard_keeps_history_too(tmp_path: Path) -> None:
+    """A ranker serves the same app: its history starts with the app, whatever it reports.
+    Not started: nothing here needs the broker."""
+    config = system_config(tmp_path)
+    app = make_app(ClusterFront(config, 0))  # type: ignore[arg-type]
+    clock = FakeClock()
+    history = app[DASHBOARD_KEY].history
+    history.clock = history.timer = clock
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        for _ in range(3):
+            clock.now += 3600.0
+            app[DASHBOARD_KEY].tick()
+        series = await (await client.get("/v1/dashboard/series")).json()
+    assert series["t"] == [1000.0 + 3600.0 * n for n in range(4)]
+    assert series["headline"]["status"] == "ok" and series["sample_failures"] == 0
+
+
+async def test_history_is_bounded_by_the_configured_span(tmp_path: Path) -> None:
+    config = system_config(tmp_path)
+    config.http.dashboard_sample_s, config.http.dashboard_history_s = 5.0, 50.0
+    async with System(config) as system:
+        dashboard = make_app(system)[DASHBOARD_KEY]
+        clock = FakeClock()
+        dashboard.history.clock = dashboard.history.timer = clock
+        for _ in range(25):
+            dashboard.sample()
+            clock.now += 5.0
+    assert dashboard.history.capacity == 10
+    assert [s.t for s in dashboard.history.samples] == [1000.0 + 5.0 * n for n in range(15, 25)]
+    assert len(dashboard.series(0.0)["t"]) == 10
+
+
+def test_a_long_history_is_averaged_in_runs_keeping_the_newest() -> None:
+    clock = FakeClock()
+    events = {"n": 0}
+    history = StatsHistory(lambda: fake_stats(events["n"]), capacity=17_280, clock=clock)
+    history.timer = clock
+    for step in range(17_280 + 5):
+        events["n"] += 900 if step == 17_280 - 100 else 0  # one burst between two samples
+        history.sample()
+        clock.now += 5.0
+    assert len(history.samples) == 17_280
+    newest = history.samples[-1].t
+    thinned = history.since(0.0, max_points=1000)
+    assert len(thinned["t"]) <= 1000 and thinned["t"][-1] == newest
+    steps = {b - a for a, b in zip(thinned["t"], thinned["t"][1:], strict=False)}
+    assert steps == {5.0 * 18}
+    learned = [rate for rate in thinned["series"]["throughput/learned"] if rate]
+    assert learned == [pytest.approx(900 / (18 * 5.0))]  # the burst's run, averaged
+    assert history.since(newest - 10.0)["t"] == [newest - 5.0, newest]
+
+
+def test_run_means_ignore_gaps() -> None:
+    table = np.array([[1.0, np.nan], [3.0, np.nan], [5.0, 2.0]])
+    means = run_means(table, 2)
+    assert means[0, 0] == 2.0 and math.isnan(means[0, 1])
+    assert means[1].tolist() == [5.0, 2.0]
+    assert run_means(table, 1) is table
 
 
 @pytest.mark.parametrize(
@@ -365,15 +472,45 @@ async def wait_until(page: Any, condition: str, what: str) -> None:
         raise AssertionError(f"the page never showed {what}: {state}") from error
 
 
+async def check_first_load(page: Any) -> None:
+    """The first poll brought the history: many points per chart, on an axis from the first
+    sample to now labelled with wall-clock times."""
+    history = await page.evaluate("() => window.freshrankDashboard.history.t.length")
+    assert history == HISTORY_MINUTES + 1  # the sample at the start, then one a minute
+    points = await page.evaluate("() => window.freshrankDashboard.points")
+    assert set(points) == set(CHARTS), points
+    assert points["throughput"] >= HISTORY_MINUTES and points["shards"] > HISTORY_MINUTES, points
+    assert all(n > 0 for n in points.values()), points
+    for chart in CHARTS:
+        assert int(await page.get_attribute(f"#chart-{chart}", "data-points") or 0) > 0
+        assert await page.locator(f"#chart-{chart} canvas").count() == 1, chart
+    await wait_until(
+        page, "() => window.freshrankDashboard.axisLabels.throughput?.length > 1", "time labels"
+    )
+    labels = await page.evaluate("() => window.freshrankDashboard.axisLabels.throughput")
+    assert all(re.fullmatch(r"\d\d:\d\d", label) for label in labels), labels
+    span = await page.evaluate(
+        "() => { const x = window.freshrankDashboard.charts.throughput.uplot.scales.x;"
+        " return x.max - x.min; }"
+    )
+    assert span == pytest.approx(HISTORY_MINUTES * 60.0, abs=1.0)  # not the default years
+
+
 async def test_dashboard_page_in_headless_chromium(tmp_path: Path) -> None:
     chromium = chromium_or_skip()
     from playwright.async_api import async_playwright
 
     problems: list[str] = []
     record: Callable[[str], None] = problems.append
-    async with served(tmp_path) as (system, server), async_playwright() as playwright:
+    clock = FakeClock(time.time() - HISTORY_MINUTES * 60.0)
+    async with served(tmp_path, clock) as (system, server), async_playwright() as playwright:
+        dashboard = server.app[DASHBOARD_KEY]
         first = await system.ingest(interactions(seed=1, n=300) + BAD_EVENTS)
         assert first.rejected == len(BAD_EVENTS)
+        for minute in range(HISTORY_MINUTES):  # the daemon's past, before any page opens
+            await system.ingest(interactions(seed=100 + minute, n=30))
+            clock.now += 60.0
+            dashboard.sample()
         browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 900})
@@ -381,20 +518,16 @@ async def test_dashboard_page_in_headless_chromium(tmp_path: Path) -> None:
             page.on("pageerror", lambda error: record(f"page error: {error}"))
             await page.goto(str(server.make_url("/")))
             await wait_until(page, "() => window.freshrankDashboard.polls >= 1", "a first poll")
+            await check_first_load(page)
 
-            await system.ingest(interactions(seed=2, n=300))  # between two samples: a rate > 0
+            await system.ingest(interactions(seed=2, n=300))
+            clock.now += 60.0
+            dashboard.sample()
             await wait_until(
                 page,
-                "() => Object.values(window.freshrankDashboard.points).every(n => n > 0)"
-                " && Math.max(...window.freshrankDashboard.history.series"
-                "['throughput/learned'].filter(v => v !== null)) > 0",
-                "data in every chart and a learn rate above 0",
+                f"() => window.freshrankDashboard.history.t.length === {HISTORY_MINUTES + 2}",
+                "the sample taken after the first load",
             )
-            points = await page.evaluate("() => window.freshrankDashboard.points")
-            assert set(points) == set(CHARTS) and all(n > 0 for n in points.values()), points
-            for chart in CHARTS:
-                assert int(await page.get_attribute(f"#chart-{chart}", "data-points") or 0) > 0
-                assert await page.locator(f"#chart-{chart} canvas").count() == 1, chart
 
             await page.wait_for_selector("#top-items tbody tr")
             assert await page.locator("#top-items tbody tr").count() == 10

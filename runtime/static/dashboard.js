@@ -1,7 +1,8 @@
-// freshrank dashboard: polls /v1/dashboard/series and /v1/dashboard/top every second and
-// draws them with uPlot; the form asks /v1/recommend for one user's items with explanations,
+// freshrank dashboard: asks /v1/dashboard/series for the daemon's whole history (kept since
+// its start), then polls it and /v1/dashboard/top every second and draws them with uPlot; the form asks /v1/recommend for one user's items with explanations,
 // and the item inspector asks /v1/items/{item} (any item name on the page opens it).
-// Plain JS, no build step. Test hooks: window.freshrankDashboard (points per chart, polls).
+// Plain JS, no build step. Test hooks: window.freshrankDashboard (points per chart, polls,
+// the time labels each chart's x-axis shows).
 "use strict";
 
 (() => {
@@ -19,9 +20,10 @@
   ];
   const PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#78716c"];
 
-  const history = { t: [], series: {}, since: 0, capacity: 600 };
+  const MIN_SPAN_S = 60; // one sample still gets an axis of a minute, not of years
+  const history = { t: [], series: {}, since: 0, capacity: 17280, now: null };
   const charts = {};
-  const api = { points: {}, polls: 0, topPolls: 0, failures: 0, history, charts };
+  const api = { points: {}, axisLabels: {}, polls: 0, topPolls: 0, failures: 0, history, charts };
   window.freshrankDashboard = api;
 
   // ---------------------------------------------------------------- helpers
@@ -56,6 +58,24 @@
     return `${s}s`;
   }
 
+  const pad = (n) => String(n).padStart(2, "0");
+
+  // Local wall-clock time, with seconds on a short axis and the date on one over a day.
+  function clockTime(seconds, span) {
+    const d = new Date(seconds * 1000);
+    let text = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    if (span < 600) text += `:${pad(d.getSeconds())}`;
+    if (span > 86400) text = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${text}`;
+    return text;
+  }
+
+  // From the first sample kept to now (the server's clock): the axis spans the history.
+  function timeRange() {
+    const now = history.now ?? history.t[history.t.length - 1];
+    const first = history.t.length ? history.t[0] : now;
+    return [Math.min(first, now - MIN_SPAN_S), now];
+  }
+
   async function getJSON(url) {
     const response = await fetch(url, { cache: "no-store" });
     const body = await response.json();
@@ -73,6 +93,7 @@
 
   function merge(payload) {
     history.capacity = payload.capacity || history.capacity;
+    history.now = Math.max(payload.now ?? 0, ...payload.t.slice(-1));
     for (const key of Object.keys(payload.series)) {
       if (!(key in history.series)) history.series[key] = new Array(history.t.length).fill(null);
     }
@@ -125,12 +146,22 @@
     return index === null ? "latest" : new Date(value * 1000).toLocaleTimeString();
   }
 
-  function makePlot(chart, keys, data) {
+  function timeLabels(chartId, splits) {
+    const [min, max] = timeRange();
+    const labels = splits.map((t) => clockTime(t, max - min));
+    api.axisLabels[chartId] = labels;
+    return labels;
+  }
+
+  function makePlot(chartId, chart, keys, data) {
     const opts = {
       width: Math.max(chart.plot.clientWidth, 300),
       height: 200,
-      scales: { x: { time: true } },
-      axes: [{}, { size: 56, values: (u, splits) => splits.map(fmt) }],
+      scales: { x: { time: true, range: () => timeRange() } },
+      axes: [
+        { values: (u, splits) => timeLabels(chartId, splits) },
+        { size: 56, values: (u, splits) => splits.map(fmt) },
+      ],
       series: [
         { value: legendTime },
         ...keys.map((key, i) => ({
@@ -160,7 +191,7 @@
       return;
     }
     if (chart.uplot) chart.uplot.destroy();
-    chart.uplot = makePlot(chart, keys, data);
+    chart.uplot = makePlot(chartId, chart, keys, data);
     chart.keys = signature;
   }
 
