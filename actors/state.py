@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from runtime.codec import CodecError, Limits, decode, encode
+from runtime.codec import CodecError, Limits, decode, encode_pieces
 from runtime.errors import SetupError
 
 FORMAT_VERSION = 2
@@ -109,10 +109,15 @@ def restore(
 
 
 def encode_state(document: Mapping[str, Any]) -> bytes:
-    """The file bytes of a document: header, msgpack payload, checksum."""
-    payload = encode(dict(document))
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload))
-    return header + payload + _TRAILER.pack(zlib.crc32(payload))
+    """The file bytes of a document: header, msgpack payload, checksum (the payload is
+    encoded in pieces: a snapshot is written from a worker thread while the loop runs)."""
+    pieces = encode_pieces(dict(document))
+    size = sum(map(len, pieces))
+    checksum = 0
+    for piece in pieces:
+        checksum = zlib.crc32(piece, checksum)
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, size)
+    return b"".join([header, *pieces, _TRAILER.pack(checksum)])
 
 
 def decode_state(data: bytes, source: str = "state") -> Any:

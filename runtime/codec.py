@@ -203,6 +203,25 @@ def encode(obj: object) -> bytes:
         raise CodecError(f"cannot encode: {exc}") from exc
 
 
+def encode_pieces(obj: object, depth: int = 3) -> list[bytes]:
+    """:func:`encode` as pieces whose concatenation is the same bytes: a dict's header,
+    then each key and value, down to ``depth`` levels of dicts.  Each piece is its own
+    call into msgpack, so a thread encoding a large document lets other threads (the
+    event loop) run in between instead of holding the interpreter for the whole of it."""
+    if depth <= 0 or not isinstance(obj, dict):
+        return [encode(obj)]
+    pieces = [_map_header(len(obj))]
+    for key, value in obj.items():
+        pieces.append(encode(key))
+        pieces.extend(encode_pieces(value, depth - 1))
+    return pieces
+
+
+def _map_header(size: int) -> bytes:
+    header: bytes = msgpack.Packer(use_bin_type=True).pack_map_header(size)
+    return header
+
+
 # --------------------------------------------------------------------------- decode
 
 
