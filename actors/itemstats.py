@@ -69,16 +69,19 @@ class ItemStatsParams:
 
     The defaults are the moves of ``bench/itemstats.py --grid`` that raised a signal's
     HR@10 on one of ML-100K, MovieTweetings and Amazon Grocery without lowering it on
-    another by more than the noise (``--candidates`` checks them together).  Longer
-    neighbour lists help dense ML-100K and hurt sparse MovieTweetings' kNN, so they
-    stay at 100; a wider co-occurrence window helps MovieTweetings and hurts the others.
+    another by more than the noise (``--candidates`` checks them together).  A wider
+    co-occurrence window helps MovieTweetings and hurts the others.  Longer neighbour
+    lists help dense ML-100K's kNN and cost sparse MovieTweetings' kNN a little, but in
+    the model (``freshrank replay``) 300 raise ML-100K's HR@10 by 0.009 and leave the
+    other two sets within the noise (bench/README.md, issue 10's second round); each
+    neighbour costs 40 bytes per item.
     """
 
     window: int = 10
     half_life: float = 3.0
     markov_order: int = 10
     markov_decay: float = 0.8
-    neighbours: int = 100
+    neighbours: int = 300
     admission_counters: int = 32
 
     def __post_init__(self) -> None:

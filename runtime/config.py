@@ -557,7 +557,7 @@ class SequenceConfig:
     half_life: float = 3.0  # kNN: weight 2^(-age/half_life) of a recent item at age (events)
     markov_order: int = 10  # transitions from the user's last markov_order items
     markov_decay: float = 0.8  # a transition over distance d counts decay^(d-1)
-    neighbours: int = 100  # neighbours kept per item and signal (bounded memory)
+    neighbours: int = 300  # neighbours kept per item and signal (bounded memory)
     # time-decayed popularity ("trending") signals, one per half-life in seconds of stream time
     trend_half_lives_s: list[float] = field(default_factory=lambda: [86400.0, 604800.0, 2592000.0])
     # of each positive's training.negatives, this many are drawn among the items its
