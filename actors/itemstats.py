@@ -53,6 +53,7 @@ accumulation is sparse (the recent items' neighbour lists), so its cost is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -399,6 +400,25 @@ class ItemStats:
     """
 
     names: tuple[str, ...] = SIGNALS
+    # per row, made by _arrays (neighbour ids, counts, certainties, fill and weakest slot,
+    # admission counters; the same for the Markov lists; counts and their 1/sqrt)
+    knn_nbr: np.ndarray
+    knn_cnt: np.ndarray
+    knn_sure: np.ndarray
+    knn_fill: np.ndarray
+    knn_weakest: np.ndarray
+    knn_gate: np.ndarray
+    mk_nbr: np.ndarray
+    mk_cnt: np.ndarray
+    mk_sure: np.ndarray
+    mk_fill: np.ndarray
+    mk_weakest: np.ndarray
+    mk_gate: np.ndarray
+    item_count: np.ndarray
+    inv_sqrt_count: np.ndarray
+    mk_total: np.ndarray
+    _out: np.ndarray
+    _touched: np.ndarray
 
     def __init__(self, params: ItemStatsParams | None = None, capacity: int = 1024) -> None:
         self.params = params or ItemStatsParams()
@@ -406,25 +426,30 @@ class ItemStats:
         self._allocate(max(int(capacity), 1))
 
     def _allocate(self, capacity: int) -> None:
+        self.__dict__.update(self._arrays(capacity))
+
+    def _arrays(self, capacity: int) -> dict[str, np.ndarray]:
         k, gates = self.params.neighbours, self.params.admission_counters
-        self.knn_nbr = np.full((capacity, k), -1, np.int32)
-        self.knn_cnt = np.zeros((capacity, k))
-        self.knn_sure = np.zeros((capacity, k))
-        self.knn_fill = np.zeros(capacity, np.int32)
-        self.knn_weakest = np.zeros(capacity, np.int32)
-        self.knn_gate = np.zeros((capacity, gates))
-        self.mk_nbr = np.full((capacity, k), -1, np.int32)
-        self.mk_cnt = np.zeros((capacity, k))
-        self.mk_sure = np.zeros((capacity, k))
-        self.mk_fill = np.zeros(capacity, np.int32)
-        self.mk_weakest = np.zeros(capacity, np.int32)
-        self.mk_gate = np.zeros((capacity, gates))
-        self.item_count = np.zeros(capacity)
-        # 1 / sqrt(max(count, 1)), kept per event so scoring multiplies instead of sqrt + divide
-        self.inv_sqrt_count = np.ones(capacity)
-        self.mk_total = np.zeros(capacity)
-        self._out = np.zeros((len(SIGNALS), capacity))
-        self._touched = np.zeros((len(SIGNALS), self._touched_size()), np.int64)
+        return {
+            "knn_nbr": np.full((capacity, k), -1, np.int32),
+            "knn_cnt": np.zeros((capacity, k)),
+            "knn_sure": np.zeros((capacity, k)),
+            "knn_fill": np.zeros(capacity, np.int32),
+            "knn_weakest": np.zeros(capacity, np.int32),
+            "knn_gate": np.zeros((capacity, gates)),
+            "mk_nbr": np.full((capacity, k), -1, np.int32),
+            "mk_cnt": np.zeros((capacity, k)),
+            "mk_sure": np.zeros((capacity, k)),
+            "mk_fill": np.zeros(capacity, np.int32),
+            "mk_weakest": np.zeros(capacity, np.int32),
+            "mk_gate": np.zeros((capacity, gates)),
+            "item_count": np.zeros(capacity),
+            # 1 / sqrt(max(count, 1)), kept per event: scoring multiplies, not sqrt + divide
+            "inv_sqrt_count": np.ones(capacity),
+            "mk_total": np.zeros(capacity),
+            "_out": np.zeros((len(SIGNALS), capacity)),
+            "_touched": np.zeros((len(SIGNALS), self._touched_size()), np.int64),
+        }
 
     def _touched_size(self) -> int:
         p = self.params
@@ -462,15 +487,29 @@ class ItemStats:
     def _grow(self, rows_needed: int) -> None:
         """Make room for rows ``0..rows_needed-1`` (capacity doubles, so growth is amortised)."""
         self.n_items = max(self.n_items, rows_needed)
+        grow = self.growth(rows_needed)
+        if grow is not None:
+            grow()
+
+    def growth(self, rows_needed: int) -> Callable[[], None] | None:
+        """The work of making room for rows ``0..rows_needed-1`` (None: there is room): it
+        builds the larger arrays from the current ones and swaps them all in at once, so
+        it may run in a worker thread while readers use the current arrays (nothing may
+        learn meanwhile).  At 300 neighbours per item a doubling copies tens of MB."""
         if rows_needed <= self.capacity:
-            return
-        old = {name: getattr(self, name) for name in (*_ROW_ARRAYS, "inv_sqrt_count")}
+            return None
         capacity = self.capacity
         while capacity < rows_needed:
             capacity *= 2
-        self._allocate(capacity)
-        for name, array in old.items():
-            getattr(self, name)[: len(array)] = array
+
+        def grow() -> None:
+            arrays = self._arrays(capacity)
+            for name in (*_ROW_ARRAYS, "inv_sqrt_count"):
+                old = getattr(self, name)
+                arrays[name][: len(old)] = old
+            self.__dict__.update(arrays)
+
+        return grow
 
     # ------------------------------------------------------------------ learning
 

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,9 @@ RANKED_BYTES = 64 << 20  # whole-catalog signal values of ranked events held at 
 # work, and a request waiting that long behind it is the stall issue 12 measured.
 EVENTS_PER_PAUSE = 64
 RANKINGS_PER_PAUSE = 2
+# what a step of the batch's work yields: None, a pause, or work for a worker thread
+# (the loop runs meanwhile; nothing else learns, since the trainer waits for it)
+Pause = Callable[[], None] | None
 
 
 @dataclass
@@ -278,11 +281,11 @@ class TrainerActor(Actor):
         steps = self.train_steps(message)
         while True:  # the batch's work, letting the loop run at each pause
             try:
-                next(steps)
+                work = next(steps)
             except StopIteration as done:
                 step: BatchGradients = done.value
                 break
-            await asyncio.sleep(0)
+            await (asyncio.sleep(0) if work is None else asyncio.to_thread(work))
         self._pending[message.seq] = (len(self.grads), message.created_at)
         shards = len(self.grads)
         linear = split_by_shard(step.index, step.grad, shards)
@@ -319,12 +322,14 @@ class TrainerActor(Actor):
         steps = self.train_steps(batch)
         while True:
             try:
-                next(steps)
+                work = next(steps)
             except StopIteration as done:
                 result: BatchGradients = done.value
                 return result
+            if work is not None:
+                work()
 
-    def train_steps(self, batch: FeatureBatch) -> Generator[None, None, BatchGradients]:
+    def train_steps(self, batch: FeatureBatch) -> Generator[Pause, None, BatchGradients]:
         """:meth:`train_batch` in steps: it pauses (yields) between parts of the batch's
         work where the caller may let other tasks run; what they see meanwhile is the
         model with the batch's users followed up to some event, never a torn array."""
@@ -394,7 +399,7 @@ class TrainerActor(Actor):
             step = BatchGradients(touched, grads, ftouched, fgrads)
         return probs, step
 
-    def _interaction_rows(self, batch: FeatureBatch) -> Generator[None, None, InteractionRows]:
+    def _interaction_rows(self, batch: FeatureBatch) -> Generator[Pause, None, InteractionRows]:
         """An interaction batch's training rows: each event with the user's history and
         signals as of that event, then its sampled negatives; linear and factor entries."""
         user = BaseFeatures(batch.user_ptr, batch.user_ns, batch.user_raw, batch.user_x)
@@ -434,7 +439,7 @@ class TrainerActor(Actor):
 
     def _walk_events(
         self, batch: FeatureBatch, user: BaseFeatures, rows: EventRows
-    ) -> Generator[None, None, BaseFeatures]:
+    ) -> Generator[Pause, None, BaseFeatures]:
         """Event by event, in stream order: the event's signals (and hard negatives) from
         what came before it, its ranking if flagged, then it joins the user's history and
         the signals' statistics, so the next event sees it.  The users' histories are
@@ -452,6 +457,8 @@ class TrainerActor(Actor):
         events = self._signal_events(batch, rows, walk)
         sequence = self.model.sequence
         n_catalog = len(self.catalog)  # the featurizer may add items while this pauses
+        if sequence is not None:  # a doubling of the statistics copies them: off the loop
+            yield sequence.stats.growth(n_catalog)
         for lo, hi in self._chunks(walk.rank_slot, walk.per_chunk):
             ranked = None
             if sequence is not None and rows.signals is not None:
@@ -460,7 +467,7 @@ class TrainerActor(Actor):
                 hard = (self.hard_negatives, known, seed)
                 values, ranked = sequence.walk(part, n_catalog, hard, rows.blocked)
                 rows.signals[events.row_first[lo] : events.row_first[hi]] = values
-                yield
+                yield None
             in_chunk = [entry for entry in walk.ranked if lo <= entry[0] < hi]
             for done, (r, exclude, evaluation) in enumerate(in_chunk, 1):
                 signals = ranked[walk.rank_slot[r]] if ranked is not None else None
@@ -468,12 +475,12 @@ class TrainerActor(Actor):
                     user.row(r), signals, int(batch.item_rows[r]), exclude, known, evaluation
                 )
                 if done % RANKINGS_PER_PAUSE == 0:
-                    yield
+                    yield None
         return user
 
     def _follow_users(
         self, batch: FeatureBatch, known: int, blocked: np.ndarray | None = None
-    ) -> Generator[None, None, UserWalk]:
+    ) -> Generator[Pause, None, UserWalk]:
         """Each event's user as of that event (recent items, sequence, what they saw
         when it is ranked, with the ``blocked`` rows), the popularity baseline's
         test-then-train; then the event joins the user's history and the relevant sets of
@@ -510,7 +517,7 @@ class TrainerActor(Actor):
             if popularity is not None:
                 popularity.learn(item)
             if r % EVENTS_PER_PAUSE == EVENTS_PER_PAUSE - 1:
-                yield
+                yield None
         return walk
 
     def _signal_events(self, batch: FeatureBatch, rows: EventRows, walk: UserWalk) -> SignalEvents:

@@ -218,3 +218,26 @@ async def test_the_trainer_pauses_inside_a_batch() -> None:
                 next(steps)
                 pauses += 1
         assert pauses >= 256 // EVENTS_PER_PAUSE + 256 // RANKINGS_PER_PAUSE
+
+
+async def test_the_item_statistics_grow_off_the_loop() -> None:
+    """A catalog past the statistics' capacity doubles them: the trainer hands that copy
+    (tens of MB at 300 neighbours) to a worker thread instead of doing it between two
+    turns of the loop, and what was learned is kept."""
+    config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
+    async with System(config) as system:
+        stats = system.model.sequence.stats  # type: ignore[union-attr]
+        events = [{"user": f"u{i % 30}", "item": f"i{i % 90}"} for i in range(512)]
+        assert (await system.ingest(events)).rejected == 0
+        learned = stats.knn_cnt[:90].copy()
+        capacity = stats.capacity
+        items = [{"item": f"new{k}"} for k in range(capacity)]  # past the capacity
+        parsed = [validate_event(e) for e in [*items, {"user": "u1", "item": "new3"}]]
+        batch = system.model.featurizer().featurize(batch_from_events(parsed, seq=10**6))
+        steps = system.trainer.train_steps(batch)
+        work = next(step for step in steps if step is not None)
+        assert stats.capacity == capacity  # not grown on the loop
+        await asyncio.to_thread(work)
+        assert stats.capacity >= len(system.catalog) > capacity
+        np.testing.assert_array_equal(stats.knn_cnt[:90], learned)
+        assert all(step is None for step in steps)  # the rest of the batch: pauses only
