@@ -430,26 +430,21 @@ class ItemStats:
 
     def _arrays(self, capacity: int) -> dict[str, np.ndarray]:
         k, gates = self.params.neighbours, self.params.admission_counters
-        return {
-            "knn_nbr": np.full((capacity, k), -1, np.int32),
-            "knn_cnt": np.zeros((capacity, k)),
-            "knn_sure": np.zeros((capacity, k)),
-            "knn_fill": np.zeros(capacity, np.int32),
-            "knn_weakest": np.zeros(capacity, np.int32),
-            "knn_gate": np.zeros((capacity, gates)),
-            "mk_nbr": np.full((capacity, k), -1, np.int32),
-            "mk_cnt": np.zeros((capacity, k)),
-            "mk_sure": np.zeros((capacity, k)),
-            "mk_fill": np.zeros(capacity, np.int32),
-            "mk_weakest": np.zeros(capacity, np.int32),
-            "mk_gate": np.zeros((capacity, gates)),
-            "item_count": np.zeros(capacity),
-            # 1 / sqrt(max(count, 1)), kept per event: scoring multiplies, not sqrt + divide
-            "inv_sqrt_count": np.ones(capacity),
-            "mk_total": np.zeros(capacity),
-            "_out": np.zeros((len(SIGNALS), capacity)),
-            "_touched": np.zeros((len(SIGNALS), self._touched_size()), np.int64),
-        }
+        arrays: dict[str, np.ndarray] = {}
+        for kind in ("knn", "mk"):  # the co-occurrence and the transition lists alike
+            arrays[f"{kind}_nbr"] = np.full((capacity, k), -1, np.int32)
+            arrays[f"{kind}_cnt"] = np.zeros((capacity, k))
+            arrays[f"{kind}_sure"] = np.zeros((capacity, k))
+            arrays[f"{kind}_fill"] = np.zeros(capacity, np.int32)
+            arrays[f"{kind}_weakest"] = np.zeros(capacity, np.int32)
+            arrays[f"{kind}_gate"] = np.zeros((capacity, gates))
+        arrays["item_count"] = np.zeros(capacity)
+        # 1 / sqrt(max(count, 1)), kept per event: scoring multiplies, not sqrt + divide
+        arrays["inv_sqrt_count"] = np.ones(capacity)
+        arrays["mk_total"] = np.zeros(capacity)
+        arrays["_out"] = np.zeros((len(SIGNALS), capacity))
+        arrays["_touched"] = np.zeros((len(SIGNALS), self._touched_size()), np.int64)
+        return arrays
 
     def _touched_size(self) -> int:
         p = self.params
