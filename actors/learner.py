@@ -9,6 +9,7 @@ replica: zero copies and zero staleness.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -142,14 +143,28 @@ def split_by_shard(
     indices: np.ndarray, grads: np.ndarray, shards: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per shard, its (local index, gradient) pairs in stream order."""
+    return [(local, g) for local, (g,) in split_columns_by_shard(indices, (grads,), shards)]
+
+
+def split_columns_by_shard(
+    indices: np.ndarray, columns: Sequence[np.ndarray], shards: int
+) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """Per shard, its local indices in stream order and each column's rows for them (one
+    sort for all the columns); an empty column stays empty for every shard."""
     if shards == 1:
-        return [(indices, grads)]
+        return [(indices, list(columns))]
     owner = indices % shards
     order = np.argsort(owner, kind="stable")
     bounds = np.searchsorted(owner[order], np.arange(shards + 1))
     local = indices[order] // shards
-    g = grads[order]
-    return [(local[bounds[k] : bounds[k + 1]], g[bounds[k] : bounds[k + 1]]) for k in range(shards)]
+    ordered = [column[order] if column.size else column for column in columns]
+    return [
+        (
+            local[bounds[k] : bounds[k + 1]],
+            [c[bounds[k] : bounds[k + 1]] if c.size else c for c in ordered],
+        )
+        for k in range(shards)
+    ]
 
 
 class LearnerActor(Actor):

@@ -30,7 +30,7 @@ from actors.features import (
 )
 from actors.featurizer import take_rows
 from actors.ftrl import FTRLParams, GradientAggregator
-from actors.learner import split_by_shard
+from actors.learner import split_columns_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model
 from actors.signals import SignalEvents, append_entries
@@ -288,14 +288,13 @@ class TrainerActor(Actor):
             await (asyncio.sleep(0) if work is None else asyncio.to_thread(work))
         self._pending[message.seq] = (len(self.grads), message.created_at)
         shards = len(self.grads)
-        linear = split_by_shard(step.index, step.grad, shards)
-        factor = split_by_shard(step.factor_index, step.factor_grad, shards)
-        n_steps = split_by_shard(step.index, step.n_step, shards) if step.n_step.size else None
-        factor_n = step.factor_n_step
-        factor_n_steps = (
-            split_by_shard(step.factor_index, factor_n, shards) if factor_n.size else None
+        linear = split_columns_by_shard(step.index, (step.grad, step.n_step), shards)
+        factor = split_columns_by_shard(
+            step.factor_index, (step.factor_grad, step.factor_n_step), shards
         )
-        for shard, ((idx, g), (fidx, fg)) in enumerate(zip(linear, factor, strict=True)):
+        for shard, ((idx, (g, dn)), (fidx, (fg, fdn))) in enumerate(
+            zip(linear, factor, strict=True)
+        ):
             grad = GradBatch(
                 seq=message.seq,
                 shard=shard,
@@ -307,10 +306,8 @@ class TrainerActor(Actor):
                 source_offset=message.source_offset,
                 factor_index=fidx,
                 factor_grad=fg,
-                n_step=n_steps[shard][1] if n_steps is not None else np.zeros(0),
-                factor_n_step=(
-                    factor_n_steps[shard][1] if factor_n_steps is not None else np.zeros((0, 0))
-                ),
+                n_step=dn,
+                factor_n_step=fdn,
             )
             await self.grads[shard].send(grad)
         self.busy_seconds += time.perf_counter() - started
