@@ -27,6 +27,7 @@ from actors.features import Catalog, FeatureSpace
 ITEM_PREFIX = "i."
 MAX_NAMES = 16  # features a filter names
 MAX_VALUES = 256  # values per feature
+PREFIX_PER_K = 16  # a capped answer first looks at the best 16·k items, then 4x more
 
 
 @dataclass(frozen=True)
@@ -83,20 +84,33 @@ class ItemFilter:
     ) -> np.ndarray:
         """Positions of the best ``k`` scores that keep ``max_per`` (ties: lower position
         first), skipping ``excluded`` positions; fewer when the caps leave fewer."""
-        order = np.lexsort((np.arange(scores.size), -scores))
-        order = order[~excluded[order]]
+        from actors.ranker import top_k  # the ranker imports this module
+
         caps = [(space.ns_hash(ITEM_PREFIX + n), cap) for n, cap in self.max_per.items()]
-        counts: dict[tuple[int, int], int] = {}
-        best: list[int] = []
-        for pos in order.tolist():
-            groups = _groups(catalog, int(rows[pos]), caps)
-            if all(counts.get(g, 0) < cap for g, cap in groups):
-                for g, _ in groups:
-                    counts[g] = counts.get(g, 0) + 1
-                best.append(pos)
-                if len(best) == k:
-                    break
-        return np.asarray(best, np.int64)
+        allowed = scores.size - int(np.count_nonzero(excluded))
+        prefix = min(allowed, PREFIX_PER_K * k)
+        while True:  # the best few in score order fill the caps unless they are too tight
+            best = _greedy(catalog, rows, top_k(scores, prefix, excluded), k, caps)
+            if len(best) == k or prefix >= allowed:
+                return np.asarray(best, np.int64)
+            prefix = min(allowed, prefix * 4)
+
+
+def _greedy(
+    catalog: Catalog, rows: np.ndarray, order: np.ndarray, k: int, caps: list[tuple[int, int]]
+) -> list[int]:
+    """The first ``k`` positions of ``order`` whose groups are all below their caps."""
+    counts: dict[tuple[int, int], int] = {}
+    best: list[int] = []
+    for pos in order.tolist():
+        groups = _groups(catalog, int(rows[pos]), caps)
+        if all(counts.get(g, 0) < cap for g, cap in groups):
+            for g, _ in groups:
+                counts[g] = counts.get(g, 0) + 1
+            best.append(pos)
+            if len(best) == k:
+                break
+    return best
 
 
 def _groups(catalog: Catalog, row: int, caps: list[tuple[int, int]]) -> list[tuple[Any, int]]:
