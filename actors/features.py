@@ -20,7 +20,9 @@ to ``bits``; the shard that owns index ``i`` is ``i % shards``.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -332,10 +334,11 @@ class Catalog:
 
 @dataclass
 class UserState:
-    """Per-user interaction history (for exclusion), the ``recent_len`` most recent items
-    (oldest first) and last known user features."""
+    """Per-user interaction history (for exclusion: each item's time of the user's last
+    interaction with it, nan when unknown), the ``recent_len`` most recent items (oldest
+    first) and last known user features."""
 
-    history: dict[str, set[int]] = field(default_factory=dict)
+    history: dict[str, dict[int, float]] = field(default_factory=dict)
     profiles: dict[str, BaseFeatures] = field(default_factory=dict)
     profile_names: dict[str, list[str]] = field(default_factory=dict)
     recent_len: int = 0
@@ -344,14 +347,23 @@ class UserState:
     sequence_len: int = 0
     sequences: dict[str, list[int]] = field(default_factory=dict)
 
-    def seen(self, user: str) -> set[int]:
-        return self.history.get(user, set())
+    def seen(self, user: str) -> AbstractSet[int]:
+        return self.history.get(user, {}).keys()
 
-    STATE_VERSION: ClassVar[int] = 1
+    def seen_since(self, user: str, cutoff: float) -> set[int]:
+        """The items ``user`` met at or after ``cutoff`` (Unix seconds), and those met at
+        an unknown time: what stays excluded when seen items may return after a while."""
+        return {
+            row for row, at in self.history.get(user, {}).items() if not at < cutoff
+        }  # nan compares False: an unknown time never returns
+
+    STATE_VERSION: ClassVar[int] = 2  # 2: ``seen_at``, the time of each history entry
 
     def to_state(self) -> dict[str, Any]:
+        ordered = {u: sorted(met.items()) for u, met in self.history.items()}
         return {
-            "history": {u: sorted(rows) for u, rows in self.history.items()},
+            "history": {u: [row for row, _ in pairs] for u, pairs in ordered.items()},
+            "seen_at": {u: [at for _, at in pairs] for u, pairs in ordered.items()},
             "recent": self.recent,
             "sequences": self.sequences,
             "profiles": {
@@ -361,7 +373,11 @@ class UserState:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.history = {user: set(rows) for user, rows in state["history"].items()}
+        times = state.get("seen_at", {})  # a version 1 state: every time unknown
+        self.history = {
+            user: dict(zip(rows, times.get(user) or [math.nan] * len(rows), strict=True))
+            for user, rows in state["history"].items()
+        }
         keep = self.recent_len
         self.recent = {u: list(rows)[-keep:] if keep else [] for u, rows in state["recent"].items()}
         longest = self.sequence_len
@@ -374,14 +390,21 @@ class UserState:
             )
             self.profile_names[user] = list(names)
 
-    def add(self, user: str, item_row: int, seen: bool = True, positive: bool = True) -> None:
-        """The user met the item: ``seen``, it is not recommended to them again; a
-        ``positive`` one joins their recent items and sequence, which the item-to-item
-        signals and the ``h.item`` features take for what they like (a dislike must not
-        raise its neighbours)."""
-        history = self.history.setdefault(user, set())
+    def add(
+        self,
+        user: str,
+        item_row: int,
+        seen: bool = True,
+        positive: bool = True,
+        ts: float = math.nan,
+    ) -> None:
+        """The user met the item at ``ts``: ``seen``, it is not recommended to them again
+        (or not before a request's ``seen_returns_after_s``); a ``positive`` one joins
+        their recent items and sequence, which the item-to-item signals and the ``h.item``
+        features take for what they like (a dislike must not raise its neighbours)."""
+        met = self.history.setdefault(user, {})
         if seen:
-            history.add(item_row)
+            met[item_row] = ts
         if not positive:
             return
         if self.recent_len:

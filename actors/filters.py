@@ -11,6 +11,9 @@ one vectorised pass over the catalog rows it is asked about.
 * ``max_per``: in the answer, at most N items per value of the feature (an item with
   several values counts for each, one without the feature is not capped); filled
   greedily in score order.
+* ``seen_returns_after_s``: an item the user met (and so is not recommended to them
+  again) may return once this many seconds have passed since they last met it, by
+  the events' times against the ranker's wall clock.  Without it, never.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from actors.features import Catalog, FeatureSpace
 ITEM_PREFIX = "i."
 MAX_NAMES = 16  # features a filter names
 MAX_VALUES = 256  # values per feature
+FILTER_KEYS = ("include", "exclude", "range", "max_per", "seen_returns_after_s")
 PREFIX_PER_K = 16  # a capped answer first looks at the best 16·k items, then 4x more
 
 
@@ -36,30 +40,34 @@ class ItemFilter:
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     max_per: dict[str, int] = field(default_factory=dict)
+    seen_returns_after_s: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.include or self.exclude or self.ranges or self.max_per)
+        selects = self.include or self.exclude or self.ranges or self.max_per
+        return bool(selects) or self.seen_returns_after_s is not None
 
     @classmethod
     def from_dict(cls, data: Any) -> ItemFilter:
         """``{"include": {feature: [values]}, "exclude": {...}, "range": {feature: [lo, hi]},
-        "max_per": {feature: n}}``; ValueError naming what is wrong."""
+        "max_per": {feature: n}, "seen_returns_after_s": s}``; ValueError naming what is
+        wrong."""
         if not isinstance(data, dict):
             raise ValueError("'filter' must be an object")
-        unknown = sorted(set(data) - {"include", "exclude", "range", "max_per"})
+        unknown = sorted(set(data) - set(FILTER_KEYS))
         if unknown:
-            raise ValueError(
-                f"unknown filter key(s) {unknown}: use include, exclude, range, max_per"
-            )
+            raise ValueError(f"unknown filter key(s) {unknown}: use {', '.join(FILTER_KEYS)}")
         return cls(
             include=_values(data.get("include", {}), "include"),
             exclude=_values(data.get("exclude", {}), "exclude"),
             ranges={name: _range(v, name) for name, v in _named(data.get("range", {}), "range")},
             max_per={name: _cap(v, name) for name, v in _named(data.get("max_per", {}), "max_per")},
+            seen_returns_after_s=_seconds(data.get("seen_returns_after_s")),
         )
 
     def allowed(self, space: FeatureSpace, catalog: Catalog, rows: np.ndarray) -> np.ndarray:
         """Which of the catalog ``rows`` the filter lets through (a bool per row)."""
+        if not (self.include or self.exclude or self.ranges):
+            return np.ones(rows.size, bool)
         ns, raw, x = catalog.ns[rows], catalog.raw[rows], catalog.x[rows]
         present = x != 0
         keep = np.ones(rows.size, bool)
@@ -180,3 +188,13 @@ def _cap(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
         raise ValueError(f"filter 'max_per.{name}' must be an integer in 1..1000")
     return value
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"filter 'seen_returns_after_s' must be a number, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"filter 'seen_returns_after_s' must be >= 0 and finite, not {value!r}")
+    return float(value)

@@ -90,7 +90,7 @@ def reset_user_parameters(model: Model, user: str) -> int:
 def forget_user(model: Model, user: str) -> dict[str, Any]:
     """Remove every part of ``user`` the model keeps (module docstring); what was removed."""
     users = model.users
-    seen = users.history.pop(user, set())
+    seen = users.history.pop(user, {})
     recent = users.recent.pop(user, [])
     users.sequences.pop(user, None)
     profile = users.profiles.pop(user, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ class Visitor:
     user: str  # "" for an anonymous visitor
     sequence: np.ndarray  # the last items, oldest first, for the sequence signals
     recent: list[int]  # distinct recent rows, oldest first (the h.item features)
-    seen: set[int]  # rows not to recommend again
+    seen: AbstractSet[int]  # rows not to recommend again
     ignored: list[str]  # session ids the catalog does not have
     excluded: set[int] = field(default_factory=set)  # rows the request asked not to get
 
@@ -111,11 +112,16 @@ class Ranker:
         self.shown = np.zeros(0, np.int64)  # per catalog row: answers it was in, since start
 
     def visitor(
-        self, user: str, session: Sequence[str] = (), exclude: Sequence[str] = ()
+        self,
+        user: str,
+        session: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        seen_returns_after_s: float | None = None,
     ) -> Visitor:
         """Who asks: a known user's history, extended by ``session`` (item ids the visitor
         just interacted with, oldest first; an anonymous visitor has only these), and the
-        ``exclude`` item ids the request never wants (unknown ones are ignored)."""
+        ``exclude`` item ids the request never wants (unknown ones are ignored); the
+        items they met ``seen_returns_after_s`` or more ago are no longer seen."""
         known = [self.catalog.rows[i] for i in session if i in self.catalog.rows]
         ignored = [i for i in session if i not in self.catalog.rows]
         sequence = self.users.sequences.get(user, []) if user else []
@@ -129,10 +135,17 @@ class Ranker:
             user=user,
             sequence=np.array((sequence + known)[-max(self.users.sequence_len, 1) :], np.int64),
             recent=recent[-keep:] if keep else [],
-            seen=(self.users.seen(user) if user else set()) | set(known),
+            seen=self._seen(user, seen_returns_after_s) | set(known),
             ignored=ignored,
             excluded={self.catalog.rows[i] for i in exclude if i in self.catalog.rows},
         )
+
+    def _seen(self, user: str, returns_after_s: float | None) -> AbstractSet[int]:
+        if not user:
+            return set()
+        if returns_after_s is None:
+            return self.users.seen(user)
+        return self.users.seen_since(user, self.clock() - returns_after_s)
 
     def user_features(
         self, who: str | Visitor, context: Sequence[tuple[str, str, float]] = ()
@@ -195,7 +208,8 @@ class Ranker:
         never one of the ``exclude`` item ids (unknown ones are ignored), only items
         ``item_filter`` lets through."""
         started = time.perf_counter()
-        visitor = self.visitor(user, session or (), exclude or ())
+        returns_after = item_filter.seen_returns_after_s if item_filter else None
+        visitor = self.visitor(user, session or (), exclude or (), returns_after)
         features, names = self.user_features(visitor, context)
         blocked = self.catalog.blocked(self.clock())  # hidden, deleted, expired, ...
         rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter, blocked)

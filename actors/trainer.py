@@ -486,6 +486,7 @@ class TrainerActor(Actor):
         never = np.flatnonzero(blocked) if blocked is not None else np.zeros(0, np.int64)
         names = batch.users or [""] * len(batch)
         marks_seen, positive = seen_flags(batch), (batch.label != NEGATIVE).tolist()
+        times = batch.ts.tolist()
         walk = UserWalk(len(batch))
         walk.per_chunk = self._ranked_per_chunk()  # the catalog may grow while this pauses
         for r, item in enumerate(batch.item_rows.tolist()):
@@ -510,7 +511,7 @@ class TrainerActor(Actor):
                         popularity.evaluate(exclude, item, known)
                     )
             if name:
-                users.add(name, item, marks_seen[r], positive[r])
+                users.add(name, item, marks_seen[r], positive[r], times[r])
             if popularity is not None:
                 popularity.learn(item)
             if r % EVENTS_PER_PAUSE == EVENTS_PER_PAUSE - 1:

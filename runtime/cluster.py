@@ -229,7 +229,7 @@ class HistoryFollower:
                 continue
             recent = users.sequence(user)
             if user:
-                users.add(user, row, seen[r], positive[r])
+                users.add(user, row, seen[r], positive[r], float(features.ts[r]))
             if sequence is not None and positive[r]:
                 sequence.learn_event(recent if user else None, row, float(features.ts[r]))
         self.model.observe(features.users, features.item_rows)

@@ -360,7 +360,8 @@ FILTER_SCHEMA: dict[str, Schema] = {
         "description": "Only items whose own features (item_features) pass: include (for "
         "each feature, one of the values), exclude (none of them), range (a numeric feature "
         "within [lo, hi]; null: open; an item without it is left out), max_per (at most N "
-        "items per value of a feature in the answer: diversity)",
+        "items per value of a feature in the answer: diversity), seen_returns_after_s (the "
+        "items the user met may return this many seconds after they last met them)",
         "additionalProperties": False,
         "properties": {
             "include": _by_feature(FILTER_VALUES),
@@ -374,6 +375,7 @@ FILTER_SCHEMA: dict[str, Schema] = {
                 }
             ),
             "max_per": _by_feature({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "seen_returns_after_s": {"type": "number", "minimum": 0},
         },
     }
 }
