@@ -151,7 +151,7 @@ async def _decode_and_ingest(
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/events": frozenset({"wait"}),
     "/v1/recommend": frozenset(
-        "user k candidates exclude filter context explain explore scale epsilon".split()
+        "user k candidates exclude filter context explain explore scale epsilon variant".split()
     ),
     "/v1/items": frozenset({"offset", "limit"}),
     "/v1/items/{item}/similar": frozenset({"k"}),
@@ -256,9 +256,15 @@ async def get_recommend(request: web.Request) -> web.Response:
     exploration = _exploration_params(request, system)
     items = await system.recommend(
         user, k, candidates, context, explain, **exploration, exclude=exclude,
-        item_filter=_filter_param(request),
+        item_filter=_filter_param(request), variant=request.query.get("variant"),
     )  # fmt: skip
-    return _json({"user": user, "k": k, "items": items})
+    return _json({"user": user, "k": k, "items": items, **_variant(items)})
+
+
+def _variant(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer's ``variant`` field, only with ``[experiments]``."""
+    variant = getattr(items, "variant", None)
+    return {"variant": variant} if variant is not None else {}
 
 
 def _filter_param(request: web.Request) -> ItemFilter | None:
@@ -282,12 +288,11 @@ async def post_recommend(request: web.Request) -> web.Response:
     items = await system.recommend(
         query.user, query.k, query.candidates, query.context, query.explain,
         session=query.session, exclude=query.exclude, item_filter=query.item_filter,
-        **query.exploration,
+        variant=query.variant, **query.exploration,
     )  # fmt: skip
     ignored = [i for i in query.session if i not in system.catalog.rows]
-    return _json(
-        {"user": query.user or None, "k": query.k, "items": items, "ignored_session_items": ignored}
-    )
+    return _json({"user": query.user or None, "k": query.k, "items": items,
+                  "ignored_session_items": ignored, **_variant(items)})  # fmt: skip
 
 
 async def get_items(request: web.Request) -> web.Response:

@@ -217,6 +217,11 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "user": {"type": "string"},
             "k": {"type": "integer", "minimum": 1},
             "items": {"type": "array", "items": _ref("RankedItem")},
+            "variant": {
+                "type": "string",
+                "description": "The experiment variant that ranked the items; present only "
+                "with an [experiments] section",
+            },
         },
     },
     "SessionRecommendation": {
@@ -230,6 +235,11 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "Session item ids the catalog does not have",
+            },
+            "variant": {
+                "type": "string",
+                "description": "The experiment variant that ranked the items; present only "
+                "with an [experiments] section",
             },
         },
     },
@@ -488,6 +498,12 @@ def _recommend_body(config: Config) -> Schema:
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
             "scale": SCALE,
             "epsilon": {"type": "number"},
+            "variant": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "description": VARIANT_OVERRIDE,
+            },
         },
     }
 
@@ -505,6 +521,7 @@ def _recommend(config: Config) -> Schema:
                 "200": _response("Ranked items, best first", _ref("SessionRecommendation")),
                 "400": _error("A missing, unknown or invalid field"),
                 "401": UNAUTHORIZED,
+                "501": NO_EXPERIMENTS_HERE,
                 "503": BUSY,
             },
         },
@@ -517,6 +534,7 @@ def _recommend(config: Config) -> Schema:
                 "400": _bad_query(),
                 "401": UNAUTHORIZED,
                 "413": _error("Too many candidates or context features"),
+                "501": NO_EXPERIMENTS_HERE,
                 "503": BUSY,
             },
         },
@@ -571,7 +589,15 @@ def _recommend_parameters(config: Config) -> list[Schema]:
             {"type": "boolean", "default": False},
         ),
         *_exploration_parameters(),
+        _query("variant", VARIANT_OVERRIDE, {"type": "string", "minLength": 1}),
     ]
+
+
+VARIANT_OVERRIDE = (
+    "An [experiments] variant to rank with instead of the user's (for debugging; 400 "
+    "when unknown or without experiments)"
+)
+NO_EXPERIMENTS_HERE = _error("A cluster ranker given 'variant': experiments are not built there")
 
 
 def _exploration_parameters() -> list[Schema]:
