@@ -259,6 +259,11 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(Call("GET", "/v1/stats", {}))
         return body
 
+    async def experiments(self) -> dict[str, Any]:
+        """Per variant: HR@k, NDCG@k and click-through with 95% intervals."""
+        body: dict[str, Any] = await self._send(Call("GET", "/v1/experiments", {}))
+        return body
+
     async def _send(self, call: Call) -> Any:
         if self._session is None:
             raise RuntimeError("use the client as 'async with AsyncClient(...) as client'")
@@ -348,6 +353,10 @@ class Client(_Settings):
 
     def stats(self) -> dict[str, Any]:
         body: dict[str, Any] = self._send(Call("GET", "/v1/stats", {}))
+        return body
+
+    def experiments(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("GET", "/v1/experiments", {}))
         return body
 
     def _send(self, call: Call) -> Any:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from actors.experiments import Experiments
+from actors.experiments import Experiments, estimate, mean_interval, wilson_interval
 from actors.model import Model
 from actors.ranker import Ranker
 from actors.trainer import Watermark
@@ -95,7 +96,8 @@ class ExperimentPipeline(Pipeline):
         trainers = {
             name: v.trainer.statistics() for name, v in zip(own, self.variants, strict=True)
         }
-        return {**super().statistics(), "variant_trainers": trainers}
+        report = experiment_statistics(self.model)
+        return {**super().statistics(), "experiments": report, "variant_trainers": trainers}
 
     @property
     def services(self) -> list[Service]:
@@ -135,3 +137,30 @@ def variant_ranking(model: Model, base: Ranker, user: str, variant: str | None) 
     name = variant or experiments.assign(user)
     ranker = experiments.ranker(name, base)
     return lambda *args: Recommendations(ranker.recommend(*args), variant=name)
+
+
+def experiment_statistics(model: Model) -> dict[str, Any] | None:
+    """Per variant: progressive HR@k and NDCG@k (each variant's model evaluated on every
+    event, since every variant learns from every event), the click-through of the
+    impressions it served, each with a 95% interval."""
+    experiments = model.experiments
+    if experiments is None:
+        return None
+    variants = {}
+    for name, share in zip(experiments.names, experiments.shares, strict=True):
+        own = experiments.models[name]
+        ranking = (own or model).metrics.ranking
+        total, total_sq, n = ranking.ndcg_moments()
+        shown, clicks = experiments.online[name]
+        variants[name] = {
+            "share": share,
+            "model": "base" if own is None else "own",
+            f"hr@{ranking.k}": estimate(ranking.hit_rate(), wilson_interval(ranking.hits, n), n),
+            f"ndcg@{ranking.k}": estimate(ranking.ndcg(), mean_interval(total, total_sq, n), n),
+            "ctr": estimate(_rate(clicks, shown), wilson_interval(clicks, shown), shown),
+        }
+    return {"seed": experiments.seed, "variants": variants}
+
+
+def _rate(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan

@@ -161,6 +161,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/users/{user}": frozenset(),
     "/v1/dashboard/series": frozenset({"since"}),
     "/v1/dashboard/top": frozenset({"k"}),
+    "/v1/experiments": frozenset(),
 }
 INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: no "1_000", "٣" or " 5 "
 
@@ -347,6 +348,15 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(request.app[SYSTEM_KEY].statistics())
 
 
+async def get_experiments(request: web.Request) -> web.Response:
+    """Per variant: progressive HR@k/NDCG@k and click-through with 95% intervals (404:
+    no ``[experiments]`` section)."""
+    experiments = request.app[SYSTEM_KEY].statistics().get("experiments")
+    if experiments is None:
+        return _error(404, "no experiments: the config has no [experiments] section")
+    return _json(experiments)
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text format, from this app's own registry."""
     body = generate_latest(request.app[METRICS_KEY].registry)
@@ -385,6 +395,7 @@ def make_app(system: Front) -> web.Application:
     app.router.add_delete("/v1/users/{user}", delete_user)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/v1/experiments", get_experiments)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/openapi.json", get_openapi)
     add_dashboard(app, system)

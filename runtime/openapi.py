@@ -600,6 +600,22 @@ VARIANT_OVERRIDE = (
 NO_EXPERIMENTS_HERE = _error("A cluster ranker given 'variant': experiments are not built there")
 
 
+def _experiments() -> Schema:
+    operation = _get(
+        "experiments",
+        "Per variant: progressive HR@k and NDCG@k, click-through",
+        _response(
+            "Each metric as {value, low, high, n}: the 95% interval is Wilson's for rates "
+            "(HR, click-through) and the normal approximation for NDCG; progressive "
+            "metrics evaluate each variant's model on every event (every variant learns "
+            "from every event), click-through counts the impressions of the variant's users",
+            {"type": "object"},
+        ),
+    )
+    operation["get"]["responses"]["404"] = _error("No [experiments] section in the config")
+    return operation
+
+
 def _exploration_parameters() -> list[Schema]:
     return [
         _query(
@@ -943,6 +959,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "/v1/users/{user}": _forget(),
         "/v1/healthz": _health(),
         "/v1/stats": stats,
+        "/v1/experiments": _experiments(),
         "/metrics": _metrics(config.http.metrics_public),
         "/v1/openapi.json": _get("openapi", "This document", document),
         **_dashboard(),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.experiments import assign_variant
+from actors.experiments import assign_variant, mean_interval, wilson_interval
 from actors.model import Model
 from actors.simulator import Simulator, SimulatorConfig
 from actors.state import StateError
@@ -111,6 +111,17 @@ def test_assignment_is_deterministic_follows_the_shares_and_the_seed() -> None:
     assert other == "".join(first[:2000])
 
 
+def test_confidence_intervals() -> None:
+    low, high = wilson_interval(50, 100) or (0.0, 0.0)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 0) is None
+    assert (wilson_interval(0, 10) or (1.0, 0.0))[0] == 0.0
+    values = np.array([0.0, 1.0, 0.5, 0.25])
+    low, high = mean_interval(values.sum(), (values**2).sum(), 4) or (0.0, 0.0)
+    half = 1.959963984540054 * values.std(ddof=1) / 2
+    assert (low, high) == pytest.approx((values.mean() - half, values.mean() + half))
+
+
 # -- the embedded System -----------------------------------------------------------------
 
 
@@ -164,6 +175,7 @@ async def test_variants_survive_a_snapshot_and_a_journal_replay(tmp_path: Path) 
         await reference.ingest(events[700:])
         expected = variant_weights(reference)
         expected_metrics = own_model(reference).metrics.summary()
+        expected_report = reference.statistics()["experiments"]
     config = durable(tmp_path / "state")
     system = System.from_config(config)
     await system.start()
@@ -176,6 +188,7 @@ async def test_variants_survive_a_snapshot_and_a_journal_replay(tmp_path: Path) 
         assert restarted.persistence.durability.counters["replayed_records"] == 1
         np.testing.assert_allclose(variant_weights(restarted), expected, atol=1e-9)
         assert own_model(restarted).metrics.summary() == expected_metrics
+        assert restarted.statistics()["experiments"] == expected_report
 
 
 async def test_a_snapshot_of_other_variants_is_refused_naming_the_variant(tmp_path: Path) -> None:
@@ -201,13 +214,73 @@ async def test_forgetting_a_user_forgets_them_in_every_variant() -> None:
         assert user not in broken.users.history and user not in system.users.history
 
 
-# -- over HTTP and through the client ------------------------------------------------------
+async def test_impressions_and_clicks_make_each_variants_click_through() -> None:
+    config = {**TWO_ARMS, "labels": {"window_s": 60.0}}
+    async with System.from_config(config) as system:
+        experiments = system.model.experiments
+        assert experiments is not None
+        await system.ingest(stream(300))
+        users = [f"u{i}" for i in range(40)]
+        shown = [
+            {"event": "impression", "impression_id": f"{u}-{n}", "user": u, "item": f"i{n}",
+             "ts": 1_700_100_000.0}
+            for u in users for n in range(3)
+        ]  # fmt: skip
+        clicks = [
+            {"event": "click", "impression_id": f"{u}-0", "ts": 1_700_100_001.0}
+            for u in users
+            if experiments.assign(u) == "control"
+        ]
+        assert (await system.ingest(shown + clicks)).rejected == 0
+        await system.flush_labels(1_700_100_100.0)
+        await system.drain()
+        ctr = {n: v["ctr"] for n, v in system.statistics()["experiments"]["variants"].items()}
+    in_control = sum(experiments.assign(u) == "control" for u in users)
+    assert ctr["control"]["n"] == 3 * in_control
+    assert ctr["control"]["value"] == pytest.approx(1 / 3)
+    assert ctr["broken"]["n"] == 3 * (len(users) - in_control) and ctr["broken"]["value"] == 0
+    assert ctr["broken"]["high"] < ctr["control"]["low"]
+
+
+# -- acceptance: the better variant wins, over HTTP and through the client -----------------
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[System, str]]:
     async with served_system({**TWO_ARMS, "training": {"rank_eval_every": 2}}) as served:
         yield served
+
+
+async def test_the_better_variant_wins_on_a_simulator_stream(
+    served: tuple[System, str],
+) -> None:
+    system, url = served
+    async with AsyncClient(url, retry=FAST) as client:
+        events = stream(4000)
+        for lo in range(0, len(events), 1000):
+            await client.ingest(events[lo : lo + 1000])
+        report = await client.experiments()
+        assert report == system.statistics()["experiments"]
+        control, broken = report["variants"]["control"], report["variants"]["broken"]
+        for metric in ("hr@10", "ndcg@10"):
+            assert control[metric]["n"] == broken[metric]["n"] > 1000
+            assert control[metric]["low"] > broken[metric]["high"], (metric, control, broken)
+        answer = await client.recommend("u1", k=4)
+        assert answer.variant == system.model.experiments.assign("u1")  # type: ignore[union-attr]
+        assert (await client.recommend("u1", k=4, variant="broken")).variant == "broken"
+        with pytest.raises(ApiError) as refused:
+            await client.recommend("u1", variant="nope")
+        assert refused.value.status == 400 and "unknown variant" in refused.value.reason
+
+    def sync_calls() -> tuple[Any, ...]:
+        client = Client(url, retry=FAST)
+        return client.recommend("u2", k=3), client.experiments()
+
+    answer, report = await asyncio.to_thread(sync_calls)
+    assert answer.variant in ("control", "broken") and set(report["variants"]) == {
+        "control",
+        "broken",
+    }
 
 
 async def test_http_answers_name_the_variant(served: tuple[System, str]) -> None:
@@ -232,5 +305,17 @@ async def test_http_answers_name_the_variant(served: tuple[System, str]) -> None
         with pytest.raises(ApiError) as refused:
             await client.recommend("u1", variant="nope")
         assert refused.value.status == 400 and "unknown variant" in refused.value.reason
+        async with session.get(f"{url}/metrics") as answer:
+            text = await answer.text()
+        assert 'freshrank_experiment_metric{bound="low",metric="hr@10",variant="broken"}' in text
     forced = await asyncio.to_thread(Client(url, retry=FAST).recommend, "u2", 3, variant="broken")
     assert forced.variant == "broken"
+
+
+async def test_without_experiments_the_report_is_a_404() -> None:
+    async with served_system(BASE) as (_, url), AsyncClient(url, retry=FAST) as client:
+        with pytest.raises(ApiError) as missing:
+            await client.experiments()
+        answer = await client.recommend("u1", k=2)
+    assert missing.value.status == 404 and "[experiments]" in missing.value.reason
+    assert answer.variant is None
