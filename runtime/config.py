@@ -669,16 +669,18 @@ class ExperimentsConfig:
     (``training.negatives = 16`` or a ``[experiments.variants.<name>.training]`` table)."""
 
     seed: int = 0
+    interleaving: bool = False
     variants: dict[str, Variant] = field(default_factory=dict)
 
     @classmethod
     def from_table(cls, values: dict[str, Any], origin: str) -> ExperimentsConfig:
-        unknown = sorted(set(values) - {"seed", "variants"})
+        unknown = sorted(set(values) - {"seed", "interleaving", "variants"})
         if unknown:
             raise ConfigError(
-                f"{origin}: unknown key experiments.{unknown[0]} (known: seed, variants)"
+                f"{origin}: unknown key experiments.{unknown[0]} (known: seed, interleaving, "
+                "variants)"
             )
-        flat: dict[str, Any] = {k: values[k] for k in ("seed",) if k in values}
+        flat: dict[str, Any] = {k: values[k] for k in ("seed", "interleaving") if k in values}
         config = cls(**_table_values(cls, "experiments", flat, origin))
         tables = values.get("variants", {})
         if not isinstance(tables, dict):
@@ -697,6 +699,10 @@ class ExperimentsConfig:
             )  # fmt: skip
         total = sum(v.share for v in self.variants.values())
         _require(abs(total - 1.0) < 1e-9, "experiments.variants", "shares must sum to 1", total)
+        _require(
+            not self.interleaving or len(self.variants) == 2, "experiments.interleaving",
+            "needs exactly two variants", sorted(self.variants),
+        )  # fmt: skip
 
 
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

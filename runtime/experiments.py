@@ -1,5 +1,5 @@
 """Experiments in one process: every variant's model learns from the same events in its
-own pipeline, and each request is ranked by the user's variant.
+own pipeline, and each request is ranked by the user's variant (or interleaved).
 
     ingest ─► ExperimentPipeline.submit ─► the base Pipeline (as without experiments)
                                         └► one Pipeline per variant with its own model
@@ -28,7 +28,7 @@ from actors.trainer import Watermark
 from runtime.errors import BadRequest
 from runtime.messages import NOT_EVALUATED, NOT_SCORED, EventBatch
 from runtime.pipeline import Pipeline
-from runtime.recommendations import Recommendations
+from runtime.recommendations import INTERLEAVED, Recommendations
 from runtime.supervisor import Service, Supervisor
 from runtime.transport import MemoryTransport, Transport
 
@@ -126,7 +126,8 @@ def build_pipeline(
 
 def variant_ranking(model: Model, base: Ranker, user: str, variant: str | None) -> Rank:
     """What ranks ``user``'s request: the base ranker without experiments; else the ranker
-    of ``variant`` (a debugging override) or of the user's variant; the answer is :class:`Recommendations` naming the variant."""
+    of ``variant`` (a debugging override), of the user's variant, or both interleaved;
+    the answer is :class:`Recommendations` naming the variant."""
     experiments = model.experiments
     if experiments is None:
         if variant is not None:
@@ -134,15 +135,31 @@ def variant_ranking(model: Model, base: Ranker, user: str, variant: str | None) 
         return base.recommend
     if variant is not None and variant not in experiments.names:
         raise BadRequest(f"unknown variant {variant[:64]!r}; the variants: {experiments.names}")
+    if variant is None and experiments.interleaving:
+        return lambda *args: _interleaved(experiments, base, *args)
     name = variant or experiments.assign(user)
     ranker = experiments.ranker(name, base)
     return lambda *args: Recommendations(ranker.recommend(*args), variant=name)
 
 
+def _interleaved(
+    experiments: Experiments, base: Ranker, user: str, k: int, *rest: Any
+) -> Recommendations:
+    """Both variants' top k merged by team draft; each item names the team it came from."""
+    answers = [
+        experiments.ranker(name, base).recommend(user, k, *rest) for name in experiments.names
+    ]
+    first, second = ([entry["item"] for entry in answer] for answer in answers)
+    entries = [{entry["item"]: entry for entry in answer} for answer in answers]
+    picked = experiments.interleave(user, (first, second), k)
+    items = [{**entries[team][item], "team": experiments.names[team]} for item, team in picked]
+    return Recommendations(items, variant=INTERLEAVED)
+
+
 def experiment_statistics(model: Model) -> dict[str, Any] | None:
     """Per variant: progressive HR@k and NDCG@k (each variant's model evaluated on every
     event, since every variant learns from every event), the click-through of the
-    impressions it served, each with a 95% interval."""
+    impressions it served, each with a 95% interval; the interleaving win rate."""
     experiments = model.experiments
     if experiments is None:
         return None
@@ -159,7 +176,23 @@ def experiment_statistics(model: Model) -> dict[str, Any] | None:
             f"ndcg@{ranking.k}": estimate(ranking.ndcg(), mean_interval(total, total_sq, n), n),
             "ctr": estimate(_rate(clicks, shown), wilson_interval(clicks, shown), shown),
         }
-    return {"seed": experiments.seed, "variants": variants}
+    out: dict[str, Any] = {"seed": experiments.seed, "variants": variants}
+    if experiments.interleaving:
+        out["interleaving"] = _interleaving_statistics(experiments)
+    return out
+
+
+def _interleaving_statistics(experiments: Experiments) -> dict[str, Any]:
+    first, second = experiments.names
+    won_first, won_second, ties = experiments.win_counts()
+    decided = won_first + won_second
+    win_rate = estimate(_rate(won_first, decided), wilson_interval(won_first, decided), decided)
+    return {
+        "lists_served": experiments.served,
+        "wins": {first: won_first, second: won_second},
+        "ties": ties,
+        "win_rate": {"variant": first, **win_rate},
+    }
 
 
 def _rate(part: int, whole: int) -> float:

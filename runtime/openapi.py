@@ -208,6 +208,10 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "item": {"type": "string"},
             "score": {"type": "number", "minimum": 0, "maximum": 1},
             "explanation": {"type": "array", "items": _ref("Explanation")},
+            "team": {
+                "type": "string",
+                "description": "Interleaving: the variant whose ranking this item came from",
+            },
         },
     },
     "Recommendation": {
@@ -219,8 +223,8 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "items": {"type": "array", "items": _ref("RankedItem")},
             "variant": {
                 "type": "string",
-                "description": "The experiment variant that ranked the items; present only "
-                "with an [experiments] section",
+                "description": "The experiment variant that ranked the items ('interleaved': "
+                "a team draft of the two); present only with an [experiments] section",
             },
         },
     },
@@ -238,8 +242,8 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             },
             "variant": {
                 "type": "string",
-                "description": "The experiment variant that ranked the items; present only "
-                "with an [experiments] section",
+                "description": "The experiment variant that ranked the items ('interleaved': "
+                "a team draft of the two); present only with an [experiments] section",
             },
         },
     },
@@ -603,12 +607,13 @@ NO_EXPERIMENTS_HERE = _error("A cluster ranker given 'variant': experiments are 
 def _experiments() -> Schema:
     operation = _get(
         "experiments",
-        "Per variant: progressive HR@k and NDCG@k, click-through",
+        "Per variant: progressive HR@k and NDCG@k, click-through, interleaving wins",
         _response(
             "Each metric as {value, low, high, n}: the 95% interval is Wilson's for rates "
-            "(HR, click-through) and the normal approximation for NDCG; progressive "
+            "(HR, click-through, win rate) and the normal approximation for NDCG; progressive "
             "metrics evaluate each variant's model on every event (every variant learns "
-            "from every event), click-through counts the impressions of the variant's users",
+            "from every event), click-through counts the impressions of the variant's users "
+            "(interleaving: of the items its team picked)",
             {"type": "object"},
         ),
     )

@@ -386,3 +386,9 @@ def _experiments(out: _Families, experiments: Any) -> None:
                         variant=variant, metric=metric, bound=bound)  # fmt: skip
             out.add(GAUGE, "freshrank_experiment_samples", samples, estimate.get("n"),
                     variant=variant, metric=metric)  # fmt: skip
+    win_rate = _get(experiments, "interleaving", "win_rate")
+    if isinstance(win_rate, Mapping):
+        for bound in ("value", "low", "high"):
+            out.add(GAUGE, "freshrank_experiment_interleaving_win_rate",
+                    "Share of clicked interleaved answers the first variant won (ties left out)",
+                    win_rate.get(bound), variant=str(win_rate.get("variant")), bound=bound)  # fmt: skip

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+INTERLEAVED = "interleaved"  # the variant of a team-draft answer (each item names its team)
+
 
 class Recommendations(list[dict[str, Any]]):
     """The items, best first, each ``{"item", "score", ...}``; ``variant``: who ranked them."""

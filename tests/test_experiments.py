@@ -6,6 +6,7 @@ winning on a simulator stream; through the embedded System, HTTP and the client.
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.experiments import assign_variant, mean_interval, wilson_interval
+from actors.experiments import assign_variant, mean_interval, team_draft, wilson_interval
 from actors.model import Model
 from actors.simulator import Simulator, SimulatorConfig
 from actors.state import StateError
@@ -68,6 +69,12 @@ def test_a_bad_experiments_section_is_refused_naming_the_variant(
     with pytest.raises(ConfigError) as refused:
         Config.from_dict({"experiments": {"variants": variants}})
     assert message in str(refused.value)
+
+
+def test_interleaving_needs_exactly_two_variants() -> None:
+    three = {name: {"share": 1 / 3} for name in "abc"}
+    with pytest.raises(ConfigError, match="needs exactly two variants"):
+        Config.from_dict({"experiments": {"interleaving": True, "variants": three}})
 
 
 def test_a_variant_table_reads_as_written_in_toml(tmp_path: Path) -> None:
@@ -319,3 +326,75 @@ async def test_without_experiments_the_report_is_a_404() -> None:
         answer = await client.recommend("u1", k=2)
     assert missing.value.status == 404 and "[experiments]" in missing.value.reason
     assert answer.variant is None
+
+
+# -- team-draft interleaving ---------------------------------------------------------------
+
+
+def test_team_draft_alternates_fairly_and_keeps_each_teams_order() -> None:
+    first = [f"i{n}" for n in range(10)]
+    second = [f"i{n}" for n in (3, 1, 11, 0, 12, 13, 14, 15, 16, 17)]
+    for seed in range(50):
+        picked = team_draft((first, second), 8, random.Random(seed))
+        items = [item for item, _ in picked]
+        assert len(items) == len(set(items)) == 8
+        teams = [team for _, team in picked]
+        for n in range(1, 9):  # after every pick the teams differ by at most one
+            assert abs(teams[:n].count(0) - teams[:n].count(1)) <= 1
+        for team, ranking in ((0, first), (1, second)):
+            mine = [item for item, t in picked if t == team]
+            assert mine == sorted(mine, key=ranking.index)
+    assert team_draft((["a"], []), 3, random.Random(0)) == [("a", 0)]
+
+
+INTERLEAVED = {**TWO_ARMS, "labels": {"window_s": 60.0}}
+INTERLEAVED["experiments"] = {**TWO_ARMS["experiments"], "interleaving": True}
+
+
+async def test_interleaved_answers_credit_clicks_to_their_teams() -> None:
+    async with System.from_config(INTERLEAVED) as system:
+        await system.ingest(stream(600))
+        shown, clicks = [], []
+        for n in range(30):
+            user = f"u{n}"
+            answer = await system.recommend(user, k=6)
+            assert isinstance(answer, Recommendations) and answer.variant == "interleaved"
+            assert {entry["team"] for entry in answer} <= {"control", "broken"}
+            for rank, entry in enumerate(answer):
+                key = f"{user}-{rank}"
+                shown.append({"event": "impression", "impression_id": key, "user": user,
+                              "item": entry["item"], "ts": 1_700_100_000.0})  # fmt: skip
+                if entry["team"] == "control":  # users click only what control picked
+                    clicks.append({"event": "click", "impression_id": key, "ts": 1_700_100_001.0})
+        assert (await system.ingest(shown + clicks)).rejected == 0
+        await system.flush_labels(1_700_100_100.0)
+        report = system.statistics()["experiments"]
+        forced = await system.recommend("u1", k=3, variant="broken")
+    assert forced.variant == "broken" and all("team" not in entry for entry in forced)
+    interleaving = report["interleaving"]
+    assert interleaving["lists_served"] == 30
+    assert interleaving["wins"]["broken"] == 0 and interleaving["ties"] == 0
+    win_rate = interleaving["win_rate"]
+    assert win_rate["variant"] == "broken"  # the first by name
+    assert win_rate["n"] == interleaving["wins"]["control"] > 20
+    assert win_rate["value"] == 0.0 and win_rate["high"] < 0.5  # control wins beyond noise
+    assert report["variants"]["broken"]["ctr"]["value"] == 0.0
+    assert report["variants"]["control"]["ctr"]["value"] == 1.0
+
+
+async def test_interleaved_answers_are_remembered_across_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "model.snapshot"
+    async with System.from_config(INTERLEAVED) as system:
+        await system.ingest(stream(300))
+        answer = await system.recommend("u5", k=4)
+        await system.save_snapshot(path)
+    restarted = System.from_config(INTERLEAVED)
+    restarted.restore(path)
+    async with restarted:
+        shown = {"event": "impression", "impression_id": "x", "user": "u5",
+                 "item": answer[0]["item"], "ts": 1_700_100_000.0}  # fmt: skip
+        click = {"event": "click", "impression_id": "x", "ts": 1_700_100_001.0}
+        await restarted.ingest([shown, click])
+        interleaving = restarted.statistics()["experiments"]["interleaving"]
+    assert interleaving["lists_served"] == 1
+    assert interleaving["wins"][answer[0]["team"]] == 1 and interleaving["ties"] == 0
