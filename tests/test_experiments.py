@@ -16,14 +16,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from actors.experiments import assign_variant, mean_interval, team_draft, wilson_interval
 from actors.model import Model
 from actors.simulator import Simulator, SimulatorConfig
 from actors.state import StateError
+from runtime import cli
 from runtime.client import ApiError, AsyncClient, Client, RetryPolicy
+from runtime.cluster import ClusterFront
 from runtime.config import Config, ConfigError
 from runtime.errors import BadRequest
+from runtime.http import make_app
 from runtime.recommendations import Recommendations
 from runtime.system import System
 from tests.conftest import served_system
@@ -398,3 +402,42 @@ async def test_interleaved_answers_are_remembered_across_a_snapshot(tmp_path: Pa
         interleaving = restarted.statistics()["experiments"]["interleaving"]
     assert interleaving["lists_served"] == 1
     assert interleaving["wins"][answer[0]["team"]] == 1 and interleaving["ties"] == 0
+
+
+# -- the README's example and cluster mode ---------------------------------------------------
+
+
+def test_the_readme_experiment_config_loads_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("    cat > experiment.toml <<'EOF'\n") + len(
+        "    cat > experiment.toml <<'EOF'\n"
+    )
+    body = readme[start : readme.index("    EOF\n", start)]
+    path = tmp_path / "experiment.toml"
+    path.write_text("".join(line.removeprefix("    ") for line in body.splitlines(True)))
+    config = Config.load(path)
+    assert config.experiments.seed == 7
+    variants = config.experiments.variants
+    assert variants["control"].overrides == {}
+    assert variants["more_negatives"].overrides == {
+        "training": {"negatives": 16},
+        "sequence": {"enabled": False},
+    }
+
+
+def test_cluster_roles_refuse_an_experiments_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text("[experiments.variants.only]\nshare = 1.0\n")
+    for role in ("shard", "trainer", "ranker"):
+        assert cli.main([role, "--id", "0", "--config", str(path)]) == 2
+        assert "runs in one process only" in capsys.readouterr().err
+
+
+async def test_a_cluster_ranker_answers_variant_with_501() -> None:
+    app = make_app(ClusterFront(Config.from_dict({"model": {"bits": 12}}), 0))  # not started
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        answer = await client.get("/v1/recommend", params={"user": "u1", "variant": "a"})
+        assert answer.status == 501
+        assert "not built in cluster mode" in (await answer.json())["error"]
