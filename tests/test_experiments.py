@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -31,6 +32,7 @@ from runtime.http import make_app
 from runtime.recommendations import Recommendations
 from runtime.system import System
 from tests.conftest import served_system
+from tests.test_daemon import daemon, stop
 
 FAST = RetryPolicy(attempts=2, base_s=0.001, max_s=0.01)
 BASE = {"model": {"bits": 16}, "state": {"restore": False}, "ingest": {"dead_letter_path": ""}}
@@ -441,3 +443,57 @@ async def test_a_cluster_ranker_answers_variant_with_501() -> None:
         answer = await client.get("/v1/recommend", params={"user": "u1", "variant": "a"})
         assert answer.status == 501
         assert "not built in cluster mode" in (await answer.json())["error"]
+
+
+# -- the daemon ------------------------------------------------------------------------------
+
+DAEMON_CONFIG = """\
+[model]
+bits = 16
+
+[experiments]
+seed = 7
+
+[experiments.variants.control]
+share = 0.5
+
+[experiments.variants.broken]
+share = 0.5
+ftrl.alpha = 1e-6
+sequence.enabled = false
+"""
+
+
+async def test_the_daemon_runs_variants_and_restores_them(tmp_path: Path) -> None:
+    config = tmp_path / "experiment.toml"
+    config.write_text(DAEMON_CONFIG)
+    state = tmp_path / "state"
+    users = [f"u{n}" for n in range(8)]
+    async with (
+        daemon(state, "--config", str(config)) as (proc, url),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(f"{url}/v1/events", json=stream(800)) as answer:
+            assert answer.status == 200
+        async with http.get(f"{url}/v1/experiments") as answer:
+            before = await answer.json()
+        served = {user: await served_variant(http, url, user) for user in users}
+        code, output = await stop(proc)
+    assert code == 0, output
+    assert set(before["variants"]) == {"control", "broken"}
+    assert before["variants"]["broken"]["model"] == "own"
+    async with (
+        daemon(state, "--config", str(config)) as (proc, url),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{url}/v1/experiments") as answer:
+            assert await answer.json() == before
+        assert {user: await served_variant(http, url, user) for user in users} == served
+        code, output = await stop(proc)
+    assert code == 0, output
+
+
+async def served_variant(http: aiohttp.ClientSession, url: str, user: str) -> tuple[str, list[str]]:
+    async with http.get(f"{url}/v1/recommend", params={"user": user, "k": "5"}) as answer:
+        body = await answer.json()
+    return body["variant"], [entry["item"] for entry in body["items"]]
