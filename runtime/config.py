@@ -648,6 +648,7 @@ class FeedbackConfig:
 
 
 VARIANT_SECTIONS = ("model", "ftrl", "optimizer", "training", "sequence", "candidates")
+SHARED_BY_VARIANTS = {"training": ("batch_size", "rank_eval_every", "rank_k")}
 """The sections a variant may change: what its model is and how it learns.  The rest
 (ingest, HTTP, state, labels, feedback, ...) belongs to the process all variants share."""
 
@@ -726,6 +727,12 @@ def _variant(name: str, table: Any, origin: str) -> Variant:
             )
         if not isinstance(keys, dict):
             raise ConfigError(f"{origin}: {where}.{section} must be a table of keys")
+        shared = sorted(set(keys) & set(SHARED_BY_VARIANTS.get(section, ())))
+        if shared:
+            raise ConfigError(
+                f"{origin}: {where}.{section}.{shared[0]} is the base's in every variant: "
+                "each batch and the events it evaluates are shared, so the metrics compare"
+            )
         overrides[section] = dict(keys)
     return Variant(float(share), overrides)
 

@@ -66,6 +66,7 @@ def stream(n: int, seed: int = 3) -> list[dict[str, Any]]:
         ({"a": {"share": 1.0, "training": {"negativez": 1}}}, "variants.a: unknown key"),
         ({"a": {"share": 1.0, "training": {"negatives": -1}}}, "variants.a: training.negatives"),
         ({"a": {"share": 0}}, "a.share must be a number in (0, 1]"),
+        ({"a": {"share": 1.0, "training": {"rank_k": 5}}}, "training.rank_k is the base's"),
         ({"a b": {"share": 1.0}}, "names must be 1..64"),
     ],
 )
