@@ -105,6 +105,11 @@ def _skip_shown(ranking: Sequence[str], cursor: int, shown: set[str]) -> int:
     return cursor
 
 
+def _outcome(clicks: list[int]) -> int:
+    """0: team 0 got more clicks, 1: team 1 did, 2: a tie."""
+    return 0 if clicks[0] > clicks[1] else 1 if clicks[1] > clicks[0] else 2
+
+
 class Experiments:
     """The variants of ``[experiments]``: their models (None: the base model), the online
     counts of each variant and the interleaving credits.  Saved with the base model's
@@ -161,15 +166,14 @@ class Experiments:
 
     def _score(self, clicks: list[int]) -> None:
         if clicks[0] or clicks[1]:
-            self.outcomes[0 if clicks[0] > clicks[1] else 1 if clicks[1] > clicks[0] else 2] += 1
+            self.outcomes[_outcome(clicks)] += 1
 
     def win_counts(self) -> list[int]:
         """Lists won by team 0, by team 1 and tied, counting the open lists as they stand."""
         outcomes = list(self.outcomes)
         for clicks in self.lists.values():
             if clicks[0] or clicks[1]:
-                a, b = clicks
-                outcomes[0 if a > b else 1 if b > a else 2] += 1
+                outcomes[_outcome(clicks)] += 1
         return outcomes
 
     # -- online outcomes -----------------------------------------------------------

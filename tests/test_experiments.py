@@ -19,16 +19,26 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from actors.experiments import assign_variant, mean_interval, team_draft, wilson_interval
+from actors import experiments as experiments_module
+from actors.delayed import Resolved
+from actors.events import Event
+from actors.experiments import (
+    Experiments,
+    assign_variant,
+    mean_interval,
+    team_draft,
+    wilson_interval,
+)
 from actors.model import Model
 from actors.simulator import Simulator, SimulatorConfig
 from actors.state import StateError
 from runtime import cli
 from runtime.client import ApiError, AsyncClient, Client, RetryPolicy
 from runtime.cluster import ClusterFront
-from runtime.config import Config, ConfigError
+from runtime.config import Config, ConfigError, ExperimentsConfig, Variant
 from runtime.errors import BadRequest
 from runtime.http import make_app
+from runtime.messages import POSITIVE
 from runtime.recommendations import Recommendations
 from runtime.system import System
 from tests.conftest import served_system
@@ -498,3 +508,25 @@ async def served_variant(http: aiohttp.ClientSession, url: str, user: str) -> tu
     async with http.get(f"{url}/v1/recommend", params={"user": user, "k": "5"}) as answer:
         body = await answer.json()
     return body["variant"], [entry["item"] for entry in body["items"]]
+
+
+def test_interleaving_credits_survive_eviction_and_a_state_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = ExperimentsConfig(
+        seed=1, interleaving=True, variants={"a": Variant(0.5, {}), "b": Variant(0.5, {})}
+    )
+    experiments = Experiments(config, {"a": None, "b": None})
+    monkeypatch.setattr(experiments_module, "MAX_LISTS", 2)
+    (item, team), _ = experiments.interleave("u", (["x", "y"], ["y", "z"]), 2)
+    clicked = Resolved(Event("u", item), label=POSITIVE, prescore=0.5, outcome="joined")
+    experiments.observe([clicked])
+    assert experiments.win_counts()[team] == 1 and experiments.outcomes == [0, 0, 0]
+    experiments.interleave("v", (["x"], ["z"]), 2)
+    experiments.interleave("w", (["x"], ["z"]), 2)  # the first answer is scored and let go
+    assert list(experiments.lists) == [2, 3] and experiments.outcomes[team] == 1
+    assert experiments.win_counts()[team] == 1
+    assert experiments.online[experiments.names[team]] == [1, 1]
+    restored = Experiments(config, {"a": None, "b": None})
+    restored.load_state(experiments.to_state())
+    assert restored.to_state() == experiments.to_state()
