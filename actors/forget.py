@@ -96,6 +96,8 @@ def forget_user(model: Model, user: str) -> dict[str, Any]:
     profile = users.profiles.pop(user, None)
     users.profile_names.pop(user, None)
     open_, closed = model.labels.forget_user(user)
+    if model.experiments is not None:
+        model.experiments.forget_user(user)
     for component in model.components.values():
         forget = getattr(component, "forget_user", None)
         if forget is not None:

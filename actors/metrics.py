@@ -605,6 +605,7 @@ class RankingMetrics:
     count: int
     hits: int
     _dcg_sum: float
+    _dcg_sq_sum: float  # for the NDCG's confidence interval (runtime/experiments.py)
 
     def __init__(self, k: int = 10) -> None:
         if k < 1:
@@ -621,7 +622,9 @@ class RankingMetrics:
             raise ValueError("rank must be >= 0 (use None for a missing item)")
         if rank < self.k:
             self.hits += 1
-            self._dcg_sum += 1.0 / math.log2(rank + 2)
+            gain = 1.0 / math.log2(rank + 2)
+            self._dcg_sum += gain
+            self._dcg_sq_sum += gain * gain
 
     def update_many(self, ranks: npt.ArrayLike) -> None:
         """Record a batch of ranks; -1 marks an item that was not among the candidates."""
@@ -634,7 +637,9 @@ class RankingMetrics:
         hit = r[(r >= 0) & (r < self.k)]
         self.count += int(r.shape[0])
         self.hits += int(hit.shape[0])
-        self._dcg_sum += float((1.0 / np.log2(hit + 2.0)).sum())
+        gains = 1.0 / np.log2(hit + 2.0)
+        self._dcg_sum += float(gains.sum())
+        self._dcg_sq_sum += float((gains * gains).sum())
 
     def hit_rate(self) -> float:
         """Share of events whose item ranked in the top k; nan when empty."""
@@ -644,15 +649,21 @@ class RankingMetrics:
         """Mean NDCG@k; nan when empty."""
         return self._dcg_sum / self.count if self.count else math.nan
 
+    def ndcg_moments(self) -> tuple[float, float, int]:
+        """The sum and the sum of squares of the per-event NDCG, and the count."""
+        return self._dcg_sum, self._dcg_sq_sum, self.count
+
     def reset(self) -> None:
         """Forget everything (keeps k)."""
         self.count = 0
         self.hits = 0
         self._dcg_sum = 0.0
+        self._dcg_sq_sum = 0.0
 
     def to_state(self) -> State:
         """Msgpack-friendly snapshot."""
-        return {"k": self.k, "count": self.count, "hits": self.hits, "dcg_sum": self._dcg_sum}
+        return {"k": self.k, "count": self.count, "hits": self.hits, "dcg_sum": self._dcg_sum,
+                "dcg_sq_sum": self._dcg_sq_sum}  # fmt: skip
 
     @classmethod
     def from_state(cls, state: State) -> RankingMetrics:
@@ -661,6 +672,9 @@ class RankingMetrics:
         m.count = int(state["count"])
         m.hits = int(state["hits"])
         m._dcg_sum = float(state["dcg_sum"])
+        # older snapshots lack it: each gain is at most 1, so the sum bounds the squares
+        # (a wider interval, never a narrower one)
+        m._dcg_sq_sum = float(state.get("dcg_sq_sum", m._dcg_sum))
         return m
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from actors.candidates import CandidateGenerator, CandidateParams
 from actors.delayed import DelayedLabelJoiner
+from actors.experiments import Experiments
 from actors.exploration import WeightPosterior
 from actors.factors import FactorParams, FactorStore
 from actors.features import Catalog, FeatureSpace, UserState
@@ -33,12 +34,13 @@ from actors.ranker import Ranker
 from actors.sgd import SGDParams
 from actors.signals import SequenceSignals
 from actors.state import Stateful
-from runtime.config import Config
+from runtime.config import Config, variant_config
 from runtime.errors import SetupError
 from runtime.messages import WeightDelta
 
 RESERVED_PARTS = (
-    "weights", "factors", "catalog", "users", "metrics", "labels", "stream", "sequence"
+    "weights", "factors", "catalog", "users", "metrics", "labels", "stream", "sequence",
+    "experiments",
 )  # fmt: skip
 
 
@@ -94,7 +96,9 @@ def model_settings(config: Config) -> dict[str, Any]:
         "components": list(config.model.components),
         # the weights part holds z and n under FTRL, w and n under SGD
         **({"optimizer": "sgd"} if config.optimizer.kind == "sgd" else {}),
-    }
+        # each variant's own model is saved under its own settings (actors/experiments.py)
+        **({"experiments": own} if (own := own_variants(config)) else {}),
+    }  # fmt: skip
 
 
 class Component(Protocol):
@@ -185,6 +189,7 @@ class Model:
     stream: StreamPosition = field(default_factory=StreamPosition)
     components: dict[str, Component] = field(default_factory=dict)
     clock: Callable[[], float] = time.time  # wall clock: serving judges item expiry by it
+    experiments: Experiments | None = None  # the variants of [experiments]
 
     def parts(self) -> dict[str, Stateful]:
         """The stateful parts by name: what a snapshot saves and restores."""
@@ -200,6 +205,8 @@ class Model:
             parts["factors"] = self.factors
         if self.sequence is not None:
             parts["sequence"] = self.sequence
+        if self.experiments is not None:
+            parts["experiments"] = self.experiments
         return {**parts, **self.components}
 
     def observe(self, users: Sequence[str], item_rows: np.ndarray) -> None:
@@ -274,7 +281,26 @@ def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model
         else None,
         components=load_components(config),
         clock=clock,
+        experiments=build_experiments(config, clock),
     )
+
+
+def own_variants(config: Config) -> list[str]:
+    """The variants with a model of their own (those that change a key), by name."""
+    return sorted(name for name, v in config.experiments.variants.items() if v.overrides)
+
+
+def build_experiments(config: Config, clock: Callable[[], float]) -> Experiments | None:
+    """The variants of ``[experiments]``, each changed variant a whole model of its own
+    config, built like the base (None: no experiments)."""
+    variants = config.experiments.variants
+    if not variants:
+        return None
+    models = {
+        name: build_model(variant_config(config, name), clock) if variant.overrides else None
+        for name, variant in variants.items()
+    }
+    return Experiments(config.experiments, models)
 
 
 def shard_slots(bits: int, shards: int, shard: int) -> int:

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Config
+from runtime.config import Config, ConfigError
 from runtime.errors import BadInput, FreshrankError
 from runtime.exporter import add_export_parser
 from runtime.importer import add_import_parser
@@ -188,6 +188,11 @@ def cmd_role(args: argparse.Namespace) -> int:
     from runtime import cluster
 
     config = _load(args.config)
+    if config.experiments.variants:
+        raise ConfigError(
+            "[experiments] runs in one process only (freshrank run, the embedded System): "
+            "cluster roles do not build variants; remove the section for cluster mode"
+        )
     shards = config.training.shards
     if args.command == "shard" and args.id >= shards:
         where = args.config or "the default config"

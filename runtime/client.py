@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from runtime.errors import FreshrankError
+from runtime.recommendations import Recommendations
 
 RETRIED = frozenset({429, 503})
 ANSWERED = frozenset({200, 422})  # 422: an ingest whose every event was refused, with reasons
@@ -127,8 +128,11 @@ class _Calls:
     def recommend(
         user: str, k: int, candidates: Sequence[str] | None, context: dict[str, Any] | None,
         explain: bool, exclude: Sequence[str], item_filter: dict[str, Any] | None = None,
+        variant: str | None = None,
     ) -> Call:  # fmt: skip
         query = {"user": user, "k": str(k)}
+        if variant is not None:
+            query["variant"] = variant
         if item_filter is not None:
             query["filter"] = json.dumps(item_filter)
         if candidates is not None:
@@ -195,14 +199,16 @@ class AsyncClient(_Settings):
     async def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
         context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
-        item_filter: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
+        item_filter: dict[str, Any] | None = None, variant: str | None = None,
+    ) -> Recommendations:  # fmt: skip
         """``exclude``: item ids never to recommend in this answer; ``item_filter``: only
-        items whose features pass (the ``filter`` object of the API)."""
-        call = _Calls.recommend(user, k, candidates, context, explain, exclude, item_filter)
+        items whose features pass (the ``filter`` object of the API); ``variant``: an
+        experiment variant instead of the user's.  ``.variant`` of the answer: who ranked it."""
+        call = _Calls.recommend(
+            user, k, candidates, context, explain, exclude, item_filter, variant
+        )
         body = await self._send(call)
-        items: list[dict[str, Any]] = body["items"]
-        return items
+        return Recommendations(body["items"], body.get("variant"))
 
     async def recommend_session(
         self, session: Sequence[str], k: int = 10, user: str | None = None
@@ -253,6 +259,11 @@ class AsyncClient(_Settings):
         body: dict[str, Any] = await self._send(Call("GET", "/v1/stats", {}))
         return body
 
+    async def experiments(self) -> dict[str, Any]:
+        """Per variant: HR@k, NDCG@k and click-through with 95% intervals."""
+        body: dict[str, Any] = await self._send(Call("GET", "/v1/experiments", {}))
+        return body
+
     async def _send(self, call: Call) -> Any:
         if self._session is None:
             raise RuntimeError("use the client as 'async with AsyncClient(...) as client'")
@@ -293,11 +304,13 @@ class Client(_Settings):
     def recommend(
         self, user: str, k: int = 10, candidates: Sequence[str] | None = None,
         context: dict[str, Any] | None = None, explain: bool = False, exclude: Sequence[str] = (),
-        item_filter: dict[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        call = _Calls.recommend(user, k, candidates, context, explain, exclude, item_filter)
-        items: list[dict[str, Any]] = self._send(call)["items"]
-        return items
+        item_filter: dict[str, Any] | None = None, variant: str | None = None,
+    ) -> Recommendations:  # fmt: skip
+        call = _Calls.recommend(
+            user, k, candidates, context, explain, exclude, item_filter, variant
+        )
+        body = self._send(call)
+        return Recommendations(body["items"], body.get("variant"))
 
     def recommend_session(
         self, session: Sequence[str], k: int = 10, user: str | None = None
@@ -340,6 +353,10 @@ class Client(_Settings):
 
     def stats(self) -> dict[str, Any]:
         body: dict[str, Any] = self._send(Call("GET", "/v1/stats", {}))
+        return body
+
+    def experiments(self) -> dict[str, Any]:
+        body: dict[str, Any] = self._send(Call("GET", "/v1/experiments", {}))
         return body
 
     def _send(self, call: Call) -> Any:

@@ -61,7 +61,7 @@ from runtime.front import (
 )
 from runtime.kafka import BrokerLostLog, KafkaChannel, KafkaTransport, committed_offsets
 from runtime.kafka_recommend import RequestServer
-from runtime.lifecycle import Lifecycle
+from runtime.lifecycle import Lifecycle, NotSupportedHere
 from runtime.messages import (
     INTERACTION,
     ITEM_UPSERT,
@@ -608,8 +608,11 @@ class ClusterFront:
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         item_filter: ItemFilter | None = None,
+        variant: str | None = None,
     ) -> list[dict[str, Any]]:
         self._check()
+        if variant is not None:
+            raise NotSupportedHere("experiments (and 'variant') are not built in cluster mode")
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         return self.ranker.recommend(

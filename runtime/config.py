@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -646,6 +647,114 @@ class FeedbackConfig:
             _require(0 <= kind.weight <= 1e6, f"{where}.weight", "must be in 0..1e6", kind.weight)
 
 
+VARIANT_SECTIONS = ("model", "ftrl", "optimizer", "training", "sequence", "candidates")
+SHARED_BY_VARIANTS = {"training": ("batch_size", "rank_eval_every", "rank_k")}
+"""The sections a variant may change: what its model is and how it learns.  The rest
+(ingest, HTTP, state, labels, feedback, ...) belongs to the process all variants share."""
+
+
+@dataclass
+class Variant:
+    """One arm of an experiment: its share of the users and what it changes of the base
+    config (``{"training": {"negatives": 16}}``); no change: the base model serves it."""
+
+    share: float
+    overrides: dict[str, dict[str, Any]]
+
+
+@dataclass
+class ExperimentsConfig:
+    """``[experiments]``: named variants learning side by side (runtime/experiments.py).
+
+    ``[experiments.variants.<name>]`` holds ``share`` and the keys the variant changes
+    (``training.negatives = 16`` or a ``[experiments.variants.<name>.training]`` table)."""
+
+    seed: int = 0
+    interleaving: bool = False
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, values: dict[str, Any], origin: str) -> ExperimentsConfig:
+        unknown = sorted(set(values) - {"seed", "interleaving", "variants"})
+        if unknown:
+            raise ConfigError(
+                f"{origin}: unknown key experiments.{unknown[0]} (known: seed, interleaving, "
+                "variants)"
+            )
+        flat: dict[str, Any] = {k: values[k] for k in ("seed", "interleaving") if k in values}
+        config = cls(**_table_values(cls, "experiments", flat, origin))
+        tables = values.get("variants", {})
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{origin}: experiments.variants must be a table of tables")
+        for name, table in tables.items():
+            config.variants[name] = _variant(name, table, origin)
+        return config
+
+    def check(self) -> None:
+        if not self.variants:
+            return
+        for name in self.variants:
+            _require(
+                VARIANT_NAME.fullmatch(name) is not None, "experiments.variants",
+                "names must be 1..64 letters, digits, '_' or '-'", name,
+            )  # fmt: skip
+        total = sum(v.share for v in self.variants.values())
+        _require(abs(total - 1.0) < 1e-9, "experiments.variants", "shares must sum to 1", total)
+        _require(
+            not self.interleaving or len(self.variants) == 2, "experiments.interleaving",
+            "needs exactly two variants", sorted(self.variants),
+        )  # fmt: skip
+
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _variant(name: str, table: Any, origin: str) -> Variant:
+    where = f"experiments.variants.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: [{where}] must be a table, got {table!r}")
+    share = table.get("share")
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise ConfigError(f"{origin}: {where}.share must be a number in (0, 1], got {share!r}")
+    overrides: dict[str, dict[str, Any]] = {}
+    for section, keys in table.items():
+        if section == "share":
+            continue
+        if section not in VARIANT_SECTIONS:
+            raise ConfigError(
+                f"{origin}: {where}.{section}: a variant changes only "
+                f"{', '.join(VARIANT_SECTIONS)} (and has a share)"
+            )
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{origin}: {where}.{section} must be a table of keys")
+        shared = sorted(set(keys) & set(SHARED_BY_VARIANTS.get(section, ())))
+        if shared:
+            raise ConfigError(
+                f"{origin}: {where}.{section}.{shared[0]} is the base's in every variant: "
+                "each batch and the events it evaluates are shared, so the metrics compare"
+            )
+        overrides[section] = dict(keys)
+    return Variant(float(share), overrides)
+
+
+def variant_config(base: Config, name: str, origin: str = "config") -> Config:
+    """The whole config of one variant: the base with the variant's keys changed, checked
+    like any config (errors name the variant); its model keeps no dead letters of its
+    own (the base rejects input once for all variants)."""
+    data = base.to_dict()
+    del data["experiments"]
+    for section, keys in base.experiments.variants[name].overrides.items():
+        data[section] = {**data[section], **keys}
+    data["ingest"]["dead_letter_path"] = ""
+    where = f"experiments.variants.{name}"
+    try:
+        return Config.from_dict(data, origin=f"{origin}: {where}")
+    except ConfigError as error:  # a value check names the key, not the variant
+        if where in str(error):
+            raise
+        raise ConfigError(f"{origin}: {where}: {error}") from None
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -666,6 +775,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "config") -> Config:
@@ -690,6 +800,8 @@ class Config:
             "cannot be thompson with optimizer.kind = sgd (the posterior is FTRL's)",
             config.exploration.mode,
         )
+        for name in config.experiments.variants:  # each variant is a whole, valid config
+            variant_config(config, name, origin)
         return config
 
     @classmethod

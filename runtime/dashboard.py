@@ -2,8 +2,9 @@
 
 ``GET /v1/dashboard/series?since=T``
     the time series newer than ``T`` (unix seconds): ingest/learn throughput,
-    progressive logloss/AUC and HR@k, freshness latency, queue depths, shard sizes;
-    plus the current rejections by reason and a few headline numbers.
+    progressive logloss/AUC and HR@k, freshness latency, queue depths, shard sizes, each
+    experiment variant's metrics; plus the current rejections by reason, a few headline
+    numbers and the latest experiments report (``GET /v1/experiments``, null without).
 ``GET /v1/dashboard/top?k=10``
     the items interacted with most recently (exponentially decayed counts).
 
@@ -155,10 +156,21 @@ def shard_sizes(stats: Stats) -> Values:
     return out
 
 
+def experiment_metrics(stats: Stats) -> Values:
+    """Each experiment variant's progressive metrics and click-through (runtime/experiments.py)."""
+    out: Values = {}
+    variants = (stats.get("experiments") or {}).get("variants") or {}
+    for variant in sorted(variants):
+        for metric, estimate in variants[variant].items():
+            if isinstance(estimate, Mapping):
+                out[f"experiments/{variant} {metric}"] = number(estimate, "value")
+    return out
+
+
 def sample_values(stats: Stats, throughput: Values) -> Values:
     """One sample: every chart's series, keyed ``chart/series label``."""
     values: Values = {f"throughput/{name}": rate for name, rate in throughput.items()}
-    for part in (quality, freshness, queue_depths, shard_sizes):
+    for part in (quality, freshness, queue_depths, shard_sizes, experiment_metrics):
         values.update(part(stats))
     return values
 
@@ -436,6 +448,7 @@ class Dashboard:
             **self.history.since(since),
             "rejected": rejections(latest),
             "headline": headline(latest),
+            "experiments": latest.get("experiments"),  # None: no [experiments] section
         }
 
     def top(self, k: int) -> dict[str, Any]:

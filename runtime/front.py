@@ -207,6 +207,7 @@ class Front(Protocol):
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         item_filter: ItemFilter | None = None,
+        variant: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:

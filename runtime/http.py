@@ -151,7 +151,7 @@ async def _decode_and_ingest(
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/events": frozenset({"wait"}),
     "/v1/recommend": frozenset(
-        "user k candidates exclude filter context explain explore scale epsilon".split()
+        "user k candidates exclude filter context explain explore scale epsilon variant".split()
     ),
     "/v1/items": frozenset({"offset", "limit"}),
     "/v1/items/{item}/similar": frozenset({"k"}),
@@ -161,6 +161,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "/v1/users/{user}": frozenset(),
     "/v1/dashboard/series": frozenset({"since"}),
     "/v1/dashboard/top": frozenset({"k"}),
+    "/v1/experiments": frozenset(),
 }
 INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: no "1_000", "٣" or " 5 "
 
@@ -256,9 +257,15 @@ async def get_recommend(request: web.Request) -> web.Response:
     exploration = _exploration_params(request, system)
     items = await system.recommend(
         user, k, candidates, context, explain, **exploration, exclude=exclude,
-        item_filter=_filter_param(request),
+        item_filter=_filter_param(request), variant=request.query.get("variant"),
     )  # fmt: skip
-    return _json({"user": user, "k": k, "items": items})
+    return _json({"user": user, "k": k, "items": items, **_variant(items)})
+
+
+def _variant(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer's ``variant`` field, only with ``[experiments]``."""
+    variant = getattr(items, "variant", None)
+    return {"variant": variant} if variant is not None else {}
 
 
 def _filter_param(request: web.Request) -> ItemFilter | None:
@@ -282,12 +289,11 @@ async def post_recommend(request: web.Request) -> web.Response:
     items = await system.recommend(
         query.user, query.k, query.candidates, query.context, query.explain,
         session=query.session, exclude=query.exclude, item_filter=query.item_filter,
-        **query.exploration,
+        variant=query.variant, **query.exploration,
     )  # fmt: skip
     ignored = [i for i in query.session if i not in system.catalog.rows]
-    return _json(
-        {"user": query.user or None, "k": query.k, "items": items, "ignored_session_items": ignored}
-    )
+    return _json({"user": query.user or None, "k": query.k, "items": items,
+                  "ignored_session_items": ignored, **_variant(items)})  # fmt: skip
 
 
 async def get_items(request: web.Request) -> web.Response:
@@ -342,6 +348,15 @@ async def get_stats(request: web.Request) -> web.Response:
     return _json(request.app[SYSTEM_KEY].statistics())
 
 
+async def get_experiments(request: web.Request) -> web.Response:
+    """Per variant: progressive HR@k/NDCG@k and click-through with 95% intervals (404:
+    no ``[experiments]`` section)."""
+    experiments = request.app[SYSTEM_KEY].statistics().get("experiments")
+    if experiments is None:
+        return _error(404, "no experiments: the config has no [experiments] section")
+    return _json(experiments)
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     """Prometheus text format, from this app's own registry."""
     body = generate_latest(request.app[METRICS_KEY].registry)
@@ -380,6 +395,7 @@ def make_app(system: Front) -> web.Application:
     app.router.add_delete("/v1/users/{user}", delete_user)
     app.router.add_get("/v1/healthz", get_health)
     app.router.add_get("/v1/stats", get_stats)
+    app.router.add_get("/v1/experiments", get_experiments)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/openapi.json", get_openapi)
     add_dashboard(app, system)

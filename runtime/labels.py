@@ -44,6 +44,7 @@ class LabelStage:
         lock: asyncio.Lock | None = None,
     ) -> None:
         self.joiner = model.labels
+        self.experiments = model.experiments  # credits each variant with its clicks
         self.catalog = model.catalog
         self.space = model.space
         self.featurizer = Featurizer(model.space, model.catalog, model.users)
@@ -108,6 +109,8 @@ class LabelStage:
             resolved += step.resolved
             if step.rejected is not None:
                 refused.append((index, step.rejected, obj))
+        if self.experiments is not None:
+            self.experiments.observe(resolved)
         return resolved, refused
 
     async def _catalog_new_items(self, impressions: Sequence[Event]) -> None:
@@ -151,6 +154,8 @@ class LabelStage:
         the stream time); the last queued batch's sequence number (None: nothing closed)."""
         async with self._lock:
             resolved = self.joiner.expire(self.joiner.stream_time() if now is None else now)
+            if self.experiments is not None:
+                self.experiments.observe(resolved)
             return await self._learn([r.event for r in resolved], [r.prescore for r in resolved])
 
     async def _close_idle_windows(self) -> None:

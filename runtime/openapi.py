@@ -208,6 +208,10 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "item": {"type": "string"},
             "score": {"type": "number", "minimum": 0, "maximum": 1},
             "explanation": {"type": "array", "items": _ref("Explanation")},
+            "team": {
+                "type": "string",
+                "description": "Interleaving: the variant whose ranking this item came from",
+            },
         },
     },
     "Recommendation": {
@@ -217,6 +221,11 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
             "user": {"type": "string"},
             "k": {"type": "integer", "minimum": 1},
             "items": {"type": "array", "items": _ref("RankedItem")},
+            "variant": {
+                "type": "string",
+                "description": "The experiment variant that ranked the items ('interleaved': "
+                "a team draft of the two); present only with an [experiments] section",
+            },
         },
     },
     "SessionRecommendation": {
@@ -230,6 +239,11 @@ ANSWER_SCHEMAS: dict[str, Schema] = {
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "Session item ids the catalog does not have",
+            },
+            "variant": {
+                "type": "string",
+                "description": "The experiment variant that ranked the items ('interleaved': "
+                "a team draft of the two); present only with an [experiments] section",
             },
         },
     },
@@ -490,6 +504,12 @@ def _recommend_body(config: Config) -> Schema:
             "explore": {"type": "string", "enum": ["off", "thompson", "epsilon"]},
             "scale": SCALE,
             "epsilon": {"type": "number"},
+            "variant": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "description": VARIANT_OVERRIDE,
+            },
         },
     }
 
@@ -507,6 +527,7 @@ def _recommend(config: Config) -> Schema:
                 "200": _response("Ranked items, best first", _ref("SessionRecommendation")),
                 "400": _error("A missing, unknown or invalid field"),
                 "401": UNAUTHORIZED,
+                "501": NO_EXPERIMENTS_HERE,
                 "503": BUSY,
             },
         },
@@ -519,6 +540,7 @@ def _recommend(config: Config) -> Schema:
                 "400": _bad_query(),
                 "401": UNAUTHORIZED,
                 "413": _error("Too many candidates or context features"),
+                "501": NO_EXPERIMENTS_HERE,
                 "503": BUSY,
             },
         },
@@ -573,7 +595,32 @@ def _recommend_parameters(config: Config) -> list[Schema]:
             {"type": "boolean", "default": False},
         ),
         *_exploration_parameters(),
+        _query("variant", VARIANT_OVERRIDE, {"type": "string", "minLength": 1}),
     ]
+
+
+VARIANT_OVERRIDE = (
+    "An [experiments] variant to rank with instead of the user's (for debugging; 400 "
+    "when unknown or without experiments)"
+)
+NO_EXPERIMENTS_HERE = _error("A cluster ranker given 'variant': experiments are not built there")
+
+
+def _experiments() -> Schema:
+    operation = _get(
+        "experiments",
+        "Per variant: progressive HR@k and NDCG@k, click-through, interleaving wins",
+        _response(
+            "Each metric as {value, low, high, n}: the 95% interval is Wilson's for rates "
+            "(HR, click-through, win rate) and the normal approximation for NDCG; progressive "
+            "metrics evaluate each variant's model on every event (every variant learns "
+            "from every event), click-through counts the impressions of the variant's users "
+            "(interleaving: of the items its team picked)",
+            {"type": "object"},
+        ),
+    )
+    operation["get"]["responses"]["404"] = _error("No [experiments] section in the config")
+    return operation
 
 
 def _exploration_parameters() -> list[Schema]:
@@ -919,6 +966,7 @@ def build_openapi(config: Config) -> dict[str, Any]:
         "/v1/users/{user}": _forget(),
         "/v1/healthz": _health(),
         "/v1/stats": stats,
+        "/v1/experiments": _experiments(),
         "/metrics": _metrics(config.http.metrics_public),
         "/v1/openapi.json": _get("openapi", "This document", document),
         **_dashboard(),

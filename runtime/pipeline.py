@@ -25,7 +25,7 @@ from actors.events import Event
 from actors.featurizer import HasherActor
 from actors.learner import FactorShard, LearnerActor
 from actors.model import Model
-from actors.trainer import TrainerActor
+from actors.trainer import TrainerActor, Watermark
 from runtime.messages import DeadLetters, EventBatch
 from runtime.supervisor import Service, Supervisor, SystemFailed
 from runtime.transport import Transport
@@ -59,6 +59,7 @@ class Pipeline:
         path = config.ingest.dead_letter_path or None
         self.dead_letters = DeadLetterSink(path, self.dead_letter_channel)
         learned = self.trainer.learned  # a crash fails every waiter of learning
+        self.learned: Watermark = learned  # what "learned" means to ingest, drain, snapshots
         supervisor.on_failure(lambda error: learned.fail(_failed(supervisor.name, error)))
 
     @staticmethod
@@ -107,7 +108,7 @@ class Pipeline:
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is learned and every dead letter written."""
-        await self.trainer.learned.wait_for(self.model.stream.seq)
+        await self.learned.wait_for(self.model.stream.seq)
         while not self.dead_letters.idle:
             await self.supervisor.guard(asyncio.sleep(0))
 

@@ -164,6 +164,7 @@ class StatisticsCollector:
         _queues(out, stats.get("queues") or {})
         _dead_letters(out, stats.get("dead_letters"), self.reasons)
         _admission(out, stats.get("admission"))
+        _experiments(out, stats.get("experiments"))
         yield from out.families.values()
 
 
@@ -365,3 +366,29 @@ def _admission(out: _Families, admission: Any) -> None:
     for reason, count in by_reason.items():
         out.add(COUNTER, "freshrank_admission_rejected_requests_total", doc, count,
                 reason=str(reason))  # fmt: skip
+
+
+def _experiments(out: _Families, experiments: Any) -> None:
+    """Per variant and metric: the value and its 95% interval, as three series labelled
+    ``bound`` (value, low, high), and how many samples they rest on."""
+    if not isinstance(experiments, Mapping):
+        return
+    doc = (
+        "Experiment variant metric (progressive hr@k and ndcg@k, online ctr), bound: value|low|high"
+    )
+    samples = "Samples an experiment variant metric rests on"
+    for variant, metrics in (experiments.get("variants") or {}).items():
+        for metric, estimate in metrics.items():
+            if not isinstance(estimate, Mapping):
+                continue
+            for bound in ("value", "low", "high"):
+                out.add(GAUGE, "freshrank_experiment_metric", doc, estimate.get(bound),
+                        variant=variant, metric=metric, bound=bound)  # fmt: skip
+            out.add(GAUGE, "freshrank_experiment_samples", samples, estimate.get("n"),
+                    variant=variant, metric=metric)  # fmt: skip
+    win_rate = _get(experiments, "interleaving", "win_rate")
+    if isinstance(win_rate, Mapping):
+        for bound in ("value", "low", "high"):
+            out.add(GAUGE, "freshrank_experiment_interleaving_win_rate",
+                    "Share of clicked interleaved answers the first variant won (ties left out)",
+                    win_rate.get(bound), variant=str(win_rate.get("variant")), bound=bound)  # fmt: skip

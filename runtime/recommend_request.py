@@ -17,7 +17,7 @@ from runtime.errors import BadRequest
 
 FIELDS = (
     "user", "session", "k", "candidates", "exclude", "filter", "context", "explain", "explore",
-    "scale", "epsilon",
+    "scale", "epsilon", "variant",
 )  # fmt: skip
 MAX_ID_CHARS = 256
 
@@ -33,6 +33,7 @@ class RecommendRequest:
     context: dict[str, Any] | None = None
     explain: bool = False
     exploration: dict[str, Any] = field(default_factory=dict)  # explore, scale, epsilon
+    variant: str | None = None  # an experiment variant instead of the user's (debugging)
 
 
 def parse_recommend_request(body: bytes, limits: HTTPConfig) -> RecommendRequest:
@@ -66,6 +67,8 @@ def parse_recommend_request(body: bytes, limits: HTTPConfig) -> RecommendRequest
     if "filter" in data:
         request.item_filter = item_filter(data["filter"])
     request.exploration = _exploration(data)
+    if "variant" in data:
+        request.variant = _text(data["variant"], "variant")
     return request
 
 

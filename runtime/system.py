@@ -39,6 +39,7 @@ from actors.state import STATE_LIMITS, StateError
 from runtime.admission import Admission
 from runtime.config import Config, column_crosses, warn_column_crosses
 from runtime.durability import Persistence
+from runtime.experiments import build_pipeline, variant_ranking
 from runtime.front import (
     IngestResult,
     SplitEvents,
@@ -53,7 +54,6 @@ from runtime.gcpause import release
 from runtime.labels import LabelStage
 from runtime.lifecycle import Lifecycle
 from runtime.messages import EventBatch
-from runtime.pipeline import Pipeline
 from runtime.supervisor import Service, Supervisor, SystemFailed
 from runtime.transport import MemoryTransport, Transport
 
@@ -81,21 +81,20 @@ class System:
         self.ranker = m.ranker()
         self.exploration = ExplorationPolicy.from_settings(**dataclasses.asdict(c.exploration))
         self.supervisor = Supervisor("system")
-        self.pipeline = p = Pipeline(m, self.transport, self.supervisor, clock)
+        self.pipeline = p = build_pipeline(m, self.transport, self.supervisor, clock)
         self.hasher, self.trainer, self.learners = p.hasher, p.trainer, p.learners
-        self.dead_letters = p.dead_letters
+        self.dead_letters, learned = p.dead_letters, p.learned  # every variant's learned too
         # journal order = learning order: a request's append and its queueing are one step
         self._ingest_lock = asyncio.Lock()
         self.label_stage = LabelStage(
             m, self.ranker, self.submit, self.wait_learned, p.learn, self._ingest_lock
         )
-        self.persistence = Persistence(m, self.trainer.learned, self._ingest_lock, clock, p.recount)
+        self.persistence = Persistence(m, learned, self._ingest_lock, clock, p.recount)
         self.durability = self.persistence.durability
         self.services: list[Service] = [*p.services, self.label_stage, *self.persistence.services()]
         simulated = functools.partial(self.ingest, source="simulator", wait=False)
         self.simulator = SimulatorSource.from_section(c.simulator, simulated)
         self.services += [self.simulator] if self.simulator is not None else []
-        learned = self.trainer.learned  # the HTTP ingest bound: pending until learned
         self.admission = Admission.from_config(c.ingest, lambda: learned.value)
         self.lifecycle = Lifecycle(self.ingest, m.catalog, clock, self.persistence.forget_user)
         self.clock = clock
@@ -215,7 +214,7 @@ class System:
         return await self.pipeline.submit(batch)
 
     async def wait_learned(self, seq: int) -> None:
-        await self.trainer.learned.wait_for(seq)
+        await self.pipeline.learned.wait_for(seq)
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is learned and every dead letter is written
@@ -237,19 +236,20 @@ class System:
         session: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         item_filter: ItemFilter | None = None,
+        variant: str | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k items for ``user`` with the weights as they are now (every learned event counts).
 
         ``explore`` (off | thompson | epsilon), ``scale`` and ``epsilon`` override the
-        configured exploration for this request; a bad value raises ExplorationError."""
+        configured exploration for this request; a bad value raises ExplorationError.
+        With ``[experiments]``: Recommendations naming the ``variant`` (or the user's)."""
         self.supervisor.check()
         policy = self.exploration.override(explore, scale, epsilon)
         user, k = recommend_target(user, k)
         features = context_features(user, context, self.limits)
         active = policy if policy.active else None
-        return self.ranker.recommend(
-            user, k, candidates, features, explain, active, session, exclude, item_filter
-        )
+        serve = variant_ranking(self.model, self.ranker, user, variant)
+        return serve(user, k, candidates, features, explain, active, session, exclude, item_filter)
 
     async def similar(self, item: str, k: int = 10) -> list[dict[str, Any]]:
         """The item's nearest neighbours by co-occurrence, as the model has them now."""
@@ -268,7 +268,7 @@ class System:
         return {
             "status": "ok",
             "seq": self.model.stream.seq,
-            "learned_seq": self.trainer.learned.value,
+            "learned_seq": self.pipeline.learned.value,
         }
 
     def statistics(self) -> dict[str, Any]:

@@ -142,3 +142,22 @@ async def embedded_with(*batches: list[dict[str, Any]]) -> AsyncIterator[Any]:
         for batch in batches:
             await system.ingest(batch)
         yield system
+
+
+@asynccontextmanager
+async def served_system(config: Any = None) -> AsyncIterator[tuple[Any, str]]:
+    """A System (``config``: as System.from_config takes it; None: nothing saved) serving
+    its HTTP API on a loopback port: (system, base URL)."""
+    from aiohttp.test_utils import TestServer
+
+    from runtime.http import make_app
+    from runtime.system import System
+
+    config = config or {"state": {"restore": False}, "ingest": {"dead_letter_path": ""}}
+    async with System.from_config(config) as system:
+        server = TestServer(make_app(system), host="127.0.0.1", port=0)
+        await server.start_server()
+        try:
+            yield system, str(server.make_url("")).rstrip("/")
+        finally:
+            await server.close()

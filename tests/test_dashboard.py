@@ -578,3 +578,116 @@ async def test_dashboard_page_in_headless_chromium(tmp_path: Path) -> None:
         finally:
             await browser.close()
     assert problems == []
+
+
+# --------------------------------------------------------------------------- experiments
+
+EXPERIMENT = {
+    "model": {"bits": 16},
+    "training": {"rank_eval_every": 2},
+    "state": {"restore": False},
+    "ingest": {"dead_letter_path": ""},
+    "labels": {"window_s": 60.0},
+    "http": {"dashboard_sample_s": 3600.0},
+    "experiments": {
+        "seed": 7,
+        "interleaving": True,
+        "variants": {
+            "control": {"share": 0.5},
+            "broken": {
+                "share": 0.5,
+                "ftrl": {"alpha": 1e-6, "factor_alpha": 1e-6},  # a broken learning rate
+                "sequence": {"enabled": False},
+                "training": {"negatives": 4},
+            },
+        },
+    },
+}
+
+
+async def clicked_interleaved_answers(system: System) -> None:
+    """Interleaved answers to 20 users, who click only what the control team picked."""
+    shown, clicks = [], []
+    for n in range(20):
+        answer = await system.recommend(f"u{n}", k=4)
+        for rank, entry in enumerate(answer):
+            key = f"u{n}-{rank}"
+            shown.append({"event": "impression", "impression_id": key, "user": f"u{n}",
+                          "item": entry["item"], "ts": 1_700_100_000.0})  # fmt: skip
+            if entry["team"] == "control":
+                clicks.append({"event": "click", "impression_id": key, "ts": 1_700_100_001.0})
+    await system.ingest(shown + clicks)
+    await system.flush_labels(1_700_100_100.0)
+
+
+async def check_experiments_view(page: Any, report: dict[str, Any]) -> None:
+    """One row per variant with each metric's value and interval as the report has them,
+    the interleaving line, and a chart of the variants' metrics."""
+    await page.wait_for_selector("#experiments:not([hidden]) tr.variant")
+    rows = page.locator("#experiments tr.variant")
+    assert await rows.count() == len(report["variants"]) == 2
+    for name, variant in report["variants"].items():
+        row = page.locator(f"#experiments tr.variant[data-variant={name}]")
+        cells = row.locator("td.estimate-cell")
+        assert await cells.count() == 3
+        hr = variant["hr@10"]
+        text = await cells.nth(0).inner_text()
+        assert f"n = {hr['n']}" in text and "–" in text, text
+        assert await row.locator(".ci .span").count() == 3
+    control, broken = report["variants"]["control"]["hr@10"], report["variants"]["broken"]["hr@10"]
+    assert control["low"] > broken["high"]  # the view then shows two bars apart
+    spans = page.locator("#experiments tr.variant td.estimate-cell:nth-child(4) .ci .span")
+    boxes = {await spans.nth(i).evaluate("n => n.closest('tr').dataset.variant"):
+             await spans.nth(i).bounding_box() for i in range(2)}  # fmt: skip
+    assert boxes["control"]["x"] > boxes["broken"]["x"] + boxes["broken"]["width"]
+    line = await page.inner_text("#experiments-interleaving")
+    assert line.startswith("interleaving: broken won 0 of") and "ties" in line, line
+    await wait_until(page, "() => window.freshrankDashboard.points.experiments > 0", "a chart")
+    assert await page.locator("#chart-experiments canvas").count() == 1
+
+
+async def test_experiments_view_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = chromium_or_skip()
+    from playwright.async_api import async_playwright
+
+    from actors.simulator import Simulator, SimulatorConfig
+
+    problems: list[str] = []
+    record: Callable[[str], None] = problems.append
+    simulated = SimulatorConfig(seed=3, n_users=150, n_items=120, impressions_per_event=False)
+    async with System.from_config(EXPERIMENT) as system:
+        await system.ingest(Simulator(simulated).next_batch(4000))
+        await clicked_interleaved_answers(system)
+        app = make_app(system)
+        async with TestServer(app, host="127.0.0.1", port=0) as server, async_playwright() as pw:
+            app[DASHBOARD_KEY].sample()
+            report = system.statistics()["experiments"]
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on(
+                    "console", lambda m: record(f"console: {m.text}") if m.type == "error" else 0
+                )
+                page.on("pageerror", lambda error: record(f"page error: {error}"))
+                await page.goto(str(server.make_url("/")))
+                await wait_until(page, "() => window.freshrankDashboard.polls >= 1", "a poll")
+                await check_experiments_view(page, report)
+
+                await page.fill("#recommend-user", "u3")
+                await page.click("#recommend-form button[type=submit]")
+                await page.wait_for_selector("#recommend-result tr.recommendation")
+                assert (
+                    await page.inner_text("#recommend-variant") == "ranked by variant interleaved"
+                )
+                teams = await page.locator("#recommend-result .team").all_inner_texts()
+                assert len(teams) == 10 and set(teams) <= {"control", "broken"}
+
+                ARTIFACTS.mkdir(exist_ok=True)
+                screenshot = ARTIFACTS / "dashboard-experiments.png"
+                await page.locator("#experiments").screenshot(path=str(screenshot))
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-experiments-page.png"),
+                                      full_page=True)  # fmt: skip
+                print(f"experiments view screenshot: {screenshot}")
+            finally:
+                await browser.close()
+    assert problems == []

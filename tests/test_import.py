@@ -8,20 +8,18 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from runtime import cli
 from runtime.client import Client
 from runtime.config import Config
-from runtime.http import make_app
 from runtime.import_sources import csv_records, jsonl_records, movielens_records
 from runtime.importer import ImportSummary, import_jsonl, import_records
 from runtime.system import System
-from tests.conftest import data_path
+from tests.conftest import data_path, served_system
 
 LINES = [
     *(json.dumps({"item": f"i{k}", "item_features": {"genre": ["g"]}}) for k in range(5)),
@@ -33,17 +31,9 @@ LINES = [
 ]
 
 
-@asynccontextmanager
-async def daemon() -> AsyncIterator[tuple[System, str]]:
+def daemon() -> AbstractAsyncContextManager[tuple[System, str]]:
     """A fresh System serving its HTTP API on a loopback port: (system, base URL)."""
-    config = Config.from_dict({"state": {"restore": False}, "ingest": {"dead_letter_path": ""}})
-    async with System(config) as system:
-        server = TestServer(make_app(system), host="127.0.0.1", port=0)
-        await server.start_server()
-        try:
-            yield system, str(server.make_url("")).rstrip("/")
-        finally:
-            await server.close()
+    return served_system()
 
 
 def patient(url: str) -> Client:

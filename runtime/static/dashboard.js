@@ -1,6 +1,7 @@
 // freshrank dashboard: asks /v1/dashboard/series for the daemon's whole history (kept since
 // its start), then polls it and /v1/dashboard/top every second and draws them with uPlot; the form asks /v1/recommend for one user's items with explanations,
-// and the item inspector asks /v1/items/{item} (any item name on the page opens it).
+// and the item inspector asks /v1/items/{item} (any item name on the page opens it); with
+// experiments, the series' latest report fills the experiments view (intervals on one scale).
 // Plain JS, no build step. Test hooks: window.freshrankDashboard (points per chart, polls,
 // the time labels each chart's x-axis shows).
 "use strict";
@@ -232,7 +233,80 @@
     sampling.textContent = `${fmt(payload.interval_s)} s`;
     sampling.title = `statistics() took ${fmt(payload.sample_cost_ms)} ms`;
     renderRejected(payload.rejected);
+    renderExperiments(payload.experiments);
     api.polls += 1;
+  }
+
+  // ---------------------------------------------------------------- experiments
+
+  const METRIC_COLUMNS = [/^hr@/, /^ndcg@/, /^ctr$/];
+
+  // A value with its 95% interval, and the interval as a bar on the column's scale [0, top].
+  function estimateCell(estimate, top) {
+    if (!estimate || estimate.value === null) return el("td", { class: "muted" }, "no samples yet");
+    const interval = estimate.low === null ? "interval: too few samples" : `${fmt(estimate.low)} – ${fmt(estimate.high)}`;
+    const bar = el("div", { class: "ci" });
+    if (estimate.low !== null && top > 0) {
+      const left = (100 * estimate.low) / top;
+      bar.append(el("div", { class: "span", style: `left: ${left}%; width: ${(100 * estimate.high) / top - left}%` }));
+    }
+    bar.append(el("div", { class: "point", style: `left: ${top > 0 ? (100 * estimate.value) / top : 0}%` }));
+    return el(
+      "td",
+      { class: "estimate-cell" },
+      el(
+        "div",
+        { class: "estimate" },
+        el("span", { class: "value" }, `${fmt(estimate.value)} `, el("span", { class: "interval" }, `(n = ${fmt(estimate.n)})`)),
+        el("span", { class: "interval" }, interval),
+        bar,
+      ),
+    );
+  }
+
+  function renderExperiments(report) {
+    const view = document.getElementById("experiments");
+    api.experiments = report || null;
+    view.hidden = !report;
+    if (!report) return;
+    const variants = Object.entries(report.variants);
+    const columns = METRIC_COLUMNS.map((pattern) => {
+      const key = Object.keys(variants[0][1]).find((name) => pattern.test(name));
+      const top = Math.max(0, ...variants.map(([, v]) => v[key]?.high ?? v[key]?.value ?? 0));
+      return { key, top };
+    });
+    const head = view.querySelectorAll("thead th");
+    columns.forEach((column, i) => {
+      if (column.key) head[3 + i].textContent = column.key === "ctr" ? "click-through" : column.key.replace("ndcg", "NDCG").replace("hr", "HR");
+    });
+    view.querySelector("tbody").replaceChildren(
+      ...variants.map(([name, v]) =>
+        el(
+          "tr",
+          { class: "variant", "data-variant": name },
+          el("td", {}, name),
+          el("td", { class: "num" }, fmt(v.share)),
+          el("td", {}, v.model === "base" ? "base model" : "own model"),
+          ...columns.map((column) => estimateCell(v[column.key], column.top)),
+        ),
+      ),
+    );
+    document.getElementById("experiments-note").textContent = `seed ${report.seed}; 95% intervals`;
+    const interleaving = document.getElementById("experiments-interleaving");
+    interleaving.hidden = !report.interleaving;
+    if (report.interleaving) {
+      const rate = report.interleaving.win_rate;
+      const interval = rate.low === null ? "" : ` (95%: ${fmt(rate.low)} – ${fmt(rate.high)})`;
+      interleaving.textContent =
+        `interleaving: ${rate.variant} won ${fmt(rate.value)} of ${fmt(rate.n)} decided answers${interval}; ` +
+        `${fmt(report.interleaving.ties)} ties, ${fmt(report.interleaving.lists_served)} answers served`;
+    }
+    if (!charts.experiments) {
+      const card = document.getElementById("chart-experiments");
+      charts.experiments = { card, plot: card.querySelector(".plot"), uplot: null, keys: "" };
+    }
+    draw("experiments");
+    api.experimentRenders = (api.experimentRenders || 0) + 1;
   }
 
   // ---------------------------------------------------------------- top items
@@ -293,13 +367,14 @@
     });
     try {
       const result = await getJSON(`/v1/recommend?${params}`);
+      document.getElementById("recommend-variant").textContent = result.variant ? `ranked by variant ${result.variant}` : "";
       table.querySelector("tbody").replaceChildren(
         ...result.items.map((item, i) =>
           el(
             "tr",
             { class: "recommendation" },
             el("td", {}, String(i + 1)),
-            el("td", {}, itemLink(item.item)),
+            el("td", {}, itemLink(item.item), ...(item.team ? [el("span", { class: "team" }, item.team)] : [])),
             el("td", { class: "num" }, item.score.toFixed(4)),
             el("td", {}, explanation(item.explanation)),
           ),
