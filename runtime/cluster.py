@@ -50,6 +50,7 @@ from actors.trainer import TrainerActor
 from runtime import snapshots
 from runtime.actor import Actor
 from runtime.admission import Admission
+from runtime.bootstrap import Bootstrap, SnapshotPublisher, bootstrap_weights
 from runtime.config import Config
 from runtime.front import (
     IngestResult,
@@ -96,7 +97,9 @@ class ShardLearner(LearnerActor):
 
     STATE_VERSION: ClassVar[int] = 1
 
-    def __init__(self, model: ShardModel, inbox: KafkaChannel, weights: Any) -> None:
+    def __init__(
+        self, model: ShardModel, inbox: KafkaChannel, weights: Any, publisher: SnapshotPublisher
+    ) -> None:
         store, shards = model.store, model.config.training.shards
         factors = (
             FactorShard(model.factors, model.shard, shards, own=True) if model.factors else None
@@ -107,6 +110,7 @@ class ShardLearner(LearnerActor):
         self.model = model
         self.config = model.config
         self.grads = inbox
+        self.snapshots = publisher
         self.next_offset = 0
         self.since_checkpoint = 0
         self.checkpoints = 0
@@ -119,6 +123,8 @@ class ShardLearner(LearnerActor):
         self.since_checkpoint += 1
         if self.since_checkpoint >= self.config.cluster.checkpoint_every:
             self.write_checkpoint()
+        if self.snapshots.due(self.next_offset):  # no other batch is applied meanwhile
+            await self.snapshots.publish(self.next_offset)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -158,6 +164,7 @@ class ShardLearner(LearnerActor):
             **super().statistics(),
             "next_offset": self.next_offset,
             "checkpoints": self.checkpoints,
+            "snapshots": self.snapshots.statistics(),
         }
 
 
@@ -167,13 +174,18 @@ async def run_shard(config: Config, shard: int) -> int:
     transport = KafkaTransport(config)
     await transport.start()
     channel = transport.channel
-    learner = ShardLearner(model, channel(f"grads.{shard}"), channel("weights"))
+    publisher = SnapshotPublisher(model, channel("snapshots"), channel("weights"))
+    learner = ShardLearner(model, channel(f"grads.{shard}"), channel("weights"), publisher)
     restored = learner.restore()
     state = "restored" if restored else "fresh"
     log.info("shard %d: %s at grads offset %d", shard, state, learner.next_offset)
+    # what the previous run may have applied and published beyond the checkpoint
+    publisher.replay_until = (await learner.grads.end_offsets())[shard]
     watch = BrokerWatch([learner.grads], config.kafka.broker_check_s)
     code = await serve(f"shard-{shard}", [learner, watch], learner.statistics)
     learner.write_checkpoint()
+    if code == 0:
+        await publisher.publish(learner.next_offset)
     await transport.stop()
     return code
 
@@ -425,6 +437,7 @@ async def run_trainer(config: Config, index: int) -> int:
     followed = await rebuild_history(config, model)
     if followed:
         log.info("%s: user histories and statistics rebuilt from %d events", name, followed)
+    bootstrap = await bootstrap_weights(config, model, channel("weights"))
     grads = [channel(f"grads.{k}") for k in range(config.training.shards)]
     trainer = TrainerActor(
         model, inbox=None, grads=grads, weights=channel("weights"), name=name, shared_replica=False
@@ -446,6 +459,7 @@ async def run_trainer(config: Config, index: int) -> int:
             "events_records": events.records,
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),
+            "bootstrap": bootstrap.statistics(),
         }
 
     watch = BrokerWatch(
@@ -521,6 +535,7 @@ class ClusterFront:
         self.supervisor = Supervisor(self.name)
         self.items: ItemsFollower | None = None  # of the items topic, from start()
         self.history: HistoryFollower | None = None  # of the events topic, from start()
+        self.bootstrap = Bootstrap()  # what the weights replica started from
         # item changes are item upserts (on the items topic); users cannot be forgotten here
         self.lifecycle = Lifecycle(self.ingest, self.catalog, time.time)
         # recommend over Kafka: the rankers share the requests topic in a consumer group
@@ -533,10 +548,12 @@ class ClusterFront:
     async def start(self) -> None:
         await self.transport.start()
         channel = self.transport.channel
+        self.bootstrap = await bootstrap_weights(self.config, self.model, channel("weights"))
         self.items = ItemsFollower(self.model, channel("items"))
         self.history = HistoryFollower(self.model, self.items)
         services: list[Service] = [
             Follower("weights", channel("weights"), self._apply_delta),
+            CaughtUp(channel("weights")),  # "ready" serves the weights as they are now
             self.items,
             Follower("history", channel("events"), self.history.apply),
             BrokerWatch(
@@ -647,6 +664,7 @@ class ClusterFront:
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
             "weight_deltas": self.deltas,
+            "bootstrap": self.bootstrap.statistics(),
             "followed_events": self.history.events if self.history is not None else 0,
             # the model version of the replicas: the last record applied per partition
             "followed_offsets": {
