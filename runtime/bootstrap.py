@@ -43,6 +43,7 @@ from runtime.kafka import KafkaChannel, reading_consumer, with_backoff
 from runtime.messages import WeightDelta, WeightSnapshot
 
 log = logging.getLogger("freshrank.bootstrap")
+NO_SNAPSHOT = "no snapshot"
 PIECE_OVERHEAD = 1024  # bytes of a piece besides its arrays (field names, settings)
 
 
@@ -199,7 +200,7 @@ def choose(
         held = [
             f"{len(s.pieces)} of {next(iter(s.pieces.values())).pieces}" for s in slots if s.pieces
         ]
-        why = f"only partial snapshots ({', '.join(held)} pieces)" if held else "no snapshot"
+        why = f"only partial snapshots ({', '.join(held)} pieces)" if held else NO_SNAPSHOT
         return ShardVerdict(shard, None, why)
     newest = max(whole, key=lambda pieces: pieces[0].covers)
     head = newest[0]
@@ -294,10 +295,10 @@ async def bootstrap_weights(config: Config, model: Model, weights: KafkaChannel)
     offsets: dict[int, int] = {}
     for verdict in await read_snapshots(config):
         if verdict.pieces is None:
-            log.warning(
-                "weights shard %d: %s; reading its weights partition from the beginning",
-                verdict.shard, verdict.reason,
-            )  # fmt: skip
+            # a new cluster has none yet: only a snapshot that could not be used warns
+            level = logging.INFO if verdict.reason == NO_SNAPSHOT else logging.WARNING
+            log.log(level, "weights shard %d: %s; reading its weights partition from the "
+                    "beginning", verdict.shard, verdict.reason)  # fmt: skip
             done.from_beginning.append(verdict.shard)
             continue
         for piece in verdict.pieces:
