@@ -78,6 +78,7 @@ from runtime.messages import (
 )
 from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
+from runtime.trainer_checkpoint import TrainerCheckpoint
 from runtime.transport import Envelope
 
 log = logging.getLogger("freshrank.cluster")
@@ -354,6 +355,7 @@ class EventsWorker(Actor):
         inbox: KafkaChannel,
         sink: RecommendationSink | None = None,
         scores: ScoreSink | None = None,
+        checkpoint: TrainerCheckpoint | None = None,
     ) -> None:
         super().__init__("events", inbox)
         self.featurizer = model.featurizer()
@@ -362,11 +364,14 @@ class EventsWorker(Actor):
         self.channel = inbox
         self.sink = sink
         self.scores = scores
+        self.checkpoint = checkpoint
         self.records = 0
 
     async def handle_envelope(self, envelope: Envelope) -> None:
         message: EventBatch = envelope.message
         assert envelope.position is not None
+        if self.checkpoint is not None:
+            self.checkpoint.in_record = True
         message.source_partition, message.source_offset = envelope.position
         await self.items.wait_for(message.items_upto)
         features = self.featurizer.featurize(message)
@@ -377,6 +382,8 @@ class EventsWorker(Actor):
             await self.sink.publish(features, envelope.position)
         await self.channel.commit(envelope.position)
         self.records += 1
+        if self.checkpoint is not None:
+            self.checkpoint.committed(envelope.position)
 
 
 class CaughtUp:
@@ -397,15 +404,24 @@ class CaughtUp:
         pass
 
 
-async def rebuild_history(config: Config, model: Model) -> int:
-    """A restarted trainer's user histories and sequence statistics: the events its group
-    already committed, followed from the topic's start as a ranker follows them.  The
-    weights live in the shards' checkpoints, these only in the trainers: a trainer that
-    started empty would learn every later event with other features than the rankers
-    serve with.  Returns the events followed (0 for a new cluster)."""
+async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheckpoint) -> int:
+    """A restarted trainer's user histories and sequence statistics: its group's newest
+    trainer checkpoint, then the events the group committed after it (all of them without
+    one), followed as a ranker follows them.  The weights live in the shards'
+    checkpoints, these only in the trainers: a trainer that started empty would learn
+    every later event with other features than the rankers serve with.  Returns the
+    events followed (0 for a new cluster, or a checkpoint that covers every commit)."""
     prefix, partitions = config.kafka.topic_prefix, config.kafka.events_partitions
     offsets = await committed_offsets(config, f"{prefix}-trainers", f"{prefix}.events", partitions)
-    upto = {p: min(committed, end) for p, (committed, end) in offsets.items() if committed > 0}
+    if checkpoint.restore():
+        log.info("user histories and statistics restored from %s (events offsets %s)",
+                 checkpoint.path, checkpoint.covered.next)  # fmt: skip
+    covered = dict(checkpoint.covered.next)
+    upto = {
+        p: min(committed, end)
+        for p, (committed, end) in offsets.items()
+        if min(committed, end) > covered.get(p, 0)
+    }
     if not upto:
         return 0
     transport = KafkaTransport(config, group_id=None)
@@ -418,11 +434,16 @@ async def rebuild_history(config: Config, model: Model) -> int:
             await items.handle_envelope(await catalog.receive())
         history = HistoryFollower(model, items)
         events = transport.channel("events")
+        # the partitions with nothing to follow start at their end
+        events.seek_partitions({p: covered.get(p, 0) if p in upto else end
+                                for p, (_, end) in offsets.items()})  # fmt: skip
         while any(events.positions.get(p, -1) < end - 1 for p, end in upto.items()):
             envelope = await events.receive()
             partition, offset = envelope.position or (0, 0)
             if offset < upto.get(partition, 0):  # later records are the group's to learn
                 await history.apply(envelope.message)
+        for partition, end in upto.items():
+            checkpoint.covered.advance(partition, end)
         return history.events
     finally:
         await transport.stop()
@@ -434,7 +455,8 @@ async def run_trainer(config: Config, index: int) -> int:
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
     model, channel = build_model(config), transport.channel
-    followed = await rebuild_history(config, model)
+    checkpoint = TrainerCheckpoint(config, model)
+    followed = await rebuild_history(config, model, checkpoint)
     if followed:
         log.info("%s: user histories and statistics rebuilt from %d events", name, followed)
     bootstrap = await bootstrap_weights(config, model, channel("weights"))
@@ -449,7 +471,7 @@ async def run_trainer(config: Config, index: int) -> int:
         else None
     )
     scores = ScoreSink(model, trainer, transport) if config.sink.scores else None
-    events = EventsWorker(model, trainer, items, channel("events"), sink, scores)
+    events = EventsWorker(model, trainer, items, channel("events"), sink, scores, checkpoint)
 
     def stats() -> dict[str, Any]:
         return {
@@ -460,6 +482,7 @@ async def run_trainer(config: Config, index: int) -> int:
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),
             "bootstrap": bootstrap.statistics(),
+            "checkpoint": checkpoint.statistics(),
         }
 
     watch = BrokerWatch(
@@ -467,6 +490,8 @@ async def run_trainer(config: Config, index: int) -> int:
     )
     services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events, watch]
     code = await serve(name, services, stats)
+    if code == 0:
+        checkpoint.write()
     stats_file = Path(config.cluster.checkpoint_dir) / f"trainer-{index}.json"
     snapshots.write_atomically(stats_file, json.dumps(clean(stats()), indent=2).encode())
     await transport.stop()
