@@ -404,6 +404,20 @@ class CaughtUp:
         pass
 
 
+def check_commits_inside_log(topic: str, offsets: dict[int, tuple[int, int]]) -> None:
+    """A group offset past the log's end: the broker lost records the trainers learned (a
+    broker with memory storage restarted, the topic deleted and created anew).  The
+    consumer would silently start over from the beginning instead."""
+    beyond = [f"partition {p} committed {c}, log end {e}"
+              for p, (c, e) in sorted(offsets.items()) if c > e]  # fmt: skip
+    if beyond:
+        raise BrokerLostLog(
+            f"{topic}: the trainers' group committed offsets beyond the log's end "
+            f"({'; '.join(beyond)}): the broker lost the topic's records; restore the topic, "
+            "or reset the group's offsets to the earliest to learn the topic as it is now"
+        )
+
+
 async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheckpoint) -> int:
     """A restarted trainer's user histories and sequence statistics: its group's newest
     trainer checkpoint, then the events the group committed after it (all of them without
@@ -413,6 +427,7 @@ async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheck
     events followed (0 for a new cluster, or a checkpoint that covers every commit)."""
     prefix, partitions = config.kafka.topic_prefix, config.kafka.events_partitions
     offsets = await committed_offsets(config, f"{prefix}-trainers", f"{prefix}.events", partitions)
+    check_commits_inside_log(f"{prefix}.events", offsets)
     if checkpoint.restore():
         log.info("user histories and statistics restored from %s (events offsets %s)",
                  checkpoint.path, checkpoint.covered.next)  # fmt: skip

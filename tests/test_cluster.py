@@ -685,3 +685,34 @@ async def test_a_broker_that_lost_its_topics_stops_every_process_with_the_reason
     finally:
         for process in brokers:
             stop_broker(process)
+
+
+async def test_a_trainer_whose_group_committed_beyond_the_log_end_stops_with_the_reason(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """The broker kept the trainers' committed offsets but lost the events (or the topic was
+    created anew): a starting trainer says so and exits 2, instead of relearning from the
+    start without a word."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 1})
+    config = Config.load(path)
+    transport = KafkaTransport(config)
+    await transport.start()  # the topics, empty
+    await transport.stop()
+    group = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=f"{topic_prefix}-trainers",
+                             enable_auto_commit=False)  # fmt: skip
+    await group.start()
+    try:
+        events = TopicPartition(f"{topic_prefix}.events", 0)
+        group.assign([events])
+        await group.commit({events: 50})
+    finally:
+        await group.stop()
+    trainer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runtime", "trainer", "--id", "0", "--config", str(path),
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(trainer.communicate(), READY_TIMEOUT)
+    assert trainer.returncode == 2, err.decode()[-2000:]
+    assert "partition 0 committed 50, log end 0" in err.decode(), err.decode()[-2000:]
