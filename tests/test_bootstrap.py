@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from runtime.config import Config
 from runtime.kafka import KafkaTransport
 from runtime.messages import WeightDelta, WeightSnapshot
 from tests.conftest import Broker
-from tests.test_cluster import all_learned, cluster_config, ml_subset, processes
+from tests.test_cluster import (
+    LEARN_TIMEOUT,
+    _until,
+    all_learned,
+    cluster_config,
+    ml_subset,
+    processes,
+)
 
 __all__ = ["ml_subset"]  # the fixture, used by name
 
@@ -176,6 +184,41 @@ async def follow_weights(config: Config) -> tuple[Model, dict[str, Any], int]:
         await transport.stop()
 
 
+async def snapshot_and_topic_at_its_offsets(config: Config) -> tuple[Model, Model]:
+    """The newest snapshots alone, applied to a fresh model; and a fresh model that read
+    each weights partition from its start through the offset its shard's snapshot covers."""
+    verdicts = await read_snapshots(config)
+    alone, through = build_model(config), build_model(config)
+    for verdict in verdicts:
+        assert verdict.pieces is not None, verdict.reason
+        for piece in verdict.pieces:
+            alone.apply_delta(as_delta(piece))
+    covers = {v.shard: v.covers for v in verdicts}
+    transport = KafkaTransport(config, group_id=None)
+    await transport.start()
+    try:
+        weights = transport.channel("weights")
+        while any(weights.positions.get(k, -1) < offset for k, offset in covers.items()):
+            envelope = await weights.receive()
+            assert envelope.position is not None
+            if envelope.position[1] <= covers[envelope.position[0]]:
+                through.apply_delta(envelope.message)
+    finally:
+        await transport.stop()
+    return alone, through
+
+
+def assert_same_weights(one: Model, other: Model) -> None:
+    for name in ("z", "n", "w"):
+        np.testing.assert_allclose(
+            getattr(one.store, name), getattr(other.store, name), rtol=0, atol=1e-9
+        )
+    assert one.factors is not None and other.factors is not None
+    np.testing.assert_allclose(one.factors.v, other.factors.v, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(one.factors.n, other.factors.n, rtol=0, atol=1e-9)
+    assert np.array_equal(one.factors.active, other.factors.active)
+
+
 async def test_a_replica_from_the_snapshots_equals_one_that_read_the_whole_weights_topic(
     tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
 ) -> None:
@@ -191,6 +234,7 @@ async def test_a_replica_from_the_snapshots_equals_one_that_read_the_whole_weigh
         published = await publish_log(config, read_movielens(ml_subset, 256))
         await all_learned(config)
         snapshot, started, deltas = await follow_weights(config)
+        alone, through = await snapshot_and_topic_at_its_offsets(config)
         config.cluster.bootstrap = False
         whole, from_start, all_deltas = await follow_weights(config)
         async with processes(path, ("ranker", 0)) as rankers:
@@ -204,14 +248,36 @@ async def test_a_replica_from_the_snapshots_equals_one_that_read_the_whole_weigh
     assert all_deltas == 2 * 47 and deltas == 2 * 7
     assert ranker["bootstrap"]["from_snapshot"] == [0, 1] and ranker["weight_deltas"] == 14
     assert np.count_nonzero(whole.store.n) > 10_000
-    for name in ("z", "n", "w"):
-        np.testing.assert_allclose(
-            getattr(snapshot.store, name), getattr(whole.store, name), rtol=0, atol=1e-9
-        )
-    assert snapshot.factors is not None and whole.factors is not None
-    np.testing.assert_allclose(snapshot.factors.v, whole.factors.v, rtol=0, atol=1e-9)
-    np.testing.assert_allclose(snapshot.factors.n, whole.factors.n, rtol=0, atol=1e-9)
-    assert np.array_equal(snapshot.factors.active, whole.factors.active)
+    assert_same_weights(snapshot, whole)
+    # the snapshot is the replica's state at the offset it covers, not only in the end
+    assert_same_weights(alone, through)
+    assert not np.array_equal(alone.store.z, whole.store.z)  # 7 batches of each shard later
+
+
+async def test_after_a_kill_9_of_a_shard_the_snapshots_still_equal_the_whole_topic(
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+) -> None:
+    """Shard 1 dies mid-stream after a checkpoint and publishes again what it replays: a
+    replica from the snapshots still equals one that read the whole weights topic."""
+    path = cluster_config(
+        tmp_path, broker, topic_prefix, training={"shards": 2}, model={"bits": 18},
+        cluster={"snapshot_every": 3, "snapshot_interval_s": 0, "checkpoint_every": 10},
+    )  # fmt: skip
+    config = Config.load(path)
+    async with processes(path, ("shard", 0), ("shard", 1), ("trainer", 0)) as procs:
+        publishing = asyncio.ensure_future(publish_log(config, read_movielens(ml_subset, 256)))
+        checkpoint = tmp_path / "state" / "shard-1.msgpack"
+        await asyncio.wait_for(_until(checkpoint.exists), LEARN_TIMEOUT)
+        procs["shard-1"].process.kill()
+        await procs["shard-1"].process.wait()
+        async with processes(path, ("shard", 1)):
+            await publishing
+            await all_learned(config)
+            snapshot, started, _ = await follow_weights(config)
+            config.cluster.bootstrap = False
+            whole, _, _ = await follow_weights(config)
+    assert started["from_snapshot"] == [0, 1]
+    assert_same_weights(snapshot, whole)
 
 
 def test_a_row_larger_than_a_piece_still_travels_one_per_piece() -> None:
