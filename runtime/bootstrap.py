@@ -219,7 +219,11 @@ async def read_snapshots(config: Config) -> list[ShardVerdict]:
     the weights topic's end offsets."""
     shards = config.training.shards
     prefix = config.kafka.topic_prefix
-    consumer = reading_consumer(config, fetch_max_wait_ms=config.kafka.fetch_max_wait_ms)
+    # "earliest": a reset the consumer makes by itself once assigned must not race the
+    # seek to the beginning to the log's end (then nothing would be read)
+    consumer = reading_consumer(
+        config, auto_offset_reset="earliest", fetch_max_wait_ms=config.kafka.fetch_max_wait_ms
+    )
     await with_backoff(consumer.start, "snapshots reader", config)
     try:
         tps = [TopicPartition(f"{prefix}.snapshots", k) for k in range(shards)]
