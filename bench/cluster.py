@@ -331,20 +331,15 @@ async def read_topics(config: Config) -> tuple[dict[str, dict[str, int]], dict[s
     same span as the trainer's freshness without the last hop, but per batch, so the
     tail can be split into the first batches (one-off costs) and the rest.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from runtime.codec import CodecError, decode_message
-    from runtime.kafka import MAX_MESSAGE_BYTES, topic_layout
+    from runtime.kafka import reading_consumer, topic_layout
     from runtime.messages import WeightDelta
 
     layout = topic_layout(config)
     prefix = config.kafka.topic_prefix
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers,
-        enable_auto_commit=False,
-        fetch_max_bytes=MAX_MESSAGE_BYTES,
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-    )
+    consumer = reading_consumer(config)
     await consumer.start()
     try:
         tps = [

@@ -50,6 +50,7 @@ from actors.trainer import TrainerActor
 from runtime import snapshots
 from runtime.actor import Actor
 from runtime.admission import Admission
+from runtime.bootstrap import Bootstrap, SnapshotPublisher, bootstrap_weights
 from runtime.config import Config
 from runtime.front import (
     IngestResult,
@@ -77,6 +78,7 @@ from runtime.messages import (
 )
 from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
+from runtime.trainer_checkpoint import TrainerCheckpoint
 from runtime.transport import Envelope
 
 log = logging.getLogger("freshrank.cluster")
@@ -96,7 +98,9 @@ class ShardLearner(LearnerActor):
 
     STATE_VERSION: ClassVar[int] = 1
 
-    def __init__(self, model: ShardModel, inbox: KafkaChannel, weights: Any) -> None:
+    def __init__(
+        self, model: ShardModel, inbox: KafkaChannel, weights: Any, publisher: SnapshotPublisher
+    ) -> None:
         store, shards = model.store, model.config.training.shards
         factors = (
             FactorShard(model.factors, model.shard, shards, own=True) if model.factors else None
@@ -107,6 +111,7 @@ class ShardLearner(LearnerActor):
         self.model = model
         self.config = model.config
         self.grads = inbox
+        self.snapshots = publisher
         self.next_offset = 0
         self.since_checkpoint = 0
         self.checkpoints = 0
@@ -119,6 +124,8 @@ class ShardLearner(LearnerActor):
         self.since_checkpoint += 1
         if self.since_checkpoint >= self.config.cluster.checkpoint_every:
             self.write_checkpoint()
+        if self.snapshots.due(self.next_offset):  # no other batch is applied meanwhile
+            await self.snapshots.publish(self.next_offset)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -158,6 +165,7 @@ class ShardLearner(LearnerActor):
             **super().statistics(),
             "next_offset": self.next_offset,
             "checkpoints": self.checkpoints,
+            "snapshots": self.snapshots.statistics(),
         }
 
 
@@ -167,13 +175,21 @@ async def run_shard(config: Config, shard: int) -> int:
     transport = KafkaTransport(config)
     await transport.start()
     channel = transport.channel
-    learner = ShardLearner(model, channel(f"grads.{shard}"), channel("weights"))
+    publisher = SnapshotPublisher(model, channel("snapshots"), channel("weights"))
+    learner = ShardLearner(model, channel(f"grads.{shard}"), channel("weights"), publisher)
     restored = learner.restore()
     state = "restored" if restored else "fresh"
     log.info("shard %d: %s at grads offset %d", shard, state, learner.next_offset)
+    # what the previous run may have applied and published beyond the checkpoint
+    publisher.replay_until = (await learner.grads.end_offsets())[shard]
     watch = BrokerWatch([learner.grads], config.kafka.broker_check_s)
     code = await serve(f"shard-{shard}", [learner, watch], learner.statistics)
     learner.write_checkpoint()
+    if code == 0:
+        try:
+            await publisher.publish(learner.next_offset)
+        except KafkaError as error:  # the checkpoint is written; replicas use an older one
+            log.warning("shard %d: no snapshot at stop: %r", shard, error)
     await transport.stop()
     return code
 
@@ -342,6 +358,7 @@ class EventsWorker(Actor):
         inbox: KafkaChannel,
         sink: RecommendationSink | None = None,
         scores: ScoreSink | None = None,
+        checkpoint: TrainerCheckpoint | None = None,
     ) -> None:
         super().__init__("events", inbox)
         self.featurizer = model.featurizer()
@@ -350,11 +367,14 @@ class EventsWorker(Actor):
         self.channel = inbox
         self.sink = sink
         self.scores = scores
+        self.checkpoint = checkpoint
         self.records = 0
 
     async def handle_envelope(self, envelope: Envelope) -> None:
         message: EventBatch = envelope.message
         assert envelope.position is not None
+        if self.checkpoint is not None:
+            self.checkpoint.in_record = True
         message.source_partition, message.source_offset = envelope.position
         await self.items.wait_for(message.items_upto)
         features = self.featurizer.featurize(message)
@@ -365,6 +385,8 @@ class EventsWorker(Actor):
             await self.sink.publish(features, envelope.position)
         await self.channel.commit(envelope.position)
         self.records += 1
+        if self.checkpoint is not None:
+            self.checkpoint.committed(envelope.position)
 
 
 class CaughtUp:
@@ -385,15 +407,39 @@ class CaughtUp:
         pass
 
 
-async def rebuild_history(config: Config, model: Model) -> int:
-    """A restarted trainer's user histories and sequence statistics: the events its group
-    already committed, followed from the topic's start as a ranker follows them.  The
-    weights live in the shards' checkpoints, these only in the trainers: a trainer that
-    started empty would learn every later event with other features than the rankers
-    serve with.  Returns the events followed (0 for a new cluster)."""
+def check_commits_inside_log(topic: str, offsets: dict[int, tuple[int, int]]) -> None:
+    """A group offset past the log's end: the broker lost records the trainers learned (a
+    broker with memory storage restarted, the topic deleted and created anew).  The
+    consumer would silently start over from the beginning instead."""
+    beyond = [f"partition {p} committed {c}, log end {e}"
+              for p, (c, e) in sorted(offsets.items()) if c > e]  # fmt: skip
+    if beyond:
+        raise BrokerLostLog(
+            f"{topic}: the trainers' group committed offsets beyond the log's end "
+            f"({'; '.join(beyond)}): the broker lost the topic's records; restore the topic, "
+            "or reset the group's offsets to the earliest to learn the topic as it is now"
+        )
+
+
+async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheckpoint) -> int:
+    """A restarted trainer's user histories and sequence statistics: its group's newest
+    trainer checkpoint, then the events the group committed after it (all of them without
+    one), followed as a ranker follows them.  The weights live in the shards'
+    checkpoints, these only in the trainers: a trainer that started empty would learn
+    every later event with other features than the rankers serve with.  Returns the
+    events followed (0 for a new cluster, or a checkpoint that covers every commit)."""
     prefix, partitions = config.kafka.topic_prefix, config.kafka.events_partitions
     offsets = await committed_offsets(config, f"{prefix}-trainers", f"{prefix}.events", partitions)
-    upto = {p: min(committed, end) for p, (committed, end) in offsets.items() if committed > 0}
+    check_commits_inside_log(f"{prefix}.events", offsets)
+    if checkpoint.restore():
+        log.info("user histories and statistics restored from %s (events offsets %s)",
+                 checkpoint.path, checkpoint.covered.next)  # fmt: skip
+    covered = dict(checkpoint.covered.next)
+    upto = {
+        p: min(committed, end)
+        for p, (committed, end) in offsets.items()
+        if min(committed, end) > covered.get(p, 0)
+    }
     if not upto:
         return 0
     transport = KafkaTransport(config, group_id=None)
@@ -406,11 +452,16 @@ async def rebuild_history(config: Config, model: Model) -> int:
             await items.handle_envelope(await catalog.receive())
         history = HistoryFollower(model, items)
         events = transport.channel("events")
+        # the partitions with nothing to follow start at their end
+        events.seek_partitions({p: covered.get(p, 0) if p in upto else end
+                                for p, (_, end) in offsets.items()})  # fmt: skip
         while any(events.positions.get(p, -1) < end - 1 for p, end in upto.items()):
             envelope = await events.receive()
             partition, offset = envelope.position or (0, 0)
             if offset < upto.get(partition, 0):  # later records are the group's to learn
                 await history.apply(envelope.message)
+        for partition, end in upto.items():
+            checkpoint.covered.advance(partition, end)
         return history.events
     finally:
         await transport.stop()
@@ -422,9 +473,11 @@ async def run_trainer(config: Config, index: int) -> int:
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
     model, channel = build_model(config), transport.channel
-    followed = await rebuild_history(config, model)
+    checkpoint = TrainerCheckpoint(config, model)
+    followed = await rebuild_history(config, model, checkpoint)
     if followed:
         log.info("%s: user histories and statistics rebuilt from %d events", name, followed)
+    bootstrap = await bootstrap_weights(config, model, channel("weights"))
     grads = [channel(f"grads.{k}") for k in range(config.training.shards)]
     trainer = TrainerActor(
         model, inbox=None, grads=grads, weights=channel("weights"), name=name, shared_replica=False
@@ -436,7 +489,7 @@ async def run_trainer(config: Config, index: int) -> int:
         else None
     )
     scores = ScoreSink(model, trainer, transport) if config.sink.scores else None
-    events = EventsWorker(model, trainer, items, channel("events"), sink, scores)
+    events = EventsWorker(model, trainer, items, channel("events"), sink, scores, checkpoint)
 
     def stats() -> dict[str, Any]:
         return {
@@ -446,6 +499,8 @@ async def run_trainer(config: Config, index: int) -> int:
             "events_records": events.records,
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),
+            "bootstrap": bootstrap.statistics(),
+            "checkpoint": checkpoint.statistics(),
         }
 
     watch = BrokerWatch(
@@ -453,6 +508,8 @@ async def run_trainer(config: Config, index: int) -> int:
     )
     services: list[Service] = [trainer, items, CaughtUp(channel("weights")), events, watch]
     code = await serve(name, services, stats)
+    if code == 0:
+        checkpoint.write()
     stats_file = Path(config.cluster.checkpoint_dir) / f"trainer-{index}.json"
     snapshots.write_atomically(stats_file, json.dumps(clean(stats()), indent=2).encode())
     await transport.stop()
@@ -521,6 +578,7 @@ class ClusterFront:
         self.supervisor = Supervisor(self.name)
         self.items: ItemsFollower | None = None  # of the items topic, from start()
         self.history: HistoryFollower | None = None  # of the events topic, from start()
+        self.bootstrap = Bootstrap()  # what the weights replica started from
         # item changes are item upserts (on the items topic); users cannot be forgotten here
         self.lifecycle = Lifecycle(self.ingest, self.catalog, time.time)
         # recommend over Kafka: the rankers share the requests topic in a consumer group
@@ -533,10 +591,12 @@ class ClusterFront:
     async def start(self) -> None:
         await self.transport.start()
         channel = self.transport.channel
+        self.bootstrap = await bootstrap_weights(self.config, self.model, channel("weights"))
         self.items = ItemsFollower(self.model, channel("items"))
         self.history = HistoryFollower(self.model, self.items)
         services: list[Service] = [
             Follower("weights", channel("weights"), self._apply_delta),
+            CaughtUp(channel("weights")),  # "ready" serves the weights as they are now
             self.items,
             Follower("history", channel("events"), self.history.apply),
             BrokerWatch(
@@ -650,6 +710,7 @@ class ClusterFront:
             "catalog_items": len(self.catalog),
             "users": len(self.users.history),
             "weight_deltas": self.deltas,
+            "bootstrap": self.bootstrap.statistics(),
             "followed_events": self.history.events if self.history is not None else 0,
             # the model version of the replicas: the last record applied per partition
             "followed_offsets": {

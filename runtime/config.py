@@ -512,10 +512,24 @@ class ClusterConfig:
     rankers: int = 1
     checkpoint_dir: str = "state/shards"
     checkpoint_every: int = 200  # grad batches between shard checkpoints (and at shutdown)
+    # weight snapshots the shards publish for replicas to start from (runtime/bootstrap.py):
+    # every snapshot_every grad batches or snapshot_interval_s seconds (0: that trigger off),
+    # and at a clean stop; in pieces of at most snapshot_piece_bytes (under the broker's
+    # largest message)
+    snapshot_every: int = 1000
+    snapshot_interval_s: float = 60.0
+    snapshot_piece_bytes: int = 900_000
+    bootstrap: bool = True  # replicas start from the newest snapshot, not the topic's start
 
     def check(self) -> None:
         _require(self.trainers >= 1, "cluster.trainers", "must be >= 1", self.trainers)
         _require(self.rankers >= 0, "cluster.rankers", "must be >= 0", self.rankers)
+        _require(self.snapshot_every >= 0, "cluster.snapshot_every", "must be >= 0",
+                 self.snapshot_every)  # fmt: skip
+        _require(0 <= self.snapshot_interval_s < float("inf"), "cluster.snapshot_interval_s",
+                 "must be finite seconds >= 0", self.snapshot_interval_s)  # fmt: skip
+        _require(self.snapshot_piece_bytes >= 4096, "cluster.snapshot_piece_bytes",
+                 "must be >= 4096", self.snapshot_piece_bytes)  # fmt: skip
         _require(
             self.checkpoint_every >= 1,
             "cluster.checkpoint_every",

@@ -7,7 +7,10 @@ A channel name maps to a topic, or to one partition of it:
 * ``"grads.3"`` — partition 3 of the grads topic, manually assigned (shard 3 is
   its only reader and its checkpoint says where to resume);
 * ``"weights"``, ``"items"`` — every partition, from the beginning (every replica
-  reads everything); sending with ``key=k`` writes partition ``k % partitions``.
+  reads everything; a weights replica that started from a snapshot seeks each
+  partition past the offset its snapshot covers: ``seek_partitions``); sending with
+  ``key=k`` writes partition ``k % partitions``;
+* ``"snapshots"`` — the shards' weight snapshots (compacted, one partition per shard).
 
 Topics are created with the right partition counts when missing and checked when
 present: a mismatch is a :class:`TopicLayoutError`, never a silent misroute.  An
@@ -62,6 +65,12 @@ class BrokerLostLog(SetupError, RuntimeError):
 class TopicSpec:
     partitions: int
     compacted: bool = False
+    configs: tuple[tuple[str, str], ...] = ()  # more topic settings, at creation
+
+
+# the snapshots topic rolls a segment every 10 minutes so the cleaner can compact it:
+# the active segment is never compacted, and a replica reads what is not yet
+SNAPSHOT_TOPIC_CONFIGS = (("segment.ms", "600000"), ("min.cleanable.dirty.ratio", "0.1"))
 
 
 def topic_layout(config: Config) -> dict[str, TopicSpec]:
@@ -71,6 +80,7 @@ def topic_layout(config: Config) -> dict[str, TopicSpec]:
         "events": TopicSpec(config.kafka.events_partitions),
         "grads": TopicSpec(shards),
         "weights": TopicSpec(shards),
+        "snapshots": TopicSpec(shards, compacted=True, configs=SNAPSHOT_TOPIC_CONFIGS),
         "items": TopicSpec(config.kafka.items_partitions, compacted=True),
         "dlq": TopicSpec(1),
         **(
@@ -153,12 +163,7 @@ async def ensure_topics(config: Config) -> dict[str, str]:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(
-                name,
-                spec.partitions,
-                1,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else None,
-            )
+            NewTopic(name, spec.partitions, 1, topic_configs=topic_configs(spec) or None)
             for name, spec in layout.items()
             if name not in existing
         ]
@@ -178,6 +183,22 @@ async def ensure_topics(config: Config) -> dict[str, str]:
     finally:
         await admin.close()
     return {name: f"{prefix}.{name}" for name in topic_layout(config)}
+
+
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
+    return {**({"cleanup.policy": "compact"} if spec.compacted else {}), **dict(spec.configs)}
+
+
+def reading_consumer(config: Config, **options: Any) -> AIOKafkaConsumer:
+    """A consumer (without auto-commit) that fetches records as large as our producer sends."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_bytes=MAX_MESSAGE_BYTES,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+        **client_options(config),
+        **options,
+    )
 
 
 async def committed_offsets(
@@ -218,6 +239,7 @@ class KafkaChannel(Channel):
         self.partitions = partitions
         self.partition = partition
         self.start_offset: int | None = None
+        self.start_offsets: dict[int, int] = {}  # per partition, overriding start_offset
         self.position: tuple[int, int] | None = None  # (partition, offset) last received
         self.positions: dict[int, int] = {}  # partition -> last offset received
         self.last_sent: tuple[int, int] | None = None  # (partition, offset) last acknowledged send
@@ -232,6 +254,15 @@ class KafkaChannel(Channel):
     def seek(self, offset: int) -> None:
         """Start receiving this partition at ``offset`` (before the first recv)."""
         self.start_offset = offset
+
+    def seek_partitions(self, offsets: dict[int, int]) -> None:
+        """Start receiving each of these partitions at its offset (before the first recv),
+        as if every record before it had been received: :meth:`caught_up` and
+        :meth:`lost_records` count them read."""
+        self.start_offsets.update(offsets)
+        for partition, offset in offsets.items():
+            if offset > 0:
+                self.positions[partition] = offset - 1
 
     async def send(
         self, message: Any, key: int | None = None, record_key: bytes | None = None
@@ -318,15 +349,11 @@ class KafkaChannel(Channel):
         t = self.transport
         joins = self.partition is None and self.topic in t.group_topics
         group = t.group_id if joins else None
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=t.config.kafka.bootstrap_servers,
+        consumer = reading_consumer(
+            t.config,
             group_id=group,
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_bytes=MAX_MESSAGE_BYTES,
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             fetch_max_wait_ms=t.config.kafka.fetch_max_wait_ms,
-            **client_options(t.config),
         )
         await with_backoff(consumer.start, f"consumer of {self.name}", t.config)
         if group is not None:
@@ -336,8 +363,9 @@ class KafkaChannel(Channel):
             tps = [TopicPartition(self.topic, p) for p in wanted]
             consumer.assign(tps)
             for tp in tps:
-                if self.start_offset is not None:
-                    consumer.seek(tp, self.start_offset)
+                offset = self.start_offsets.get(tp.partition, self.start_offset)
+                if offset is not None:
+                    consumer.seek(tp, offset)
                 else:
                     await consumer.seek_to_beginning(tp)
         return consumer

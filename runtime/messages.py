@@ -204,6 +204,41 @@ class WeightDelta:
 
 @register_message
 @dataclass
+class WeightSnapshot:
+    """One piece of a shard's whole slice of the weights, as a replica holds it after reading
+    the shard's weights partition through offset ``covers`` (runtime/bootstrap.py).
+
+    The columns are a :class:`WeightDelta`'s (global indices, absolute values) over every
+    coordinate and vector row that differs from a fresh model, so a replica applies a
+    piece as it applies a delta.  A snapshot is ``pieces`` records of one ``generation``,
+    written in one of two ``slot`` s by turns (the compacted topic's key is shard, slot and
+    piece), so a write cut short leaves the other slot's snapshot whole.  ``settings``:
+    the shard's model settings (JSON), to refuse a snapshot of another config.
+    """
+
+    KIND: ClassVar[str] = "weight_snapshot"
+    VERSION: ClassVar[int] = 1
+
+    shard: int
+    shards: int
+    settings: str
+    generation: int
+    slot: int
+    piece: int
+    pieces: int
+    covers: int  # the weights offset of the shard's partition this state follows
+    index: np.ndarray  # int64, global feature indices
+    w: np.ndarray
+    z: np.ndarray  # empty under SGD, as in a delta
+    n: np.ndarray
+    factor_index: np.ndarray
+    factor_v: np.ndarray
+    factor_n: np.ndarray
+    created_at: float
+
+
+@register_message
+@dataclass
 class UserRecommendations:
     """One user's fresh top k, published by a cluster trainer after a learned batch that
     touched the user (``sink.recommendations``).  One user per record, unlike the other

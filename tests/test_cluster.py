@@ -22,6 +22,7 @@ from runtime.config import Config
 from runtime.kafka import KafkaTransport, shards_answered, wait_until_consumed
 from runtime.replay import replay
 from runtime.system import System
+from runtime.trainer_checkpoint import trainer_checkpoint_path
 from tests.conftest import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,12 +301,14 @@ def shard_states(config: Config) -> list[dict[str, Any]]:
     return out
 
 
+@pytest.mark.parametrize("checkpoint", ["kept", "deleted"])
 async def test_a_restarted_trainer_learns_on_as_if_it_had_never_stopped(
-    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path
+    tmp_path: Path, broker: Broker, topic_prefix: str, ml_subset: Path, checkpoint: str
 ) -> None:
     """The user histories and sequence statistics live only in the trainers: a trainer
-    stopped after half the log and started anew rebuilds them from the committed events,
-    so the rankers serve what the embedded run serves."""
+    stopped after half the log and started anew loads them from the checkpoint the
+    stopped one wrote, or without it rebuilds them from the committed events, so the
+    rankers serve what the embedded run serves."""
     path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 2}, http={"port": 0})
     config = Config.load(path)
     chunks = list(read_movielens(ml_subset, config.training.batch_size))
@@ -315,6 +318,8 @@ async def test_a_restarted_trainer_learns_on_as_if_it_had_never_stopped(
         first = await publish_log(config, iter(chunks[:half]))
         await all_learned(config)
         assert await procs["trainer-0"].stop() == 0
+        if checkpoint == "deleted":
+            trainer_checkpoint_path(config).unlink()
         async with processes(path, ("trainer", 1)) as again:
             sent = sum(1 for c in chunks[:half] if c.batch is not None and len(c.batch))
             publisher = Publisher(KafkaTransport(config), config, seq_start=sent)  # seqs go on
@@ -330,7 +335,10 @@ async def test_a_restarted_trainer_learns_on_as_if_it_had_never_stopped(
             served = await caught_up_answers(url, users, 12_000)
             assert await again["trainer-1"].stop() == 0
         log = (tmp_path / "trainer-1.log").read_text()
-        assert f"rebuilt from {first['published']} events" in log, log[-2000:]
+        if checkpoint == "kept":
+            assert "restored from" in log and "rebuilt from" not in log, log[-2000:]
+        else:
+            assert f"rebuilt from {first['published']} events" in log, log[-2000:]
     one_shard = Config.load(path)
     one_shard.training.shards = 1
     async with System(one_shard) as embedded:
@@ -677,3 +685,34 @@ async def test_a_broker_that_lost_its_topics_stops_every_process_with_the_reason
     finally:
         for process in brokers:
             stop_broker(process)
+
+
+async def test_a_trainer_whose_group_committed_beyond_the_log_end_stops_with_the_reason(
+    tmp_path: Path, broker: Broker, topic_prefix: str
+) -> None:
+    """The broker kept the trainers' committed offsets but lost the events (or the topic was
+    created anew): a starting trainer says so and exits 2, instead of relearning from the
+    start without a word."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    path = cluster_config(tmp_path, broker, topic_prefix, training={"shards": 1})
+    config = Config.load(path)
+    transport = KafkaTransport(config)
+    await transport.start()  # the topics, empty
+    await transport.stop()
+    group = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=f"{topic_prefix}-trainers",
+                             enable_auto_commit=False)  # fmt: skip
+    await group.start()
+    try:
+        events = TopicPartition(f"{topic_prefix}.events", 0)
+        group.assign([events])
+        await group.commit({events: 50})
+    finally:
+        await group.stop()
+    trainer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runtime", "trainer", "--id", "0", "--config", str(path),
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(trainer.communicate(), READY_TIMEOUT)
+    assert trainer.returncode == 2, err.decode()[-2000:]
+    assert "partition 0 committed 50, log end 0" in err.decode(), err.decode()[-2000:]
