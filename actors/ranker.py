@@ -28,7 +28,7 @@ from actors.features import (
     score_items,
     with_histories,
 )
-from actors.filters import ItemFilter
+from actors.filters import FilterCache, ItemFilter
 from actors.ftrl import sigmoid
 from actors.signals import SequenceSignals
 from runtime.errors import BadInput
@@ -102,6 +102,7 @@ class Ranker:
         self.posterior = posterior
         self.factors = factors
         self.scorer = FactorScorer(factors) if factors is not None else None
+        self.filters = FilterCache()  # a repeated filter's verdicts per catalog row
         self.weights = weights
         self.catalog = catalog
         self.users = users
@@ -241,7 +242,13 @@ class Ranker:
     ) -> np.ndarray:
         if item_filter and item_filter.max_per:
             return item_filter.capped_top_k(
-                self.space, self.catalog, scores, positions, k, excluded
+                self.space,
+                self.catalog,
+                scores,
+                positions,
+                k,
+                excluded,
+                self.filters.groups(self.catalog),
             )
         return top_k(scores, k, excluded)
 
@@ -305,7 +312,7 @@ class Ranker:
         drops."""
         skip = self._seen_mask(rows, visitor, blocked)
         if item_filter:
-            skip |= ~item_filter.allowed(self.space, self.catalog, rows)
+            skip |= ~self.filters.allowed(item_filter, self.space, self.catalog, rows)
         return skip
 
     def _seen_mask(
