@@ -103,6 +103,7 @@ class Ranker:
         self.factors = factors
         self.scorer = FactorScorer(factors) if factors is not None else None
         self.filters = FilterCache()  # a repeated filter's verdicts per catalog row
+        self._marks = np.zeros(0, bool)  # all False between requests (_seen_mask)
         self.weights = weights
         self.catalog = catalog
         self.users = users
@@ -322,8 +323,14 @@ class Ranker:
         the ``blocked`` ones (per catalog row: hidden, unavailable, deleted, expired)."""
         skip = (visitor.seen if self.exclude_seen else set()) | visitor.excluded
         mask = np.zeros(rows.size, bool) if blocked is None else blocked[rows]
-        if skip:
-            mask |= np.isin(rows, np.fromiter(skip, np.int64, len(skip)))
+        if skip:  # marked in a scratch flag per catalog row: np.isin sorted both sides
+            skipped = np.fromiter(skip, np.int64, len(skip))
+            size = max(len(self.catalog), int(skipped.max()) + 1, int(rows.max(initial=0)) + 1)
+            if self._marks.size < size:
+                self._marks = np.zeros(2 * size, bool)
+            self._marks[skipped] = True
+            mask |= self._marks[rows]
+            self._marks[skipped] = False
         return mask
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:
