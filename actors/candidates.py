@@ -38,6 +38,14 @@ def _distinct(parts: np.ndarray, n: int, marks: np.ndarray) -> np.ndarray:
             marks[value] = True
             out[count] = value
             count += 1
+    if 16 * count >= n:  # dense: the marks in order are the sorted values, no sort needed
+        count = 0
+        for value in range(n):
+            if marks[value]:
+                marks[value] = False
+                out[count] = value
+                count += 1
+        return out[:count]
     for i in range(count):
         marks[out[i]] = False
     return np.sort(out[:count])

@@ -29,7 +29,7 @@ from actors.features import (
     score_items,
     with_histories,
 )
-from actors.filters import ItemFilter
+from actors.filters import FilterCache, ItemFilter
 from actors.ftrl import sigmoid
 from actors.signals import SequenceSignals
 from runtime.errors import BadInput
@@ -103,6 +103,8 @@ class Ranker:
         self.posterior = posterior
         self.factors = factors
         self.scorer = FactorScorer(factors) if factors is not None else None
+        self.filters = FilterCache()  # a repeated filter's verdicts per catalog row
+        self._marks = np.zeros(0, bool)  # all False between requests (_seen_mask)
         self.weights = weights
         self.catalog = catalog
         self.users = users
@@ -255,7 +257,13 @@ class Ranker:
     ) -> np.ndarray:
         if item_filter and item_filter.max_per:
             return item_filter.capped_top_k(
-                self.space, self.catalog, scores, positions, k, excluded
+                self.space,
+                self.catalog,
+                scores,
+                positions,
+                k,
+                excluded,
+                self.filters.groups(self.catalog),
             )
         return top_k(scores, k, excluded)
 
@@ -319,7 +327,7 @@ class Ranker:
         drops."""
         skip = self._seen_mask(rows, visitor, blocked)
         if item_filter:
-            skip |= ~item_filter.allowed(self.space, self.catalog, rows)
+            skip |= ~self.filters.allowed(item_filter, self.space, self.catalog, rows)
         return skip
 
     def _seen_mask(
@@ -329,8 +337,14 @@ class Ranker:
         the ``blocked`` ones (per catalog row: hidden, unavailable, deleted, expired)."""
         skip = (visitor.seen if self.exclude_seen else set()) | visitor.excluded
         mask = np.zeros(rows.size, bool) if blocked is None else blocked[rows]
-        if skip:
-            mask |= np.isin(rows, np.fromiter(skip, np.int64, len(skip)))
+        if skip:  # marked in a scratch flag per catalog row: np.isin sorted both sides
+            skipped = np.fromiter(skip, np.int64, len(skip))
+            size = max(len(self.catalog), int(skipped.max()) + 1, int(rows.max(initial=0)) + 1)
+            if self._marks.size < size:
+                self._marks = np.zeros(2 * size, bool)
+            self._marks[skipped] = True
+            mask |= self._marks[rows]
+            self._marks[skipped] = False
         return mask
 
     def inspect(self, item: str, k: int = 10) -> dict[str, Any]:

@@ -109,15 +109,22 @@ def restore(
 
 
 def encode_state(document: Mapping[str, Any]) -> bytes:
-    """The file bytes of a document: header, msgpack payload, checksum (the payload is
-    encoded in pieces: a snapshot is written from a worker thread while the loop runs)."""
+    """The file bytes of a document: header, msgpack payload, checksum."""
+    return b"".join(state_pieces(document))
+
+
+def state_pieces(document: Mapping[str, Any]) -> list[bytes | memoryview]:
+    """:func:`encode_state` as pieces to write one after the other: a snapshot is written
+    from a worker thread while the loop runs, and joining the pieces would hold the
+    interpreter for a copy of the whole payload (large arrays are views of their memory
+    and must not change until written)."""
     pieces = encode_pieces(dict(document))
     size = sum(map(len, pieces))
     checksum = 0
     for piece in pieces:
         checksum = zlib.crc32(piece, checksum)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, size)
-    return b"".join([header, *pieces, _TRAILER.pack(checksum)])
+    return [header, *pieces, _TRAILER.pack(checksum)]
 
 
 def decode_state(data: bytes, source: str = "state") -> Any:

@@ -203,18 +203,40 @@ def encode(obj: object) -> bytes:
         raise CodecError(f"cannot encode: {exc}") from exc
 
 
-def encode_pieces(obj: object, depth: int = 3) -> list[bytes]:
+LARGE_ARRAY_BYTES: Final = 1 << 16
+"""An array at least this large is one ext32 value whose data piece is the array's own
+memory (no copy); smaller ones are encoded by one :func:`encode` call."""
+
+
+def encode_pieces(obj: object, depth: int = 8) -> list[bytes | memoryview]:
     """:func:`encode` as pieces whose concatenation is the same bytes: a dict's header,
     then each key and value, down to ``depth`` levels of dicts.  Each piece is its own
     call into msgpack, so a thread encoding a large document lets other threads (the
-    event loop) run in between instead of holding the interpreter for the whole of it."""
+    event loop) run in between instead of holding the interpreter for the whole of it;
+    a large array's data is a view of its memory, so no piece holds the interpreter for a
+    copy of it (the file write and the checksum of a view release it).  The arrays must
+    not change until the pieces are written."""
+    if isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_ARRAY_BYTES:
+        return _array_pieces(obj)
     if depth <= 0 or not isinstance(obj, dict):
         return [encode(obj)]
-    pieces = [_map_header(len(obj))]
+    pieces: list[bytes | memoryview] = [_map_header(len(obj))]
     for key, value in obj.items():
         pieces.append(encode(key))
         pieces.extend(encode_pieces(value, depth - 1))
     return pieces
+
+
+def _array_pieces(arr: np.ndarray) -> list[bytes | memoryview]:
+    """The bytes of ``encode(arr)`` for an array of at least 64 KiB (so an ext32 value) as
+    its ext header, the array header and a view of the array's data."""
+    arr = _normalise_array(arr)
+    header = msgpack.packb([arr.dtype.str, list(arr.shape)], use_bin_type=True)
+    size = len(header) + arr.nbytes
+    if size >= 1 << 32:
+        raise CodecError(f"cannot encode an array of {arr.nbytes} bytes: over msgpack's ext32")
+    ext = b"\xc9" + size.to_bytes(4, "big") + EXT_NDARRAY.to_bytes(1, "big", signed=True)
+    return [ext + header, arr.data.cast("B")]
 
 
 def _map_header(size: int) -> bytes:

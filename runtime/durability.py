@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from actors.forget import UnknownUser, forget_user, knows_user
 from actors.model import Model, build_model
-from actors.state import StateError, compose, encode_state, restore
+from actors.state import StateError, compose, restore, state_pieces
 from actors.trainer import Watermark
 from runtime import snapshots
 from runtime.codec import CodecError
@@ -33,6 +33,7 @@ from runtime.config import Config
 from runtime.errors import FreshrankError
 from runtime.front import IngestResult, SplitEvents
 from runtime.gcpause import gc_paused
+from runtime.gilshare import loop_first
 from runtime.journal import (
     Journal,
     Record,
@@ -68,7 +69,7 @@ class SnapshotStore:
                 found.append((int(stem), path))
         return sorted(found, reverse=True)
 
-    def write(self, data: bytes, position: int) -> Path:
+    def write(self, data: bytes | Sequence[bytes | memoryview], position: int) -> Path:
         """Write atomically, then delete all but the newest ``keep``."""
         path = self.directory / f"{PREFIX}{position:020d}{SUFFIX}"
         write_atomically(path, data)
@@ -114,7 +115,7 @@ class Durability:
         """Encode and write a frozen snapshot (in a worker thread), then prune."""
         started = time.perf_counter()
         self.journal.sync()  # the snapshot never covers records the journal could lose
-        path = self.store.write(encode_state(document), position)
+        path = self.store.write(state_pieces(document), position)
         kept = self.store.paths()
         self.journal.drop_before(kept[-1][0] + 1)
         self.counters["snapshots_written"] += 1
@@ -323,7 +324,9 @@ class Persistence:
         """:meth:`write_snapshot` without stalling the event loop: ingest pauses while the
         model is copied, and the copy, encoding and writing run in worker threads."""
         target = Path(path or self.config.state.snapshot_path)
-        with gc_paused():  # a full collection in the worker thread would hold the GIL
+        # a full collection in the worker thread would hold the GIL; the worker's Python
+        # code hands it to the loop every 0.5 ms, not 5
+        with gc_paused(), loop_first():
             async with self._ingest_lock:
                 document = await self._frozen_document()
             return await asyncio.to_thread(snapshots.write_document, target, document)
@@ -416,19 +419,19 @@ class Persistence:
         if d is None:
             return None
         started = time.perf_counter()
-        async with self._ingest_lock:
-            document = await self._frozen_document()
-            position = d.journal.last_seq
-            document["journal"] = {"position": position}
-            d.since_snapshot = 0
-        paused = time.perf_counter() - started
-        try:
-            with gc_paused():  # as in save_snapshot
+        with gc_paused(), loop_first():  # as in save_snapshot
+            async with self._ingest_lock:
+                document = await self._frozen_document()
+                position = d.journal.last_seq
+                document["journal"] = {"position": position}
+                d.since_snapshot = 0
+            paused = time.perf_counter() - started
+            try:
                 return await asyncio.to_thread(d.write, document, position, paused)
-        except (OSError, FreshrankError) as error:
-            d.counters["snapshot_errors"] += 1
-            log.error("snapshot at journal position %d failed: %s", position, reason(error))
-            return None
+            except (OSError, FreshrankError) as error:
+                d.counters["snapshot_errors"] += 1
+                log.error("snapshot at journal position %d failed: %s", position, reason(error))
+                return None
 
     def statistics(self) -> dict[str, Any]:
         return self.durability.statistics() if self.durability is not None else {}

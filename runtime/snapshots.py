@@ -4,19 +4,21 @@ written atomically, so a reader sees the old file or the new one, never half of 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from actors.state import StateError, Stateful, compose, decode_state, encode_state, restore
+from actors.state import StateError, Stateful, compose, decode_state, restore, state_pieces
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory."""
+def write_atomically(path: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Temp file, fsync, rename, fsync the directory; ``data`` is the bytes or the pieces
+    to write one after the other."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as out:
-        out.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            out.write(piece)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
@@ -33,7 +35,7 @@ def save(path: Path, kind: str, settings: Mapping[str, Any], parts: Mapping[str,
 
 def write_document(path: Path, document: Mapping[str, Any]) -> Path:
     """Encode a composed document and write it atomically."""
-    write_atomically(path, encode_state(document))
+    write_atomically(path, state_pieces(document))
     return path
 
 

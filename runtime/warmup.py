@@ -74,6 +74,7 @@ async def warm_up(config: Config) -> float:
         await system.similar("warm-1", k=3)
         await system.inspect("warm-1", k=3)
         system.statistics()
+        system.model.store.to_state()  # a snapshot's copy of the weights, in a worker thread
     seconds = time.perf_counter() - started
     log.info("kernels warmed up in %.2f s", seconds)
     return seconds

@@ -108,3 +108,18 @@ async def test_too_few_candidates_for_k_rank_the_whole_catalog() -> None:
         assert len(few) == 3
         assert len(many) == 39  # every item but the session's, not just the candidates
         assert [r["item"] for r in many[:3]] == [r["item"] for r in few]
+
+
+def test_the_candidate_rows_are_distinct_and_sorted_dense_or_sparse() -> None:
+    """_distinct reads the marks in order when the candidates cover much of the catalog
+    and sorts them otherwise: both give np.unique of the rows in the catalog, and leave
+    the scratch marks clear for the next request."""
+    from actors.candidates import _distinct
+
+    rng = np.random.default_rng(11)
+    for n, size in ((1_000, 900), (1_000, 20), (50_000, 300), (10, 0)):
+        parts = rng.integers(-5, n + 5, size).astype(np.int64)
+        marks = np.zeros(2 * n, np.bool_)
+        expected = np.unique(parts[(parts >= 0) & (parts < n)])
+        np.testing.assert_array_equal(_distinct(parts, n, marks), expected)
+        assert not marks.any()

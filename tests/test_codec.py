@@ -716,3 +716,27 @@ def test_encoding_in_pieces_gives_the_same_bytes() -> None:
     for depth in (0, 1, 2, 3, 6):
         assert b"".join(encode_pieces(document, depth)) == encode(document)
     assert len(encode_pieces(document)) > 10
+
+
+def test_a_large_array_is_encoded_as_a_view_of_its_memory() -> None:
+    """A snapshot's large arrays are written from their own memory (joining a copy held
+    the interpreter for tens of ms): the same bytes as one call, for every allowed dtype,
+    shape and byte order, and no piece is a copy of the data."""
+    from runtime.codec import LARGE_ARRAY_BYTES, encode_pieces
+
+    size = LARGE_ARRAY_BYTES // 8 + 3
+    arrays = [
+        np.arange(size, dtype=np.float64),
+        np.arange(size * 8, dtype=np.int64).astype(">i8"),
+        (np.arange(size * 8) % 3 == 0).reshape(8, -1),
+        np.arange(size * 2, dtype=np.float32)[::2],
+        np.zeros((LARGE_ARRAY_BYTES // 4, 1), np.float32),
+    ]
+    for array in arrays:
+        document = {"state": {"a": array, "small": np.arange(3)}}
+        pieces = encode_pieces(document)
+        assert b"".join(pieces) == encode(document)
+        assert np.array_equal(decode(b"".join(pieces))["state"]["a"], array)
+    big = np.ones(size)
+    view = encode_pieces({"a": big})[-1]
+    assert isinstance(view, memoryview) and np.shares_memory(np.asarray(view), big)

@@ -169,3 +169,51 @@ def test_the_mask_reads_the_catalog_as_stored() -> None:
     war = ItemFilter.from_dict({"include": {"genre": "war"}, "range": {"price": [None, 5]}})
     assert war.allowed(space, catalog, rows).tolist() == [True, False, False]
     assert ItemFilter().allowed(space, catalog, rows).all() and not ItemFilter()
+
+
+async def test_a_repeated_filter_follows_the_catalog(system: System) -> None:
+    """The ranker remembers a filter's verdict per item (and an item's capped groups) until
+    the catalog changes: an upsert that moves an item into a genre or out of it shows in
+    the next answer to the same filter, as to a new one."""
+    war = ItemFilter.from_dict({"include": {"genre": "war"}})
+    capped = ItemFilter(max_per={"genre": 1})
+
+    async def answer(item_filter: ItemFilter) -> list[str]:
+        return [it["item"] for it in await system.recommend("ann", k=40, item_filter=item_filter)]
+
+    assert "i1" not in await answer(war) and "i1" not in await answer(war)
+    genres_before = sorted(FEATURES[i]["genre"][0] for i in await answer(capped))
+    moved = {**FEATURES["i1"], "genre": ["war"]}
+    assert (await system.ingest([{"item": "i1", "item_features": moved}])).rejected == 0
+    assert "i1" in await answer(war)
+    assert not any(system.ranker.filters.allowed(war, system.ranker.space, system.catalog,
+                                                 np.array([system.catalog.rows["i4"]])))  # fmt: skip
+    drama = [i for i in FEATURES if FEATURES[i]["genre"] == ["drama"] and i not in ("i1",)]
+    for item in drama:  # no drama left: the cap's groups are read again
+        changed = {**FEATURES[item], "genre": ["comedy"]}
+        assert (await system.ingest([{"item": item, "item_features": changed}])).rejected == 0
+    genres_after = [FEATURES[i]["genre"][0] for i in await answer(capped)]
+    assert len(genres_before) == 3 and len(genres_after) < len(genres_before)
+
+
+def test_the_cache_gives_the_filters_own_verdicts() -> None:
+    """FilterCache.allowed equals ItemFilter.allowed for any rows asked in any order, with
+    more filters than it keeps."""
+    from actors.features import Catalog, FeatureSpace
+    from actors.filters import FilterCache
+
+    space, catalog = FeatureSpace(bits=18), Catalog()
+    rng = np.random.default_rng(5)
+    names = ["i.genre", "i.price"]
+    ns = np.array([space.ns_hash(n) for n in names], np.uint32)
+    for k in range(200):
+        genre = GENRES[int(rng.integers(3))]
+        raw = np.array([space.value_hash("i.genre", genre), space.value_hash("i.price", "")])
+        catalog.upsert(f"i{k}", 0, ns, raw.astype(np.uint32), np.array([1.0, float(k)]), [])
+    cache = FilterCache(size=2)
+    filters = [ItemFilter.from_dict(f) for f in FILTERS if "brand" not in json.dumps(f)]
+    for _ in range(5):
+        for item_filter in filters:
+            rows = rng.integers(0, 200, 60)
+            expected = item_filter.allowed(space, catalog, rows)
+            assert cache.allowed(item_filter, space, catalog, rows).tolist() == expected.tolist()

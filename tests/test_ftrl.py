@@ -362,3 +362,27 @@ def test_gradient_aggregator_scratch_does_not_leak_between_calls() -> None:
     third = aggregate(np.array([1, 1], np.int32), np.array([1.0, 1.0]))
     assert third[0].tolist() == [1]
     assert third[1].tolist() == [2.0]
+
+
+@pytest.mark.parametrize("optimizer", ["ftrl", "sgd"])
+def test_the_saved_coordinates_are_those_ever_learned(optimizer: str) -> None:
+    """A snapshot saves the coordinates with n != 0 (found by a kernel that runs without
+    the interpreter, so a worker thread's copy leaves the event loop free), with their z
+    (FTRL) or w (SGD) and n, in index order; a restore gives the same store back."""
+    from actors.sgd import SGDParams
+
+    params = SGDParams() if optimizer == "sgd" else FTRLParams()
+    store = ParameterStore(1 << 12, params)
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 1 << 12, 600)
+    store.learn(idx, rng.normal(size=600))
+    state = store.to_state()
+    touched = np.flatnonzero(store.n)
+    kept = "w" if optimizer == "sgd" else "z"
+    assert list(state) == ["index", kept, "n"]
+    np.testing.assert_array_equal(state["index"], touched)
+    np.testing.assert_array_equal(state[kept], getattr(store, kept)[touched])
+    np.testing.assert_array_equal(state["n"], store.n[touched])
+    restored = ParameterStore(1 << 12, params)
+    restored.load_state(state)
+    np.testing.assert_array_equal(restored.w, store.w)

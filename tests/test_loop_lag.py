@@ -241,3 +241,36 @@ async def test_the_item_statistics_grow_off_the_loop() -> None:
         assert stats.capacity >= len(system.catalog) > capacity
         np.testing.assert_array_equal(stats.knn_cnt[:90], learned)
         assert all(step is None for step in steps)  # the rest of the batch: pauses only
+
+
+async def test_a_snapshot_hands_the_interpreter_to_the_loop_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker thread of a snapshot (a single file, or one of a state directory) runs
+    with a short switch interval, so the loop waits at most about that long for the GIL
+    (5 ms by default); the interval is back to what it was afterwards."""
+    from runtime import durability, snapshots
+    from runtime.gilshare import WORKER_SWITCH_S
+
+    seen: list[float] = []
+
+    def spying(encode: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(*args: Any) -> Any:
+            seen.append(sys.getswitchinterval())
+            return encode(*args)
+
+        return spy
+
+    monkeypatch.setattr(snapshots, "write_document", spying(snapshots.write_document))
+    monkeypatch.setattr(durability, "state_pieces", spying(durability.state_pieces))
+    before = sys.getswitchinterval()
+    config = Config.from_dict(
+        {"state": {"dir": str(tmp_path / "state")}, "ingest": {"dead_letter_path": ""}}
+    )
+    async with System(config) as system:
+        assert (await system.ingest([{"user": "u1", "item": "i1"}])).rejected == 0
+        await system.save_snapshot(tmp_path / "one.msgpack")
+        assert await system.persistence.snapshot() is not None
+        assert sys.getswitchinterval() == before
+    assert seen == [WORKER_SWITCH_S] * 3  # the third: the snapshot of a draining stop
+    assert before > WORKER_SWITCH_S

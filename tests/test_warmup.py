@@ -45,6 +45,7 @@ async def test_after_the_warm_up_the_first_requests_compile_nothing() -> None:
         assert len(await system.recommend("ann", k=10)) == 10
         await system.recommend("", k=5, session=["m1"])
         await system.similar("m3", k=5)
+        system.model.store.to_state()  # what a snapshot's worker thread copies
     assert compiled() == before
 
 
