@@ -36,6 +36,7 @@ from runtime.messages import (
     RecommendRequest,
     UserRecommendations,
     WeightDelta,
+    WeightSnapshot,
 )
 from runtime.replay import replay
 from runtime.system import System
@@ -281,6 +282,25 @@ MESSAGES = {
         trainer=st.text(max_size=20),
         index=arrays(np.int64),
         w=arrays(np.float64),
+        created_at=st.floats(allow_nan=False),
+    ),
+    WeightSnapshot: st.builds(
+        WeightSnapshot,
+        shard=st.integers(0, 1023),
+        shards=st.integers(1, 1024),
+        settings=st.text(max_size=40),
+        generation=int64s,
+        slot=st.integers(0, 1),
+        piece=st.integers(0, 1000),
+        pieces=st.integers(1, 1000),
+        covers=int64s,
+        index=arrays(np.int64),
+        w=arrays(np.float64),
+        z=arrays(np.float64),
+        n=arrays(np.float64),
+        factor_index=arrays(np.int64),
+        factor_v=arrays(np.float64, dims=2, max_side=5),
+        factor_n=arrays(np.float64),
         created_at=st.floats(allow_nan=False),
     ),
     DeadLetters: st.builds(
