@@ -39,7 +39,7 @@ class ModelConfig:
     # factorization-machine terms: k factors per hashed base feature (0: linear model only)
     factors: int = 8
     factor_bits: int = 18
-    factor_init: float = 0.05  # std of the seeded start of the vectors
+    factor_init: float = 0.02  # std of the seeded start of the vectors
     # a user's most recent items as user-side features "h.item=<id>" (0: none)
     history: int = 10
     # factor terms also between the columns of CTR files (the replay fast path); off by
@@ -134,8 +134,8 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 0.0
-    factor_alpha: float = 0.12  # AdaGrad rate of the factor vectors (model.factors > 0)
-    factor_l2: float = 0.001
+    factor_alpha: float = 0.16  # AdaGrad rate of the factor vectors (model.factors > 0)
+    factor_l2: float = 0.0
 
     def check(self) -> None:
         _require(self.alpha > 0, "ftrl.alpha", "must be > 0", self.alpha)
@@ -185,9 +185,9 @@ class TrainingConfig:
     relevant_next: int = 1
     # precision / recall / F1 of labelled events: predicted positive at p >= threshold
     threshold: float = 0.5
-    # the factor terms also walked event by event (the linear part always is, with FTRL);
-    # off: a batch's factor gradients are summed, which ranked better at the tuned rates
-    exact_factors: bool = False
+    # the factor terms walked event by event like the linear part (with FTRL); off: a
+    # batch's factor gradients are summed and applied once, with the weights from before it
+    exact_factors: bool = True
 
     def check(self) -> None:
         _require(1 <= self.relevant_next <= 1000, "training.relevant_next", "must be in 1..1000",
