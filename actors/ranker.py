@@ -215,10 +215,11 @@ class Ranker:
         features, names = self.user_features(visitor, context)
         blocked = self.catalog.blocked(self.clock())  # hidden, deleted, expired, ...
         rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter, blocked)
-        scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
-        if signals is not None:
-            scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
+        terms = None if signals is None else self.sequence.terms(self.weights, signals)  # type: ignore[union-attr]
+        scores = score_items(
+            self.space, features, self.catalog, self.weights, rows, self.scorer, terms
+        )
         positions = rows if rows is not None else np.arange(scores.size)
         if excluded is None:
             excluded = self._excluded(positions, visitor, item_filter, blocked)

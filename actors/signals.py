@@ -277,10 +277,10 @@ class SequenceSignals:
         """(signals, n_items): every catalog row's values."""
         return self.values(recent, np.arange(n_items, dtype=np.int64))
 
-    def logits(self, w: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The signals' share of the logit: Σ_s w[signal s] · value_s."""
-        weights: np.ndarray = w[self.index]
-        return weights @ values
+    def terms(self, w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The signals' weights and ``values`` (signals, rows), as ``score_items`` adds
+        them to the logit: Σ_s w[signal s] · value_s."""
+        return w[self.index], np.ascontiguousarray(values, np.float64)
 
     def entries(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR entries (indptr, indices, values) of the signal features of training rows
