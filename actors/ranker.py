@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from actors.candidates import CandidateGenerator
 from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
@@ -45,8 +46,37 @@ class UnknownItem(BadInput, LookupError):
     http_status = 404
 
 
+SMALL_K = 256  # up to here one pass with a sorted buffer of k beats partition + lexsort
+
+
+@njit(cache=True, nogil=True)
+def _small_top_k(scores: np.ndarray, k: int, skip: np.ndarray) -> np.ndarray:
+    """``top_k`` in one pass: a buffer of the best so far, sorted by (-score, position);
+    positions come in ascending order, so a tie never displaces an earlier one."""
+    best_s, best_p = np.empty(k), np.empty(k, np.int64)
+    held = 0
+    for i in range(scores.size):
+        s = scores[i]
+        if skip[i] or s == -np.inf or (held == k and not s > best_s[k - 1]):
+            continue
+        j = min(held, k - 1)
+        while j > 0 and best_s[j - 1] < s:
+            best_s[j], best_p[j] = best_s[j - 1], best_p[j - 1]
+            j -= 1
+        best_s[j], best_p[j] = s, i
+        held = min(held + 1, k)
+    return best_p[:held].copy()
+
+
 def top_k(scores: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
-    """Positions of the k best scores (ties: lower position first), skipping excluded positions."""
+    """Positions of the k best scores (ties: lower position first), skipping excluded
+    positions (a mask per position, or positions)."""
+    if 0 < k <= SMALL_K:
+        skip = excluded
+        if excluded.dtype != np.bool_ or excluded.size != scores.size:
+            skip = np.zeros(scores.size, np.bool_)
+            skip[excluded] = True
+        return _small_top_k(np.ascontiguousarray(scores, np.float64), k, skip)
     masked = scores.copy()
     masked[excluded] = -np.inf
     allowed = masked.size - int(np.count_nonzero(np.isneginf(masked)))
