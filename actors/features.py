@@ -645,6 +645,10 @@ def _score_rows(
     signal_w, signal_values = signals
     out = np.empty(rows.shape[0], np.float64)
     m = np.uint64(mask)
+    signal_sums = np.zeros(rows.shape[0] if signal_w.size else 0)
+    for j in range(signal_w.size):  # row by row of values: vectorised, same order per row
+        for k in range(signal_sums.size):
+            signal_sums[k] += signal_w[j] * signal_values[j, k]
     for k in range(rows.shape[0]):
         r = rows[k]
         s = _linear_row(w, m, base, r, ins, iraw, ix, pairs)
@@ -654,10 +658,7 @@ def _score_rows(
                 f += a_items[r, j] * a_user[j]
             s += (f + t_items[r]) + user_term
         if signal_w.size:
-            g = 0.0
-            for j in range(signal_w.size):
-                g += signal_w[j] * signal_values[j, k]
-            s += g
+            s += signal_sums[k]
         out[k] = s
     return out
 
