@@ -667,18 +667,11 @@ def cross_pairs(
     space: FeatureSpace, user: BaseFeatures
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(item namespace, premixed user hash, user x) of each cross the user's features take
-    part in, as the scoring kernels take them."""
-    pair_ns, pair_pre, pair_x = [], [], []
-    for a, b in space.crosses:
-        for k in np.flatnonzero(user.ns == a):
-            pair_ns.append(b)
-            pair_pre.append((int(user.raw[k]) * FNV_PRIME) & MASK32)
-            pair_x.append(float(user.x[k]))
-    return (
-        np.array(pair_ns, np.uint32),
-        np.array(pair_pre, np.uint64),
-        np.array(pair_x, np.float64),
-    )
+    part in, as the scoring kernels take them: cross by cross, the user's features in order."""
+    crosses = np.array(space.crosses, np.uint32).reshape(-1, 2)
+    cross, feature = np.nonzero(user.ns[None, :] == crosses[:, :1])
+    premixed = (user.raw[feature].astype(np.uint64) * np.uint64(FNV_PRIME)) & np.uint64(MASK32)
+    return crosses[cross, 1], premixed, user.x[feature].astype(np.float64)
 
 
 NO_FACTORS = (np.zeros((0, 0)), np.zeros(0), np.zeros(0), 0.0)
