@@ -28,16 +28,8 @@ from actors.signals import SequenceSignals
 
 
 @njit(cache=True, nogil=True)
-def _distinct(parts: np.ndarray, n: int, marks: np.ndarray) -> np.ndarray:
-    """The distinct values of ``parts`` in [0, n), sorted; ``marks`` is all False before
-    and after (a scratch of at least n flags, so no O(n) clearing per call)."""
-    out = np.empty(parts.size, np.int64)
-    count = 0
-    for value in parts:
-        if 0 <= value < n and not marks[value]:
-            marks[value] = True
-            out[count] = value
-            count += 1
+def _collect(out: np.ndarray, count: int, n: int, marks: np.ndarray) -> np.ndarray:
+    """The ``count`` marked values in ``out``, sorted, with their marks cleared."""
     if 16 * count >= n:  # dense: the marks in order are the sorted values, no sort needed
         count = 0
         for value in range(n):
@@ -49,6 +41,43 @@ def _distinct(parts: np.ndarray, n: int, marks: np.ndarray) -> np.ndarray:
     for i in range(count):
         marks[out[i]] = False
     return np.sort(out[:count])
+
+
+@njit(cache=True, nogil=True)
+def _candidate_rows(
+    recent: np.ndarray,
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    last: tuple[int, int, int],
+    extra: np.ndarray,
+    n: int,
+    marks: np.ndarray,
+) -> np.ndarray:
+    """The distinct rows in [0, n), sorted, of the kNN lists of the last ``last[0]`` and
+    the Markov lists of the last ``last[1]`` of ``recent``'s rows below ``last[2]`` (the
+    rows the statistics know), and of ``extra``; as ``ItemStats.neighbour_rows`` +
+    ``extra`` made distinct, without the concatenated copy.  ``marks`` is all False
+    before and after (a scratch of at least n flags, so no O(n) clearing per call)."""
+    knn_nbr, knn_fill, mk_nbr, mk_fill = lists
+    window, order, known = last
+    rows = recent[(recent >= 0) & (recent < known)]
+    out = np.empty(n, np.int64)
+    count = 0
+    for lo, nbr, fill in (
+        (rows.size - window, knn_nbr, knn_fill),
+        (rows.size - order, mk_nbr, mk_fill),
+    ):
+        for r in rows[max(lo, 0) :]:
+            for value in nbr[r, : fill[r]]:
+                if 0 <= value < n and not marks[value]:
+                    marks[value] = True
+                    out[count] = value
+                    count += 1
+    for value in extra:
+        if 0 <= value < n and not marks[value]:
+            marks[value] = True
+            out[count] = value
+            count += 1
+    return _collect(out, count, n, marks)
 
 
 @dataclass(frozen=True)
@@ -80,12 +109,18 @@ class CandidateGenerator:
         n = len(self.catalog)
         if self.sequence is None or n < self.params.whole_catalog_below:
             return None
-        neighbours = self.sequence.stats.neighbour_rows(sequence_rows)
+        stats = self.sequence.stats
         newest = np.arange(max(0, n - self.params.newest), n, dtype=np.int64)
         if self._marks.size < n:
             self._marks = np.zeros(2 * n, np.bool_)
-        parts = np.concatenate([neighbours, self._top_trending(now), newest])
-        rows = _distinct(parts, n, self._marks)
+        rows = _candidate_rows(
+            np.ascontiguousarray(sequence_rows, np.int64),
+            (stats.knn_nbr, stats.knn_fill, stats.mk_nbr, stats.mk_fill),
+            (stats.params.window, stats.params.markov_order, stats.n_items),
+            np.concatenate([self._top_trending(now), newest]),
+            n,
+            self._marks,
+        )
         self.generated += 1
         self.candidates += int(rows.size)
         return rows

@@ -23,6 +23,25 @@ from actors.features import Catalog
 
 
 @njit(cache=True, nogil=True)
+def _feature_table(
+    features: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An open-addressing table of the distinct ``features`` and their weights: keys,
+    weights and which slots are used.  The keys are hashes already, so their low bits
+    pick the slot."""
+    size = 16
+    while size < 4 * features.shape[0]:
+        size *= 2
+    keys, values, used = np.empty(size, np.uint32), np.empty(size), np.zeros(size, np.bool_)
+    for f in range(features.shape[0]):
+        at = features[f] & (size - 1)
+        while used[at]:
+            at = (at + 1) & (size - 1)
+        keys[at], values[at], used[at] = features[f], weights[f], True
+    return keys, values, used
+
+
+@njit(cache=True, nogil=True)
 def _match_scores(
     features: np.ndarray,
     weights: np.ndarray,
@@ -32,9 +51,12 @@ def _match_scores(
     rows: np.ndarray,
     id_namespace: int,
 ) -> np.ndarray:
-    """Per row: the summed weights of its content features found in sorted ``features``."""
+    """Per row: the summed weights of its content features found in the distinct
+    ``features`` (a table lookup per feature: a binary search per feature cost a
+    request more than the rest of the signals)."""
+    keys, values, used = _feature_table(features, weights)
+    mask = keys.size - 1
     out = np.zeros(rows.shape[0])
-    top = features.shape[0]
     for k in range(rows.shape[0]):
         r = rows[k]
         if r < 0 or r >= raw.shape[0]:
@@ -43,9 +65,13 @@ def _match_scores(
         for c in range(raw.shape[1]):
             if x[r, c] == 0.0 or ns[r, c] == id_namespace:
                 continue
-            at = np.searchsorted(features, raw[r, c])
-            if at < top and features[at] == raw[r, c]:
-                total += weights[at]
+            key = raw[r, c]
+            at = key & mask
+            while used[at]:
+                if keys[at] == key:
+                    total += values[at]
+                    break
+                at = (at + 1) & mask
         out[k] = total
     return out
 

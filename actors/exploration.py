@@ -39,9 +39,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numba import njit
 
-from actors.features import BaseFeatures, Catalog, FeatureSpace
+from actors.features import BaseFeatures, Catalog, FeatureSpace, cross_pairs
 from actors.ftrl import FTRLParams
-from actors.murmur import FNV_PRIME, MASK32
 from actors.murmur import fmix32_scalar as _fmix
 from runtime.errors import BadInput
 
@@ -115,24 +114,6 @@ def _variance_rows(
     return out
 
 
-def _cross_pairs(
-    space: FeatureSpace, user: BaseFeatures
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(item namespace, premixed user hash, user x) of each cross the user's features take
-    part in: the same pairs ``features.score_items`` builds."""
-    pair_ns, pair_pre, pair_x = [], [], []
-    for a, b in space.crosses:
-        for k in np.flatnonzero(user.ns == a):
-            pair_ns.append(b)
-            pair_pre.append((int(user.raw[k]) * FNV_PRIME) & MASK32)
-            pair_x.append(float(user.x[k]))
-    return (
-        np.array(pair_ns, np.uint32),
-        np.array(pair_pre, np.uint64),
-        np.array(pair_x, np.float64),
-    )
-
-
 def _require_posterior(posterior: WeightPosterior | None) -> WeightPosterior:
     if posterior is None:
         raise ExplorationUnavailable(
@@ -165,7 +146,7 @@ def score_variances(
         catalog.ns,
         catalog.raw,
         catalog.x,
-        *_cross_pairs(space, user),
+        *cross_pairs(space, user),
     )
 
 

@@ -537,27 +537,19 @@ class FactorScorer:
         a_user, q = factor_sums(self.store.v, fidx, np.asarray(user_x, np.float64))
         return a_user, 0.5 * (float(a_user @ a_user) - q)
 
-    def item_terms(
+    def sides(
         self,
         user_raw: np.ndarray,
         user_x: np.ndarray,
         iraw: np.ndarray,
         ix: np.ndarray,
         catalog_version: int,
-        rows: np.ndarray | None,
-    ) -> np.ndarray:
-        """Per catalog row in ``rows`` (all, in order, when None): user term + item term +
-        a_U · a_I (without ``rows``, no copy of the per-item sums is made)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """``a_I`` and the item term per catalog row (cached), ``a_U`` and the user term:
+        what the terms of any row are summed from."""
         a_items, t_items = self.cache.get(self.store, iraw, ix, catalog_version)
         a_user, user_term = self.user_sums(user_raw, user_x)
-        if rows is None:
-            out: np.ndarray = a_items @ a_user
-            out += t_items
-        else:
-            out = a_items[rows] @ a_user
-            out += t_items[rows]
-        out += user_term
-        return out
+        return a_items, t_items, a_user, user_term
 
 
 def pair_contributions(

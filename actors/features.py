@@ -598,37 +598,84 @@ def expand_dense_factors(
 
 
 @njit(cache=True, nogil=True)
+def _linear_row(
+    w: np.ndarray,
+    m: np.uint64,
+    base: float,
+    r: int,
+    ins: np.ndarray,
+    iraw: np.ndarray,
+    ix: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> float:
+    """base + catalog row ``r``'s item-side weights + its crosses with the user's features."""
+    pair_ns, pair_pre, pair_x = pairs
+    s = base
+    for c in range(ix.shape[1]):
+        x = ix[r, c]
+        if x == 0.0:
+            continue
+        h = np.uint64(iraw[r, c])
+        s += w[np.int64(h & m)] * x
+        ns = ins[r, c]
+        for p in range(pair_ns.shape[0]):
+            if pair_ns[p] == ns:
+                s += w[np.int64(_fmix(pair_pre[p] ^ h) & m)] * x * pair_x[p]
+    return s
+
+
+@njit(cache=True, nogil=True)
 def _score_rows(
     w: np.ndarray,
     mask: int,
     base: float,
     rows: np.ndarray,
-    ins: np.ndarray,
-    iraw: np.ndarray,
-    ix: np.ndarray,
-    pair_ns: np.ndarray,
-    pair_pre: np.ndarray,
-    pair_x: np.ndarray,
+    item_side: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    factor_side: tuple[np.ndarray, np.ndarray, np.ndarray, float],
+    signals: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """Per catalog row: base + item-side weights + crosses, where pair p crosses a user
-    feature (premixed hash ``pair_pre[p]``, value ``pair_x[p]``) with item namespace ``pair_ns[p]``."""
+    feature (premixed hash ``pair_pre[p]``, value ``pair_x[p]``) with item namespace
+    ``pair_ns[p]``; + the factor terms a_U · a_I + t_I + t_U when ``factor_side`` (a_I
+    and t_I per catalog row, a_U, t_U) has a user side; + Σ_s w_s · value_s of the signals
+    (weights, values (signals, rows)).  One pass over the rows, no temporaries."""
+    ins, iraw, ix = item_side
+    a_items, t_items, a_user, user_term = factor_side
+    signal_w, signal_values = signals
     out = np.empty(rows.shape[0], np.float64)
     m = np.uint64(mask)
+    signal_sums = np.zeros(rows.shape[0] if signal_w.size else 0)
+    for j in range(signal_w.size):  # row by row of values: vectorised, same order per row
+        for k in range(signal_sums.size):
+            signal_sums[k] += signal_w[j] * signal_values[j, k]
     for k in range(rows.shape[0]):
         r = rows[k]
-        s = base
-        for c in range(ix.shape[1]):
-            x = ix[r, c]
-            if x == 0.0:
-                continue
-            h = np.uint64(iraw[r, c])
-            s += w[np.int64(h & m)] * x
-            ns = ins[r, c]
-            for p in range(pair_ns.shape[0]):
-                if pair_ns[p] == ns:
-                    s += w[np.int64(_fmix(pair_pre[p] ^ h) & m)] * x * pair_x[p]
+        s = _linear_row(w, m, base, r, ins, iraw, ix, pairs)
+        if a_user.size:
+            f = 0.0
+            for j in range(a_user.size):
+                f += a_items[r, j] * a_user[j]
+            s += (f + t_items[r]) + user_term
+        if signal_w.size:
+            s += signal_sums[k]
         out[k] = s
     return out
+
+
+def cross_pairs(
+    space: FeatureSpace, user: BaseFeatures
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(item namespace, premixed user hash, user x) of each cross the user's features take
+    part in, as the scoring kernels take them: cross by cross, the user's features in order."""
+    crosses = np.array(space.crosses, np.uint32).reshape(-1, 2)
+    cross, feature = np.nonzero(user.ns[None, :] == crosses[:, :1])
+    premixed = (user.raw[feature].astype(np.uint64) * np.uint64(FNV_PRIME)) & np.uint64(MASK32)
+    return crosses[cross, 1], premixed, user.x[feature].astype(np.float64)
+
+
+NO_FACTORS = (np.zeros((0, 0)), np.zeros(0), np.zeros(0), 0.0)
+NO_SIGNALS = (np.zeros(0), np.zeros((0, 0)))
 
 
 def score_items(
@@ -638,47 +685,39 @@ def score_items(
     w: np.ndarray,
     rows: np.ndarray | None = None,
     factors: FactorScorer | None = None,
+    signals: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Logits of one user context (a single-row BaseFeatures) against catalog rows (all by default).
 
     Equals :func:`expand` + dot product (a test checks it), with the user side summed
     once and the item side and crosses in one compiled pass over the catalog; with
-    ``factors``, plus the factorization terms of :func:`expand_factors`' rows.
+    ``factors``, plus the factorization terms of :func:`expand_factors`' rows; with
+    ``signals`` (the signals' weights, their values (signals, rows)), plus Σ w · value.
     """
     user_idx = np.concatenate(([space.bias_index], space.index(user.raw)))
     base = float(w[user_idx] @ np.concatenate(([1.0], user.x)))
-    every_item = rows is None
     if rows is None:
         rows = np.arange(len(catalog))
-    pair_ns, pair_pre, pair_x = [], [], []
-    for a, b in space.crosses:
-        for k in np.flatnonzero(user.ns == a):
-            pair_ns.append(b)
-            pair_pre.append((int(user.raw[k]) * FNV_PRIME) & MASK32)
-            pair_x.append(float(user.x[k]))
+    factor_side = NO_FACTORS
+    if factors is not None:
+        n_items = len(catalog)
+        factor_side = factors.sides(
+            user.raw, user.x, catalog.raw[:n_items], catalog.x[:n_items], catalog.version
+        )
     rows = np.ascontiguousarray(rows, np.int64)
-    linear = _score_rows(
+    if signals is not None and (
+        signals[1].ndim != 2 or signals[1].shape != (signals[0].size, rows.size)
+    ):  # the kernel reads values[:, k] unchecked
+        raise ValueError(f"signal values {signals[1].shape} do not match {rows.size} rows")
+    return _score_rows(
         w,
         space.mask,
         base,
         rows,
-        catalog.ns,
-        catalog.raw,
-        catalog.x,
-        np.array(pair_ns, np.uint32),
-        np.array(pair_pre, np.uint64),
-        np.array(pair_x, np.float64),
-    )
-    if factors is None:
-        return linear
-    n_items = len(catalog)
-    return linear + factors.item_terms(
-        user.raw,
-        user.x,
-        catalog.raw[:n_items],
-        catalog.x[:n_items],
-        catalog.version,
-        None if every_item else rows,
+        (catalog.ns, catalog.raw, catalog.x),
+        cross_pairs(space, user),
+        factor_side,
+        NO_SIGNALS if signals is None else signals,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from actors.candidates import CandidateGenerator
 from actors.exploration import ExplorationPolicy, ScoreUncertainty, WeightPosterior
@@ -27,7 +28,6 @@ from actors.features import (
     UserState,
     explain,
     score_items,
-    with_histories,
 )
 from actors.filters import FilterCache, ItemFilter
 from actors.ftrl import sigmoid
@@ -45,8 +45,37 @@ class UnknownItem(BadInput, LookupError):
     http_status = 404
 
 
+SMALL_K = 256  # up to here one pass with a sorted buffer of k beats partition + lexsort
+
+
+@njit(cache=True, nogil=True)
+def _small_top_k(scores: np.ndarray, k: int, skip: np.ndarray) -> np.ndarray:
+    """``top_k`` in one pass: a buffer of the best so far, sorted by (-score, position);
+    positions come in ascending order, so a tie never displaces an earlier one."""
+    best_s, best_p = np.empty(k), np.empty(k, np.int64)
+    held = 0
+    for i in range(scores.size):
+        s = scores[i]
+        if skip[i] or s == -np.inf or (held == k and not s > best_s[k - 1]):
+            continue
+        j = min(held, k - 1)
+        while j > 0 and best_s[j - 1] < s:
+            best_s[j], best_p[j] = best_s[j - 1], best_p[j - 1]
+            j -= 1
+        best_s[j], best_p[j] = s, i
+        held = min(held + 1, k)
+    return best_p[:held].copy()
+
+
 def top_k(scores: np.ndarray, k: int, excluded: np.ndarray) -> np.ndarray:
-    """Positions of the k best scores (ties: lower position first), skipping excluded positions."""
+    """Positions of the k best scores (ties: lower position first), skipping excluded
+    positions (a mask per position, or positions)."""
+    if 0 < k <= SMALL_K:
+        skip = excluded
+        if excluded.dtype != np.bool_ or excluded.size != scores.size:
+            skip = np.zeros(scores.size, np.bool_)
+            skip[excluded] = True
+        return _small_top_k(np.ascontiguousarray(scores, np.float64), k, skip)
     masked = scores.copy()
     masked[excluded] = -np.inf
     allowed = masked.size - int(np.count_nonzero(np.isneginf(masked)))
@@ -76,8 +105,16 @@ class Visitor:
     excluded: set[int] = field(default_factory=set)  # rows the request asked not to get
 
 
-def _no_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.float64)
+def _stacked(parts: list[tuple[Any, Any, Any]]) -> BaseFeatures:
+    """One BaseFeatures row of the (namespaces, hashes, values) parts, in order."""
+    if not parts:
+        return BaseFeatures(
+            np.zeros(2, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0)
+        )
+    ns = np.concatenate([np.asarray(p[0], np.uint32) for p in parts])
+    raw = np.concatenate([np.asarray(p[1], np.uint32) for p in parts])
+    x = np.concatenate([np.asarray(p[2], np.float64) for p in parts])
+    return BaseFeatures(np.array([0, ns.size], np.int64), ns, raw, x)
 
 
 class Ranker:
@@ -150,48 +187,49 @@ class Ranker:
         return self.users.seen_since(user, self.clock() - returns_after_s)
 
     def user_features(
-        self, who: str | Visitor, context: Sequence[tuple[str, str, float]] = ()
+        self,
+        who: str | Visitor,
+        context: Sequence[tuple[str, str, float]] = (),
+        named: bool = True,
     ) -> tuple[BaseFeatures, list[str]]:
         """User id + last known profile + recent items + request context, as one
-        BaseFeatures row and names (an anonymous visitor has no id or profile)."""
+        BaseFeatures row and names (an anonymous visitor has no id or profile; no names
+        unless ``named``: only explanations read them)."""
         visitor = self.visitor(who) if isinstance(who, str) else who
-        ns: list[int] = []
-        raw: list[int] = []
-        xs: list[float] = []
+        space, user = self.space, visitor.user
+        parts: list[tuple[Any, Any, Any]] = []
         names: list[str] = []
-        user = visitor.user
         if user:
-            ns, raw, xs = (
-                [self.space.ns_hash(USER_NS)],
-                [self.space.value_hash(USER_NS, user)],
-                [1.0],
-            )
-            names = [f"user={user}"]
+            parts.append(([space.ns_hash(USER_NS)], [space.value_hash(USER_NS, user)], [1.0]))
+            names.append(f"user={user}")
         profile = self.users.profiles.get(user) if user else None
         if profile is not None:
-            ns += profile.ns.tolist()
-            raw += profile.raw.tolist()
-            xs += profile.x.tolist()
-            names += self.users.profile_names.get(user, [])
-        if visitor.recent:
-            empty = BaseFeatures(np.array([0, 0], np.int64), *_no_entries())
-            extended = with_histories(self.space, self.catalog, empty, [visitor.recent])
-            ns += extended.ns.tolist()
-            raw += extended.raw.tolist()
-            xs += extended.x.tolist()
-            names += [f"{HISTORY_NS}={self.catalog.ids[r]}" for r in visitor.recent]
-        for namespace, value, x in context:
-            ns.append(self.space.ns_hash(namespace))
-            raw.append(self.space.value_hash(namespace, value))
-            xs.append(x)
-            names.append(f"{namespace}={value}" if value else f"{namespace}={x:g}")
-        features = BaseFeatures(
-            np.array([0, len(ns)], np.int64),
-            np.array(ns, np.uint32),
-            np.array(raw, np.uint32),
-            np.array(xs, np.float64),
-        )
-        return features, names
+            parts.append((profile.ns, profile.raw, profile.x))
+            names += self.users.profile_names.get(user, []) if named else []
+        if visitor.recent:  # as with_histories: h.item=<id>, 1/sqrt(count) each
+            recent = np.array(visitor.recent, np.int64)
+            history = self.catalog.id_hashes(space, HISTORY_NS)[recent]
+            parts.append(
+                (
+                    np.full(recent.size, space.ns_hash(HISTORY_NS), np.uint32),
+                    history,
+                    np.full(recent.size, 1.0 / np.sqrt(recent.size)),
+                )
+            )
+            names += (
+                [f"{HISTORY_NS}={self.catalog.ids[r]}" for r in visitor.recent] if named else []
+            )
+        if context:
+            parts.append(self._context_features(context, names))
+        return _stacked(parts), names
+
+    def _context_features(
+        self, context: Sequence[tuple[str, str, float]], names: list[str]
+    ) -> tuple[list[int], list[int], list[float]]:
+        ns = [self.space.ns_hash(namespace) for namespace, _, _ in context]
+        raw = [self.space.value_hash(namespace, value) for namespace, value, _ in context]
+        names += [f"{n}={value}" if value else f"{n}={x:g}" for n, value, x in context]
+        return ns, raw, [x for _, _, x in context]
 
     def recommend(
         self,
@@ -212,13 +250,14 @@ class Ranker:
         started = time.perf_counter()
         returns_after = item_filter.seen_returns_after_s if item_filter else None
         visitor = self.visitor(user, session or (), exclude or (), returns_after)
-        features, names = self.user_features(visitor, context)
+        features, names = self.user_features(visitor, context, with_explanations)
         blocked = self.catalog.blocked(self.clock())  # hidden, deleted, expired, ...
         rows, excluded = self._rows_to_score(visitor, k, candidates, item_filter, blocked)
-        scores = score_items(self.space, features, self.catalog, self.weights, rows, self.scorer)
         signals = self._signal_values(visitor.sequence, rows)
-        if signals is not None:
-            scores += self.sequence.logits(self.weights, signals)  # type: ignore[union-attr]
+        terms = None if signals is None else self.sequence.terms(self.weights, signals)  # type: ignore[union-attr]
+        scores = score_items(
+            self.space, features, self.catalog, self.weights, rows, self.scorer, terms
+        )
         positions = rows if rows is not None else np.arange(scores.size)
         if excluded is None:
             excluded = self._excluded(positions, visitor, item_filter, blocked)

@@ -67,7 +67,8 @@ def _mixture_log_np(shares: np.ndarray, weights: np.ndarray, evidence: np.ndarra
     weights /= weights.sum()
     out = np.full(shares.shape[1], weights[0])
     for s in range(shares.shape[0]):
-        out += weights[1 + s] * shares[s]
+        for i in range(out.size):
+            out[i] += weights[1 + s] * shares[s, i]
     return np.log(out)
 
 
@@ -128,11 +129,11 @@ def _values(
     out = np.zeros((base + 1, m))
     n = max(n_catalog, sizes[0], sizes[1], items.max() + 1 if m else 0)
     shares = np.zeros((base, m))
-    for s in range(base):
-        if peaks[s] > 0:
-            out[s] = raw[s] / peaks[s]
-        if totals[s] > 0:
-            shares[s] = raw[s] * n / totals[s]
+    for s in range(base):  # in place: a temporary per signal cost more than the division
+        for i in range(m if peaks[s] > 0 else 0):
+            out[s, i] = raw[s, i] / peaks[s]
+        for i in range(m if totals[s] > 0 else 0):
+            shares[s, i] = raw[s, i] * n / totals[s]
     bucket = np.searchsorted(buckets, recent.size, side="right")
     evidence = totals > 0
     out[base] = np.maximum(_mixture_log_np(shares, mix_totals[bucket].copy(), evidence), 0.0)

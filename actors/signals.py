@@ -21,7 +21,7 @@ import numpy as np
 from actors.content import ContentProfile
 from actors.features import ITEM_NS, Catalog, FeatureSpace
 from actors.itemstats import ItemStats, ItemStatsParams
-from actors.signal_walk import _walk
+from actors.signal_walk import _values, _walk
 from actors.trending import TrendingCounts
 
 SIGNAL_NS = "signal"
@@ -255,26 +255,32 @@ class SequenceSignals:
 
     def values(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(signals, items): each signal's value for ``items`` after ``recent``; the last
-        row is the mixture's ``log(n · p)``."""
-        raw, peaks, totals = self._raw(recent, items)
-        out = np.zeros((len(self.names), items.size))
-        np.divide(raw, peaks[:, None], out=out[: self._base], where=peaks[:, None] > 0)
-        shares = self._shares(raw, totals, self._rows_known(items))
+        row is the mixture's ``log(n · p)``.  One compiled call (the one :meth:`walk`
+        makes per event), since a request pays the interpreter for every small step."""
+        self.content.count_features()
+        t, s, c = self.trends, self.stats, self.content
+        peaks, totals = t.summary()
+        catalog = c.catalog
+        out, picked, evidence = _values(
+            np.ascontiguousarray(recent, np.int64), np.ascontiguousarray(items, np.int64),
+            len(catalog), s.scoring_arrays(), s.kernel_params(),
+            ((catalog.raw, catalog.ns, catalog.x), c.counted(), c.half_life, int(c.id_namespace)),
+            (t.half_lives, t.scaled, peaks, totals),
+            (self.mixture.totals, SignalMixture.BUCKETS),
+            np.array([s.n_items, t.rows], np.int64),
+        )  # fmt: skip
         if items.size:  # what learn_event needs if the first item is the one picked
-            self._last_shares = (recent, int(items[0]), shares[:, 0].copy(), totals > 0)
-        bucket = self.mixture.bucket(recent.size)
-        log_np = self.mixture.log_probability(shares, bucket, totals > 0)
-        out[self._base] = np.maximum(log_np, 0.0)  # evidence above a uniform guess only
+            self._last_shares = (recent, int(items[0]), picked, evidence)
         return out
 
     def catalog_values(self, recent: np.ndarray, n_items: int) -> np.ndarray:
         """(signals, n_items): every catalog row's values."""
         return self.values(recent, np.arange(n_items, dtype=np.int64))
 
-    def logits(self, w: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The signals' share of the logit: Σ_s w[signal s] · value_s."""
-        weights: np.ndarray = w[self.index]
-        return weights @ values
+    def terms(self, w: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The signals' weights and ``values`` (signals, rows), as ``score_items`` adds
+        them to the logit: Σ_s w[signal s] · value_s."""
+        return w[self.index], np.ascontiguousarray(values, np.float64)
 
     def entries(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR entries (indptr, indices, values) of the signal features of training rows

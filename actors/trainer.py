@@ -559,11 +559,14 @@ class TrainerActor(Actor):
         sequence signal alone (``signals``: their whole-catalog values for this event),
         and the model's top rows for the next-item ``evaluation``."""
         candidates = np.arange(known) if known < len(self.catalog) else None
-        scores = score_items(self.space, row, self.catalog, self.store.w, candidates, self.scorer)
         sequence = self.model.sequence
+        terms = None
         if sequence is not None and signals is not None:
-            signals = signals[:, : scores.size]
-            scores += sequence.logits(self.store.w, signals)
+            signals = signals[:, : len(self.catalog) if candidates is None else known]
+            terms = sequence.terms(self.store.w, signals)
+        scores = score_items(
+            self.space, row, self.catalog, self.store.w, candidates, self.scorer, terms
+        )
         top = top_rows(scores, self.metrics.next_item.k, exclude, keep=item)
         self.metrics.next_item.ranked(evaluation, top)
         if sequence is None or signals is None:

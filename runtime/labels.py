@@ -138,13 +138,14 @@ class LabelStage:
                 continue
             rows = np.array([row for _, row in known], np.int64)
             row = self.featurizer.user_row(user, user_side)
-            logits = score_items(
-                self.space, row, self.catalog, self.ranker.weights, rows, self.ranker.scorer
-            )
             sequence = self.ranker.sequence
+            terms = None
             if sequence is not None:  # the signal terms, as the trainer adds them
                 values = sequence.values(self.featurizer.users.sequence(user), rows)
-                logits += sequence.logits(self.ranker.weights, values)
+                terms = sequence.terms(self.ranker.weights, values)
+            logits = score_items(
+                self.space, row, self.catalog, self.ranker.weights, rows, self.ranker.scorer, terms
+            )
             for (i, _), p in zip(known, sigmoid(logits), strict=True):
                 prescores[i] = float(p)
         return prescores

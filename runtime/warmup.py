@@ -38,6 +38,8 @@ def warm_up_config(config: Config) -> Config:
     warm.simulator.enabled = False
     warm.ingest.dead_letter_path = ""
     warm.model.components = []
+    # its few items must still take the generated-candidates path a large catalog takes
+    warm.candidates.whole_catalog_below = min(warm.candidates.whole_catalog_below, ITEMS)
     return warm
 
 

@@ -110,16 +110,39 @@ async def test_too_few_candidates_for_k_rank_the_whole_catalog() -> None:
         assert [r["item"] for r in many[:3]] == [r["item"] for r in few]
 
 
-def test_the_candidate_rows_are_distinct_and_sorted_dense_or_sparse() -> None:
-    """_distinct reads the marks in order when the candidates cover much of the catalog
-    and sorts them otherwise: both give np.unique of the rows in the catalog, and leave
-    the scratch marks clear for the next request."""
-    from actors.candidates import _distinct
+def _lists(stats: ItemStats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return stats.knn_nbr, stats.knn_fill, stats.mk_nbr, stats.mk_fill
 
+
+def test_the_candidate_rows_are_distinct_and_sorted_dense_or_sparse() -> None:
+    """_candidate_rows reads the marks in order when the candidates cover much of the
+    catalog and sorts them otherwise: both give np.unique of the rows in the catalog, and
+    leave the scratch marks clear for the next request."""
+    from actors.candidates import _candidate_rows
+
+    stats = ItemStats(ItemStatsParams())
     rng = np.random.default_rng(11)
     for n, size in ((1_000, 900), (1_000, 20), (50_000, 300), (10, 0)):
         parts = rng.integers(-5, n + 5, size).astype(np.int64)
         marks = np.zeros(2 * n, np.bool_)
         expected = np.unique(parts[(parts >= 0) & (parts < n)])
-        np.testing.assert_array_equal(_distinct(parts, n, marks), expected)
+        got = _candidate_rows(np.zeros(0, np.int64), _lists(stats), (3, 2, 0), parts, n, marks)
+        np.testing.assert_array_equal(got, expected)
+        assert not marks.any()
+
+
+def test_the_candidate_rows_are_the_neighbour_rows_and_the_extra_ones() -> None:
+    from actors.candidates import _candidate_rows
+
+    stats = ItemStats(ItemStatsParams(window=3, markov_order=2, neighbours=5))
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        stats.learn(rng.integers(0, 40, 3), int(rng.integers(0, 40)))
+    marks = np.zeros(100, np.bool_)
+    extra = np.array([45, 3, 3, 60], np.int64)
+    for recent in ([1, 7, 9, 12, 99, -1], [5], [], [12, 12, 30, 2, 8, 13, 21]):
+        rows = np.array(recent, np.int64)
+        parts = np.concatenate((stats.neighbour_rows(rows), extra))
+        got = _candidate_rows(rows, _lists(stats), (3, 2, stats.n_items), extra, 50, marks)
+        np.testing.assert_array_equal(got, np.unique(parts[parts < 50]))
         assert not marks.any()

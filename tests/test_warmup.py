@@ -49,6 +49,21 @@ async def test_after_the_warm_up_the_first_requests_compile_nothing() -> None:
     assert compiled() == before
 
 
+async def test_after_the_warm_up_a_large_catalogs_generated_candidates_compile_nothing() -> None:
+    config = plain(Config())
+    config.candidates.whole_catalog_below = 20  # these 30 items count as a large catalog
+    await warm_up(config)
+    before = compiled()
+    async with System(config) as system:
+        items = [{"item": f"m{k}", "item_features": {"genre": [f"x{k % 4}"]}} for k in range(30)]
+        await system.ingest(items)
+        await system.ingest([{"user": "ann", "item": f"m{k}", "ts": 1e9 + k} for k in range(5)])
+        assert len(await system.recommend("ann", k=5)) == 5
+        await system.recommend("", k=5, session=["m1"])
+        assert system.statistics()["ranker"]["candidates"]["generated_requests"] == 2
+    assert compiled() == before
+
+
 async def test_the_learner_makes_the_factors_seeded_start_when_it_starts() -> None:
     config = plain(Config())
     config.model.bits = 14
