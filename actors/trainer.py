@@ -35,7 +35,6 @@ from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of,
 from actors.model import Model
 from actors.signals import SignalEvents, append_entries
 from runtime.actor import Actor
-from runtime.gilshare import loop_first
 from runtime.messages import (
     IMPLICIT,
     NEGATIVE,
@@ -286,7 +285,7 @@ class TrainerActor(Actor):
             except StopIteration as done:
                 step: BatchGradients = done.value
                 break
-            await (asyncio.sleep(0) if work is None else _off_loop(work))
+            await (asyncio.sleep(0) if work is None else asyncio.to_thread(work))
         self._pending[message.seq] = (len(self.grads), message.created_at)
         shards = len(self.grads)
         linear = split_columns_by_shard(step.index, (step.grad, step.n_step), shards)
@@ -454,7 +453,9 @@ class TrainerActor(Actor):
             user = with_histories(self.space, self.catalog, user, walk.recent)
         events = self._signal_events(batch, rows, walk)
         sequence = self.model.sequence
-        n_catalog = len(self.catalog)  # the featurizer may add items while this pauses
+        # the rows as of this batch, not len(catalog): the featurizer adds the next batches'
+        # items while this pauses, and the shares' n must not depend on how far it got
+        n_catalog = known
         if sequence is not None:  # a doubling of the statistics copies them: off the loop
             yield sequence.stats.growth(n_catalog)
         for lo, hi in self._chunks(walk.rank_slot, walk.per_chunk):
@@ -616,10 +617,3 @@ class TrainerActor(Actor):
             "busy_seconds": round(self.busy_seconds, 3),
             "metrics": self.metrics.summary(),
         }
-
-
-async def _off_loop(work: Callable[[], object]) -> None:
-    """A pause's heavy work in a worker thread, which hands the interpreter back to the
-    loop every 0.5 ms, not 5 (runtime/gilshare.py)."""
-    with loop_first():
-        await asyncio.to_thread(work)

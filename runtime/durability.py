@@ -218,6 +218,10 @@ class Persistence:
         self._restored = restored  # the owner's counts over the restored state
         self.durability = Durability(self.config) if self.config.state.dir else None
         self.position = 0  # the journal position the restored state covers
+        # set unless a start's journal replay is under way: a snapshot taken in the middle
+        # would record the journal's end as covered while the model learned only part of it
+        self._not_replaying = asyncio.Event()
+        self._not_replaying.set()
 
     def services(self) -> list[Service]:
         return [] if self.durability is None else [SnapshotTimer(self.durability, self.snapshot)]
@@ -235,10 +239,14 @@ class Persistence:
         if d is None:
             return
         last = None
-        for record in read_records(d.journal.directory, self.position):
-            last = await self._replay_record(record, replay) or last
-        if last is not None:
-            await self.learned.wait_for(last)
+        self._not_replaying.clear()
+        try:
+            for record in read_records(d.journal.directory, self.position):
+                last = await self._replay_record(record, replay) or last
+            if last is not None:
+                await self.learned.wait_for(last)
+        finally:
+            self._not_replaying.set()
         records, events = d.counters["replayed_records"], d.counters["replayed_events"]
         if records:
             log.info(
@@ -418,6 +426,7 @@ class Persistence:
         d = self.durability
         if d is None:
             return None
+        await self._not_replaying.wait()  # the journal's last position is not learned yet
         started = time.perf_counter()
         with gc_paused(), loop_first():  # as in save_snapshot
             async with self._ingest_lock:

@@ -39,6 +39,9 @@ def durable_config(state: Path, **sections: dict[str, Any]) -> Config:
     )
 
 
+NO_DLQ: dict[str, Any] = {"ingest": {"dead_letter_path": ""}}
+
+
 def stream(n: int = 900) -> list[dict[str, Any]]:
     sim = Simulator(SimulatorConfig(seed=11, n_users=40, n_items=60))
     return sim.items() + sim.next_batch(n)
@@ -140,6 +143,32 @@ async def test_a_restart_replays_the_journal_after_the_newest_snapshot(tmp_path:
         assert stats["snapshots"]["restored_from"] == str(written[-1])
         assert stats["snapshots"]["replayed_records"] == 1  # only the tail
         assert stats["snapshots"]["snapshots_rejected"] == 0
+    finally:
+        await system.stop()
+
+
+async def test_no_snapshot_taken_while_the_journal_is_replayed_claims_more_than_it_learned(
+    tmp_path: Path,
+) -> None:
+    """A periodic snapshot due during a start's journal replay waits for the replay's end:
+    one taken in the middle recorded the journal's last position as covered while the
+    model had learned only part of it, so a crash after it lost the rest."""
+    events = stream()
+    quiet = {"snapshot_every_events": 1_000_000, "snapshot_every_s": 3600.0}
+    first = System(Config.from_dict({"state": {"dir": str(tmp_path), **quiet}, **NO_DLQ}))
+    await first.start()
+    for lo in range(0, len(events), 60):
+        await first.ingest(events[lo : lo + 60])
+    reached = counts(first)
+    await first.stop(drain=False)  # a crash: 16 journal records, no snapshot
+    eager = {"snapshot_every_events": 1, "snapshot_every_s": 3600.0}
+    replaying = System(Config.from_dict({"state": {"dir": str(tmp_path), **eager}, **NO_DLQ}))
+    await replaying.start()  # every replayed record makes a snapshot due
+    assert counts(replaying) == reached
+    await replaying.stop(drain=False)  # a crash again, after whatever it snapshotted
+    system, _ = await restarted(tmp_path)
+    try:
+        assert counts(system) == reached
     finally:
         await system.stop()
 
