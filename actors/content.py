@@ -111,9 +111,9 @@ class ContentProfile:
         self.catalog = catalog
         self.id_namespace = id_namespace  # an item's own id matches only itself: left out
         self.half_life = half_life
-        self._counted_version = -1
-        self._features = np.zeros(0, np.uint32)  # sorted distinct item-side feature hashes
-        self._items_with = np.zeros(0, np.float64)  # how many catalog rows have each
+        # (catalog version, rows counted) -> (sorted distinct item-side feature hashes,
+        # how many of the rows have each)
+        self._counts: list[tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]]] = []
 
     def raw_scores_and_totals(
         self, recent: np.ndarray, items: np.ndarray
@@ -124,11 +124,11 @@ class ContentProfile:
         if features.size == 0:
             return np.zeros(items.size), 0.0, 0.0
         raw = self._matched(features, weights, items)
-        self.count_features()
-        at = np.searchsorted(self._features, features)
-        found = at < self._features.size
-        found[found] = self._features[at[found]] == features[found]
-        total = float(weights[found] @ self._items_with[at[found]])
+        counted, items_with = self.counted()
+        at = np.searchsorted(counted, features)
+        found = at < counted.size
+        found[found] = counted[at[found]] == features[found]
+        total = float(weights[found] @ items_with[at[found]])
         return raw, float(weights.sum()), total
 
     def scores_at(self, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -159,17 +159,19 @@ class ContentProfile:
         """Which feature slots of ``rows`` are content (set, and not the item's id)."""
         return (self.catalog.x[rows] != 0) & (self.catalog.ns[rows] != self.id_namespace)
 
-    def counted(self) -> tuple[np.ndarray, np.ndarray]:
-        """The sorted distinct content features and how many rows have each (counted by
-        :meth:`count_features`)."""
-        return self._features, self._items_with
-
-    def count_features(self) -> None:
-        """Count the catalog's content features, if it changed since the last count."""
-        if self._counted_version == self.catalog.version:
-            return
-        rows = np.arange(len(self.catalog))
+    def counted(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The sorted distinct content features of the first ``n`` catalog rows (None:
+        all) and how many of those rows have each.  The trainer asks for the rows known
+        at its batch, so rows the featurizer has added since never change what it learns;
+        the last two counts are kept (the trainer's and the server's)."""
+        n = len(self.catalog) if n is None else n
+        key = (self.catalog.version, n)
+        for held, counts in self._counts:
+            if held == key:
+                return counts
+        rows = np.arange(n)
         raw = self.catalog.raw[rows]
-        self._features, counts = np.unique(raw[self._content(rows)], return_counts=True)
-        self._items_with = counts.astype(np.float64)
-        self._counted_version = self.catalog.version
+        features, items_with = np.unique(raw[self._content(rows)], return_counts=True)
+        counts = (features, items_with.astype(np.float64))
+        self._counts = [(key, counts), *self._counts[:1]]
+        return counts

@@ -177,9 +177,12 @@ class Catalog:
         x: np.ndarray,
         names: list[str],
     ) -> int:
-        """Insert or replace an item's features (the item id feature must be among them)."""
-        self.version += 1
+        """Insert or replace an item's features (the item id feature must be among them).
+        ``version`` counts changes: the same features again leave it as it was."""
         row = self.rows.get(item)
+        if row is not None and not self.differs(row, ns, raw, x):
+            return row
+        self.version += 1
         if row is None:
             row = len(self.ids)
             self._grow(row + 1, len(ns))
@@ -198,6 +201,17 @@ class Catalog:
         self.raw[row, :k] = raw
         self.x[row, :k] = x
         return row
+
+    def differs(self, row: int, ns: np.ndarray, raw: np.ndarray, x: np.ndarray) -> bool:
+        """Whether the features (ns, raw, x) are not exactly row ``row``'s."""
+        k = len(ns)
+        if k > self.width or np.count_nonzero(self.ns[row]) != k:
+            return True
+        return not (
+            np.array_equal(self.ns[row, :k], ns)
+            and np.array_equal(self.raw[row, :k], raw)
+            and np.array_equal(self.x[row, :k], x)
+        )
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -9,6 +9,7 @@ It is the single writer of the catalog and of user profiles.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,33 @@ def _feature_name(namespace: str, value: str, x: float) -> str:
     return f"{namespace}={value}" if value else f"{namespace}={x:g}"
 
 
+KEEP, SKIP = -2, -1  # an item event that leaves its row as it is; one that writes no row
+
+
+@dataclass
+class ItemWrite:
+    """An item's features as an event writes them to the catalog."""
+
+    ns: np.ndarray
+    raw: np.ndarray
+    x: np.ndarray
+    names: list[str]
+
+
+@dataclass
+class PreparedBatch:
+    """A batch's feature entries hashed, and each item event's catalog write (an
+    :class:`ItemWrite`, KEEP or SKIP), worked out before anything is written:
+    ``changes_known_rows`` says whether a write changes a row the catalog has, which
+    the trainer may still read for earlier batches."""
+
+    entry_ns: np.ndarray
+    raw: np.ndarray
+    item_side: np.ndarray
+    writes: list[ItemWrite | int] = field(default_factory=list)
+    changes_known_rows: bool = False
+
+
 class Featurizer:
     """Hashes an :class:`EventBatch`, upserts items into the catalog, records user profiles."""
 
@@ -70,16 +98,26 @@ class Featurizer:
         data, offsets = encode_strings(ids)
         return hash_slices_one_seed(data, offsets, self.space.ns_hash(namespace))
 
-    def featurize(self, batch: EventBatch) -> FeatureBatch:
-        n = len(batch)
+    def prepare(self, batch: EventBatch) -> PreparedBatch:
+        """The batch's entries hashed and its catalog writes worked out, nothing written yet."""
         ns_hash = np.array([self.space.ns_hash(ns) for ns in batch.namespaces], np.uint32)
         entry_ns = ns_hash[batch.feat_ns] if batch.feat_ns.size else np.zeros(0, np.uint32)
         raw = self.space.hash_values(entry_ns, batch.feat_data, batch.feat_off)
         item_side_ns = np.array([ns.startswith(ITEM_PREFIX) for ns in batch.namespaces], bool)
         item_side = item_side_ns[batch.feat_ns] if batch.feat_ns.size else np.zeros(0, bool)
+        prepared = PreparedBatch(entry_ns, raw, item_side)
+        if batch.items:
+            self._plan_catalog(batch, prepared)
+        return prepared
+
+    def featurize(self, batch: EventBatch, prepared: PreparedBatch | None = None) -> FeatureBatch:
+        """Write the batch's items to the catalog and its users' profiles; its features."""
+        p = self.prepare(batch) if prepared is None else prepared
+        entry_ns, raw, item_side = p.entry_ns, p.raw, p.item_side
+        n = len(batch)
         item_rows = np.full(n, -1, np.int64)
         if batch.items:
-            self._update_catalog(batch, entry_ns, raw, item_side, item_rows)
+            self._update_catalog(batch, p.writes, item_rows)
         dense = self._hash_dense(batch)
         keep = np.flatnonzero(batch.kind == INTERACTION)
         if dense.size and not batch.users and not batch.items and not batch.feat_ns.size:
@@ -119,50 +157,64 @@ class Featurizer:
         ]
         return np.stack(columns, axis=1)
 
-    def _update_catalog(
-        self,
-        batch: EventBatch,
-        entry_ns: np.ndarray,
-        raw: np.ndarray,
-        item_side: np.ndarray,
-        item_rows: np.ndarray,
-    ) -> None:
+    def _plan_catalog(self, batch: EventBatch, prepared: PreparedBatch) -> None:
+        """Each item event's write, in stream order (see :class:`PreparedBatch`)."""
+        entry_ns, raw, item_side = prepared.entry_ns, prepared.raw, prepared.item_side
         item_raw = self._hash_ids(batch.items, ITEM_NS)
         item_ns = np.uint32(self.space.ns_hash(ITEM_NS))
         ptr = batch.feat_ptr
         lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
+        created: set[str] = set()  # items new in this batch: later events find them
         for r, item in enumerate(batch.items):
             lo, hi = int(ptr[r]), int(ptr[r + 1])
             sel = np.flatnonzero(item_side[lo:hi]) + lo
             row = self.catalog.rows.get(item)
             upsert, code = batch.kind[r] == ITEM_UPSERT, lifecycle[r]
             keep = code & (LIFECYCLE_DELETE | LIFECYCLE_KEEP_FEATURES)
-            if row is not None and sel.size == 0 and (not upsert or keep):
-                item_rows[r] = row  # the features stay as they are
-            elif upsert and code & LIFECYCLE_DELETE:
-                item_rows[r] = -1  # an item never seen is not created to be deleted
-            else:
-                values = [
-                    slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0]
-                    for e in sel
-                ]
-                names = [f"{ITEM_NS}={item}"] + [
-                    _feature_name(batch.namespaces[batch.feat_ns[e]], v, float(batch.feat_x[e]))
-                    for e, v in zip(sel, values, strict=True)
-                ]
+            if (row is not None or item in created) and sel.size == 0 and (not upsert or keep):
+                prepared.writes.append(KEEP)  # the features stay as they are
+                continue
+            if upsert and code & LIFECYCLE_DELETE:
+                prepared.writes.append(SKIP)  # an item never seen is not created to be deleted
+                continue
+            write = ItemWrite(
+                np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
+                np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
+                np.concatenate(([1.0], batch.feat_x[sel])),
+                [f"{ITEM_NS}={item}", *self._names(batch, sel)],
+            )
+            prepared.writes.append(write)
+            if row is None:
+                created.add(item)
+            elif self.catalog.differs(row, write.ns, write.raw, write.x):
+                prepared.changes_known_rows = True
+
+    @staticmethod
+    def _names(batch: EventBatch, sel: np.ndarray) -> list[str]:
+        values = [
+            slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0] for e in sel
+        ]
+        return [
+            _feature_name(batch.namespaces[batch.feat_ns[e]], v, float(batch.feat_x[e]))
+            for e, v in zip(sel, values, strict=True)
+        ]
+
+    def _update_catalog(
+        self, batch: EventBatch, writes: list[ItemWrite | int], item_rows: np.ndarray
+    ) -> None:
+        lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
+        for r, (item, write) in enumerate(zip(batch.items, writes, strict=True)):
+            if isinstance(write, ItemWrite):
                 item_rows[r] = self.catalog.upsert(
-                    item,
-                    batch.seq,
-                    np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
-                    np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
-                    np.concatenate(([1.0], batch.feat_x[sel])),
-                    names,
+                    item, batch.seq, write.ns, write.raw, write.x, write.names
                 )
-            if upsert:
+            elif write == KEEP:
+                item_rows[r] = self.catalog.rows[item]
+            if batch.kind[r] == ITEM_UPSERT:
                 self.upserts += 1
                 if item_rows[r] >= 0:  # any upsert brings a deleted item back, unless it deletes
                     expires = float(batch.expires_at[r]) if batch.expires_at.size else np.inf
-                    self.catalog.change_lifecycle(int(item_rows[r]), code, expires)
+                    self.catalog.change_lifecycle(int(item_rows[r]), lifecycle[r], expires)
 
     def _user_side(
         self,
@@ -246,10 +298,11 @@ def take_rows(base: BaseFeatures, rows: np.ndarray) -> BaseFeatures:
 class HasherActor(Actor):
     """Reads :class:`EventBatch` messages, sends :class:`FeatureBatch` messages.
 
-    ``learned(seq)`` returns once batch ``seq`` is learned: a batch that changes an
-    item's lifecycle waits until every batch before it is learned, so the trainer
-    learns each batch with the lifecycle as of that batch (not of one the hasher has
-    run ahead to), and a replay samples the same negatives as the live run did."""
+    ``learned(seq)`` returns once batch ``seq`` is learned: a batch that changes a
+    known item's features or any item's lifecycle waits until every batch before it
+    is learned, so the trainer learns each batch with the catalog as of that batch
+    (not of one the hasher has run ahead to): how far the hasher runs ahead never
+    changes what is learned, and a replay learns exactly what the live run did."""
 
     def __init__(
         self,
@@ -266,9 +319,10 @@ class HasherActor(Actor):
 
     async def handle(self, message: EventBatch) -> None:
         self.events += len(message)
-        if self.learned is not None and message.lifecycle.any():
+        prepared = self.featurizer.prepare(message)
+        if self.learned is not None and (message.lifecycle.any() or prepared.changes_known_rows):
             await self.learned(message.seq - 1)
-        await self.out.send(self.featurizer.featurize(message))
+        await self.out.send(self.featurizer.featurize(message, prepared))
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -180,7 +180,6 @@ class SequenceSignals:
         top = max(int(events.items.max()), int(events.seq_rows.max(initial=0)), 0)
         self.stats.reserve(top + 1)
         self.trends.reserve(top + 1)
-        self.content.count_features()
         t, s, c = self.trends, self.stats, self.content
         peaks, totals = (np.array(part) for part in t.summary())
         scalars = np.array([t.rows, t.origin, t.latest], np.float64)
@@ -189,7 +188,8 @@ class SequenceSignals:
         _walk(
             events.arrays(), n_catalog, s.scoring_arrays(), s.learning_arrays(),
             s.kernel_params(),
-            ((catalog.raw, catalog.ns, catalog.x), c.counted(), c.half_life, int(c.id_namespace)),
+            ((catalog.raw, catalog.ns, catalog.x), c.counted(n_catalog), c.half_life,
+             int(c.id_namespace)),
             (t.half_lives, t.scaled, peaks, totals),
             (self.mixture.totals, SignalMixture.BUCKETS, self.mixture.keep),
             scalars, sizes, hard, np.zeros(0, np.bool_) if blocked is None else blocked,
@@ -257,7 +257,6 @@ class SequenceSignals:
         """(signals, items): each signal's value for ``items`` after ``recent``; the last
         row is the mixture's ``log(n · p)``.  One compiled call (the one :meth:`walk`
         makes per event), since a request pays the interpreter for every small step."""
-        self.content.count_features()
         t, s, c = self.trends, self.stats, self.content
         peaks, totals = t.summary()
         catalog = c.catalog

@@ -4,8 +4,10 @@ whatever the batch size and the number of shards."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,7 @@ from actors.features import expand_dense, expand_dense_factors
 from actors.ftrl import MAX_LOGIT
 from actors.model import factor_params
 from actors.readers import read_ctr_tsv
+from actors.simulator import Simulator, SimulatorConfig
 from runtime.config import Config
 from runtime.messages import EventBatch
 from runtime.system import System
@@ -198,3 +201,61 @@ async def test_with_factor_terms_each_event_equals_a_plain_per_event_fm(
     np.testing.assert_allclose(predictions, expected, rtol=0, atol=1e-9)
     linear_only, _ = algorithm_1(rows, p.alpha, p.beta, p.l1, p.l2)
     assert np.abs(np.asarray(expected) - linear_only).max() > 1e-3  # the vectors count
+
+
+def simulated_stream() -> list[dict[str, Any]]:
+    """Items new mid-stream, one item's price changed (interactions name their items'
+    features only when they first appear, so the change stays)."""
+    sim = Simulator(SimulatorConfig(seed=11, n_users=40, n_items=60))
+    events = sim.items() + sim.next_batch(900)
+    known: set[str] = set()
+    for event in events:
+        if event["item"] in known:
+            event.pop("item_features", None)
+        known.add(event["item"])
+    changed = {"item": "i3", "item_features": {"genre": ["drama"], "price": 99.0}}
+    return [{"ts": 1_700_000_000.0, **e} for e in [*events[:500], changed, *events[500:]]]
+
+
+async def learned_state(requests: list[list[dict[str, Any]]], ahead: bool) -> dict[str, Any]:
+    """The weights and vectors after learning ``requests`` one at a time, or (``ahead``)
+    with the trainer held until every request is featurized."""
+    config = Config.from_dict({"model": {"bits": 16}, "state": {"restore": False},
+                               "ingest": {"dead_letter_path": ""}})  # fmt: skip
+    async with System(config) as system:
+        if ahead:
+            trainer = system.pipeline.trainer
+            gate = asyncio.Event()
+            handle = trainer.handle
+
+            async def gated(message: Any) -> None:
+                await gate.wait()
+                await handle(message)
+
+            trainer.handle = gated  # type: ignore[method-assign]
+            for request in requests:
+                await system.ingest(request, wait=False)
+            gate.set()
+        else:
+            for request in requests:
+                await system.ingest(request)
+        await system.drain()
+        assert system.model.factors is not None
+        return {
+            "weights": system.model.store.to_state(),
+            "factors": system.model.factors.to_state(),
+        }
+
+
+async def test_how_far_the_featurizer_runs_ahead_never_changes_what_is_learned() -> None:
+    """The featurizer adds items and changes their features while the trainer still learns
+    earlier batches: what it learns must be what it learns when nothing runs ahead (a
+    journal replay queues every record at once, a live daemon learns each request before
+    the next comes)."""
+    events = simulated_stream()
+    requests = [events[lo : lo + 40] for lo in range(0, len(events), 40)]
+    alone, ahead = await learned_state(requests, False), await learned_state(requests, True)
+    for part, state in alone.items():
+        assert state.keys() == ahead[part].keys()
+        for key in state:
+            np.testing.assert_array_equal(ahead[part][key], state[key], err_msg=f"{part} {key}")
