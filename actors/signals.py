@@ -96,12 +96,16 @@ class SignalEvents:
     draw: np.ndarray
 
     def between(self, lo: int, hi: int) -> SignalEvents:
-        """Events ``lo..hi-1`` (their rows are a view: hard negatives still land here)."""
+        """Events ``lo..hi-1`` (their rows are a view: hard negatives still land here),
+        their ranked events in slots from 0 (the slots increase with the events)."""
         seq, first = self.seq_ptr[lo : hi + 1], self.row_first[lo : hi + 1]
+        slots = self.rank_slot[lo:hi]
+        ranked = slots >= 0
+        slots = np.where(ranked, slots - (slots[ranked][0] if ranked.any() else 0), -1)
         return SignalEvents(
             seq - seq[0], self.seq_rows[seq[0] : seq[-1]], self.named[lo:hi],
             self.items[lo:hi], self.learn[lo:hi], self.ts[lo:hi], first - first[0],
-            self.row_items[first[0] : first[-1]], self.rank_slot[lo:hi], self.draw[lo:hi],
+            self.row_items[first[0] : first[-1]], slots, self.draw[lo:hi],
         )  # fmt: skip
 
     def arrays(self) -> tuple[np.ndarray, ...]:

@@ -87,7 +87,7 @@ class UserWalk:
         self.sequences: list[tuple[int, ...]] = []  # the last items, for the signals
         # (event, rows the user already saw, its next-item evaluation)
         self.ranked: list[tuple[int, np.ndarray, int]] = []
-        self.rank_slot = np.full(events, -1, np.int64)  # its slot in the chunk's values
+        self.rank_slot = np.full(events, -1, np.int64)  # its place among the ranked events
         self.per_chunk = 1  # ranked events per chunk, fixed for the batch
 
 
@@ -468,8 +468,9 @@ class TrainerActor(Actor):
                 rows.signals[events.row_first[lo] : events.row_first[hi]] = values
                 yield None
             in_chunk = [entry for entry in walk.ranked if lo <= entry[0] < hi]
+            first_slot = walk.rank_slot[in_chunk[0][0]] if in_chunk else 0
             for done, (r, exclude, evaluation) in enumerate(in_chunk, 1):
-                signals = ranked[walk.rank_slot[r]] if ranked is not None else None
+                signals = ranked[walk.rank_slot[r] - first_slot] if ranked is not None else None
                 self._evaluate_ranking(
                     user.row(r), signals, int(batch.item_rows[r]), exclude, known, evaluation
                 )
@@ -490,7 +491,7 @@ class TrainerActor(Actor):
         marks_seen, positive = seen_flags(batch), (batch.label != NEGATIVE).tolist()
         times = batch.ts.tolist()
         walk = UserWalk(len(batch))
-        walk.per_chunk = self._ranked_per_chunk()  # the catalog may grow while this pauses
+        walk.per_chunk = self._ranked_per_chunk(known)
         for r, item in enumerate(batch.item_rows.tolist()):
             name = names[r]
             if users.recent_len:
@@ -506,7 +507,7 @@ class TrainerActor(Actor):
                 exclude = np.fromiter(seen, np.int64, len(seen))
                 if never.size:  # the held-out item always competes
                     exclude = np.concatenate([exclude, never[never != item]])
-                walk.rank_slot[r] = len(walk.ranked) % walk.per_chunk
+                walk.rank_slot[r] = len(walk.ranked)
                 walk.ranked.append((r, exclude, next_item.begin(name, item)))
                 if popularity is not None:
                     self.metrics.popularity_ranking.update(
@@ -536,15 +537,24 @@ class TrainerActor(Actor):
             row_first, rows.item_rows, walk.rank_slot, draw,
         )  # fmt: skip
 
-    def _ranked_per_chunk(self) -> int:
+    def _ranked_per_chunk(self, known: int) -> int:
         names = len(self.model.sequence.names) if self.model.sequence is not None else 1
-        return max(1, RANKED_BYTES // (8 * names * max(len(self.catalog), 1)))
+        return max(1, RANKED_BYTES // (8 * names * max(known, 1)))
 
     @staticmethod
     def _chunks(rank_slot: np.ndarray, per_chunk: int) -> list[tuple[int, int]]:
-        """Event ranges that each hold at most ``per_chunk`` ranked events."""
+        """Event ranges that each hold at most ``per_chunk`` ranked events and at most
+        EVENTS_PER_PAUSE events: the loop runs between two (a whole batch walked at once
+        held it 5-15 ms)."""
         ranked = np.flatnonzero(rank_slot >= 0)
-        cuts = [0, *(int(r) + 1 for r in ranked[per_chunk - 1 :: per_chunk]), rank_slot.size]
+        cuts = sorted(
+            {
+                0,
+                rank_slot.size,
+                *(int(r) + 1 for r in ranked[per_chunk - 1 :: per_chunk]),
+                *range(EVENTS_PER_PAUSE, rank_slot.size, EVENTS_PER_PAUSE),
+            }
+        )
         return [(lo, hi) for lo, hi in itertools.pairwise(cuts) if hi > lo] or [(0, 0)]
 
     def _evaluate_ranking(

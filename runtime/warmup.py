@@ -12,6 +12,7 @@ need is compiled in this process; the real model is untouched.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -76,7 +77,9 @@ async def warm_up(config: Config) -> float:
         await system.similar("warm-1", k=3)
         await system.inspect("warm-1", k=3)
         system.statistics()
-        system.model.store.to_state()  # a snapshot's copy of the weights, in a worker thread
+        # a snapshot's copy of the weights, in a worker thread as a snapshot makes it: the
+        # loop's first worker thread (and its module's import) is not a request's stall
+        await asyncio.to_thread(system.model.store.to_state)
     seconds = time.perf_counter() - started
     log.info("kernels warmed up in %.2f s", seconds)
     return seconds

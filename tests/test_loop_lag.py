@@ -29,6 +29,7 @@ from actors.trainer import EVENTS_PER_PAUSE, RANKINGS_PER_PAUSE
 from runtime.config import Config
 from runtime.http import make_app
 from runtime.system import System
+from runtime.warmup import warm_up
 
 LAG_BOUND_S = 0.1
 ATTEMPTS = 3
@@ -110,6 +111,9 @@ CASES: dict[str, Case] = {
 
 @asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[tuple[System, TestClient]]:
+    """A System behind a real server, its kernels warmed up first as ``freshrank run``
+    does before it says ready (without, a kernel's first call, loaded from numba's disk
+    cache or compiled, stalled the loop 10-250 ms inside whichever case met it first)."""
     config = Config.from_dict(
         {
             "model": {"bits": BITS},
@@ -117,6 +121,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[System, TestClient]]:
             "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
         }
     )
+    await warm_up(config)
     async with System(config) as system:
         warm = [
             {"user": f"u{i % 300}", "item": f"i{i % 500}", "item_features": {"genre": f"g{i % 7}"}}
