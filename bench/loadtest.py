@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import msgpack
 import numpy as np
 from benchutil import machine, percentile, venv_tool
 
@@ -76,6 +77,7 @@ class Traffic:
     item_bodies: list[bytes]
     event_bodies: list[bytes]
     users: list[str]
+    content_type: str = "application/json"  # of the event bodies
 
 
 def make_traffic(args: argparse.Namespace) -> Traffic:
@@ -109,8 +111,15 @@ def make_traffic(args: argparse.Namespace) -> Traffic:
                     "context": {"device": DEVICES[int(rng.integers(len(DEVICES)))]},
                 }
             )
-        event_bodies.append(json.dumps(events).encode())
-    return Traffic(item_bodies, event_bodies, users)
+        event_bodies.append(encode_body(events, args.body))
+    return Traffic(item_bodies, event_bodies, users, BODY_TYPES[args.body])
+
+
+BODY_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
+
+
+def encode_body(events: list[dict[str, Any]], body: str) -> bytes:
+    return msgpack.packb(events) if body == "msgpack" else json.dumps(events).encode()
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -251,7 +260,7 @@ class Client:
         sample = Sample("ingest", 0, 0.0)
         try:
             async with self.session.post(
-                "/v1/events" + query, data=body, headers={"Content-Type": "application/json"}
+                "/v1/events" + query, data=body, headers={"Content-Type": self.traffic.content_type}
             ) as resp:
                 payload = await resp.read()
                 sample.status = resp.status
@@ -638,6 +647,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrate", type=float, default=5.0, help="seconds of calibration (5)")
     p.add_argument("--concurrency", type=int, default=128, help="client connections (128)")
     p.add_argument("--batch-size", type=int, default=100, help="events per ingest request (100)")
+    p.add_argument(
+        "--body", choices=sorted(BODY_TYPES), default="json", help="ingest body encoding (json)"
+    )
     p.add_argument("--mix", type=float, default=0.5, help="share of requests that ingest (0.5)")
     p.add_argument("--load", type=float, default=0.5, help="sustained: x capacity (0.5)")
     p.add_argument("--overload", type=float, default=4.0, help="overload: x capacity (4)")
