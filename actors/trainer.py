@@ -122,19 +122,33 @@ def evaluation_rows(
     return np.where(known, row_prescore, probs), explicit & ~(row_prescore == NOT_EVALUATED)
 
 
+def uniform_draws(seed: int, keys: np.ndarray, size: int) -> np.ndarray:
+    """One draw in [0, size) per key, a fixed function of (seed, key): the SplitMix64
+    output function (Steele, Lea & Flood 2014) of the key's place in a Weyl sequence."""
+    x = keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed & (2**64 - 1))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x % np.uint64(max(size, 1))).astype(np.int64)
+
+
 def rows_with_negatives(
     label: np.ndarray,
     item_rows: np.ndarray,
     known: int,
     negatives: int,
-    rng: np.random.Generator,
+    draw: tuple[int, int],
     blocked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The rows a batch is learned as: each implicit positive (``label == IMPLICIT``) is
     followed by ``negatives`` items drawn uniformly from the ``known`` catalog rows that
     ``blocked`` (None: none) does not mark (hidden, unavailable, deleted, expired); a draw
     equal to the positive moves to the next such row.  Returns each row's event, item,
-    label and whether its label was given (explicit) rather than implied."""
+    label and whether its label was given (explicit) rather than implied.
+
+    ``draw``: (seed, the stream position of the batch's first event).  The k-th negative
+    of the event at stream position p is :func:`uniform_draws` of ``p * negatives + k``,
+    so what an event draws does not depend on the batch it came in."""
     implicit = label == IMPLICIT
     # the rows drawn from (None: every known row) and each positive's place among them
     # (``size`` when it is not one of them)
@@ -159,7 +173,10 @@ def rows_with_negatives(
     is_negative[first[:-1]] = False
     count = int(is_negative.sum())
     if count:
-        drawn = rng.integers(0, size, count)
+        event = origin[is_negative]
+        place = np.flatnonzero(is_negative) - first[event] - 1  # which of its negatives
+        seed, first_event = draw
+        drawn = uniform_draws(seed, (first_event + event) * negatives + place, size)
         drawn = np.where(drawn == at[origin[is_negative]], (drawn + 1) % size, drawn)
         rows[is_negative] = drawn if pool is None else pool[drawn]
         labels[is_negative] = 0.0
@@ -428,10 +445,10 @@ class TrainerActor(Actor):
     def _rows_with_negatives(
         self, batch: FeatureBatch, blocked: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, batch.seq])
         known = self.catalog.known_at(batch.seq)
+        first_event = self.model.stream.events - len(batch)  # train_steps counted the batch
         return rows_with_negatives(
-            batch.label, batch.item_rows, known, self.negatives, rng, blocked
+            batch.label, batch.item_rows, known, self.negatives, (self.seed, first_event), blocked
         )
 
     def _walk_events(

@@ -462,6 +462,7 @@ async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheck
                 await history.apply(envelope.message)
         for partition, end in upto.items():
             checkpoint.covered.advance(partition, end)
+        model.stream.events += history.events  # the negatives of later events are drawn by it
         return history.events
     finally:
         await transport.stop()

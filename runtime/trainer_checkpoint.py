@@ -2,7 +2,8 @@
 
 The weights live in the shards; what a trainer keeps beside them (the catalog, the
 user histories, the item-to-item statistics, trending counts and content profiles,
-the extra components) lived only in its memory, so a restarted trainer rebuilt them
+the extra components, and the stream position its sampled negatives are drawn by)
+lived only in its memory, so a restarted trainer rebuilt them
 from the events topic's start (``rebuild_history``): a start-up that grew with the
 cluster's age.  A trainer now writes them to ``cluster.checkpoint_dir`` every
 ``cluster.checkpoint_every`` events records it commits and at a clean stop, with the
@@ -29,7 +30,7 @@ from runtime.config import Config
 
 log = logging.getLogger("freshrank.cluster")
 KIND = "trainer checkpoint"
-HISTORY_PARTS = ("catalog", "users", "sequence")
+HISTORY_PARTS = ("catalog", "users", "sequence", "stream")
 
 
 def trainer_checkpoint_path(config: Config) -> Path:

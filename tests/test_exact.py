@@ -259,3 +259,31 @@ async def test_how_far_the_featurizer_runs_ahead_never_changes_what_is_learned()
         assert state.keys() == ahead[part].keys()
         for key in state:
             np.testing.assert_array_equal(ahead[part][key], state[key], err_msg=f"{part} {key}")
+
+
+async def test_sampled_negatives_do_not_depend_on_the_batch_size() -> None:
+    """Implicit feedback (sampled negatives, sequence signals, factor terms): what is
+    learned is the same at any batch size, since an event's negatives are drawn from
+    its place in the stream, not from its batch (every item known from the start)."""
+    sim = Simulator(SimulatorConfig(seed=5, n_users=30, n_items=40))
+    items = sim.items()
+    known = {e["item"] for e in items}
+    clicks = [
+        {"ts": 1_700_000_000.0 + k, "user": e["user"], "item": e["item"]}
+        for k, e in enumerate(sim.next_batch(700))
+        if "user" in e and e["item"] in known
+    ]
+    states = []
+    for batch_size in (1, 37, 256):
+        config = Config.from_dict({"model": {"bits": 16}, "state": {"restore": False},
+                                   "training": {"batch_size": batch_size},
+                                   "ingest": {"dead_letter_path": ""}})  # fmt: skip
+        async with System(config) as system:
+            await system.ingest(items)
+            await system.ingest(clicks)
+            assert system.model.factors is not None
+            states.append((system.model.store.to_state(), system.model.factors.to_state()))
+    for weights, factors in states[1:]:  # the same sums, added up in another order
+        for got, want in zip((weights, factors), states[0], strict=True):
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-9, err_msg=key)
