@@ -165,11 +165,16 @@ class Featurizer:
         ptr = batch.feat_ptr
         lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
         created: set[str] = set()  # items new in this batch: later events find them
+        # item-side entries per event, counted at once: most events have none
+        below = np.concatenate(([0], np.cumsum(item_side, dtype=np.int64)))
+        item_entries = (below[ptr[1:]] - below[ptr[:-1]]).tolist()
+        upserts = (batch.kind == ITEM_UPSERT).tolist()
+        no_entries = np.zeros(0, np.int64)
         for r, item in enumerate(batch.items):
             lo, hi = int(ptr[r]), int(ptr[r + 1])
-            sel = np.flatnonzero(item_side[lo:hi]) + lo
+            sel = np.flatnonzero(item_side[lo:hi]) + lo if item_entries[r] else no_entries
             row = self.catalog.rows.get(item)
-            upsert, code = batch.kind[r] == ITEM_UPSERT, lifecycle[r]
+            upsert, code = upserts[r], lifecycle[r]
             keep = code & (LIFECYCLE_DELETE | LIFECYCLE_KEEP_FEATURES)
             if (row is not None or item in created) and sel.size == 0 and (not upsert or keep):
                 prepared.writes.append(KEEP)  # the features stay as they are
