@@ -212,6 +212,21 @@ def test_expand_rows_without_item_are_bias_and_user_side(world: Any) -> None:
         assert score[0] == pytest.approx(logits[r], rel=TOL, abs=TOL)
 
 
+def test_profiles_hold_each_users_latest_features(world: Any) -> None:
+    _, _, users, featurizer, _ = world
+    first = [user_event(u, u) for u in range(3)]
+    featurize(featurizer, first, seq=1)
+    kept = users.profiles["u1"]
+    assert users.profile_names["u1"] == ["u.age=18-24", "u.score=1.25"]
+    featurize(featurizer, [user_event(1, 5), user_event(2, 6)], seq=2)  # the same features
+    assert users.profiles["u1"] is kept
+    changed = {**user_event(1, 7), "user_features": {"age": "35-44"}}
+    featurize(featurizer, [changed, user_event(2, 3), {**changed, "item": "m8"}], seq=3)
+    assert users.profile_names["u1"] == ["u.age=35-44"]
+    assert users.profiles["u1"].raw.tolist() == [featurizer.space.value_hash("u.age", "35-44")]
+    assert users.profile_names["u2"] == ["u.age=25-34", "u.score=2.25"]
+
+
 def test_expand_appends_the_nonzero_tail_after_each_rows_own_entries(world: Any) -> None:
     space, catalog, _, featurizer, _ = world
     fb = featurize(featurizer, [user_event(u, u) for u in range(3)], seq=1)
