@@ -635,28 +635,58 @@ def expand_dense(
     return indptr, indices.reshape(-1), np.ones(n * (cols + 1))
 
 
+@njit(cache=True, nogil=True)
+def _factor_rows(
+    user: tuple[np.ndarray, np.ndarray, np.ndarray],
+    item_rows: np.ndarray,
+    item_side: tuple[np.ndarray, np.ndarray],
+    mask: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`expand_factors` in one compiled pass: per row, every user entry (ptr,
+    raw, x), then the nonzero entries of catalog row ``item_rows[r]`` (raw, x matrices;
+    none when it is negative)."""
+    u_ptr, u_raw, u_x = user
+    c_raw, c_x = item_side
+    n = item_rows.shape[0]
+    m = np.uint64(mask)
+    fptr = np.zeros(n + 1, np.int64)
+    for r in range(n):
+        count = u_ptr[r + 1] - u_ptr[r]
+        if item_rows[r] >= 0:
+            for c in range(c_x.shape[1]):
+                count += c_x[item_rows[r], c] != 0.0
+        fptr[r + 1] = fptr[r] + count
+    indices, values = np.empty(fptr[n], np.int64), np.empty(fptr[n], np.float64)
+    for r in range(n):
+        at = fptr[r]
+        for u in range(u_ptr[r], u_ptr[r + 1]):
+            indices[at], values[at] = np.int64(np.uint64(u_raw[u]) & m), u_x[u]
+            at += 1
+        item = item_rows[r]
+        for c in range(c_x.shape[1] if item >= 0 else 0):
+            if c_x[item, c] != 0.0:
+                indices[at] = np.int64(np.uint64(c_raw[item, c]) & m)
+                values[at] = c_x[item, c]
+                at += 1
+    return fptr, indices, values
+
+
 def expand_factors(
     user: BaseFeatures, item_rows: np.ndarray, catalog: Catalog, mask: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Factor rows (CSR indptr, factor indices, values): the base features of :func:`expand`'s
     rows, user side then item side, without the bias and the explicit crosses."""
-    n = user.rows
-    user_rows = np.repeat(np.arange(n), np.diff(user.ptr))
-    parts = [(user_rows, user.raw, user.x)]
-    has_item = item_rows >= 0
-    if len(catalog) and has_item.any():
-        safe = np.where(has_item, item_rows, 0)
-        ix = np.where(has_item[:, None], catalog.x[safe], 0.0)
-        present = ix != 0
-        rows = np.broadcast_to(np.arange(n)[:, None], ix.shape)
-        parts.append((rows[present], catalog.raw[safe][present], ix[present]))
-    rows_all = np.concatenate([p[0] for p in parts])
-    order = np.argsort(rows_all, kind="stable")
-    raws = np.concatenate([p[1] for p in parts]).astype(np.uint32)[order]
-    xs = np.concatenate([p[2] for p in parts]).astype(np.float64)[order]
-    fptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows_all, minlength=n), out=fptr[1:])
-    return fptr, (raws & np.uint32(mask)).astype(np.int64), xs
+    rows = np.ascontiguousarray(item_rows, np.int64)
+    if not len(catalog):
+        rows = np.full(rows.shape, -1, np.int64)
+    return _factor_rows(
+        (
+            np.ascontiguousarray(user.ptr, np.int64),
+            np.ascontiguousarray(user.raw, np.uint32),
+            np.ascontiguousarray(user.x, np.float64),
+        ),
+        rows, (catalog.raw, catalog.x), mask,
+    )  # fmt: skip
 
 
 def expand_dense_factors(
