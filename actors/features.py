@@ -497,70 +497,127 @@ def stack_rows(rows: Sequence[BaseFeatures]) -> BaseFeatures:
     )
 
 
-def _cross_entries(
-    space: FeatureSpace,
-    user: BaseFeatures,
-    user_rows: np.ndarray,
-    item_ns: np.ndarray,
-    item_raw: np.ndarray,
-    item_x: np.ndarray,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(row, raw, x) of every declared cross; item_* are the item matrix rows of each user entry's row."""
-    parts = []
-    for a, b in space.crosses:
-        sel = np.flatnonzero(user.ns == a)
-        if sel.size == 0:
-            continue
-        mask = (item_ns[sel] == b) & (item_x[sel] != 0)
-        raw = cross_hash(user.raw[sel][:, None], item_raw[sel])
-        x = user.x[sel][:, None] * item_x[sel]
-        rows = np.broadcast_to(user_rows[sel][:, None], mask.shape)
-        parts.append((rows[mask], raw[mask], x[mask]))
-    return parts
+@njit(cache=True, nogil=True, inline="always")
+def _row_entries(
+    r: int,
+    user: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    item: int,
+    item_side: tuple[np.ndarray, np.ndarray, np.ndarray],
+    crosses: np.ndarray,
+    index: tuple[int, np.uint64],
+    tail: tuple[np.ndarray, np.ndarray],
+    out: tuple[np.ndarray, np.ndarray],
+    at: int,
+) -> int:
+    """Row ``r``'s entries of :func:`expand` from ``out[.][at]`` on (bias, user side,
+    item side, crosses, nonzero tail); with empty ``out`` arrays they are only counted.
+    ``index`` = (the bias's index, the mask of the index space).  Returns where the
+    next row starts."""
+    bias_index, mask = index
+    u_ptr, u_ns, u_raw, u_x = user
+    c_ns, c_raw, c_x = item_side
+    tail_index, tail_values = tail
+    indices, values = out
+    write = indices.shape[0] > 0
+    if write:
+        indices[at], values[at] = bias_index, 1.0
+    at += 1
+    for u in range(u_ptr[r], u_ptr[r + 1]):
+        if write:
+            indices[at], values[at] = np.int64(np.uint64(u_raw[u]) & mask), u_x[u]
+        at += 1
+    if item >= 0:
+        for c in range(c_x.shape[1]):
+            if c_x[item, c] != 0.0:
+                if write:
+                    indices[at] = np.int64(np.uint64(c_raw[item, c]) & mask)
+                    values[at] = c_x[item, c]
+                at += 1
+        for k in range(crosses.shape[0]):
+            for u in range(u_ptr[r], u_ptr[r + 1]):
+                if u_ns[u] != crosses[k, 0]:
+                    continue
+                pre = (np.uint64(u_raw[u]) * np.uint64(FNV_PRIME)) & np.uint64(MASK32)
+                for c in range(c_x.shape[1]):
+                    if c_ns[item, c] == crosses[k, 1] and c_x[item, c] != 0.0:
+                        if write:
+                            h = _fmix(pre ^ np.uint64(c_raw[item, c]))
+                            indices[at] = np.int64(h & mask)
+                            values[at] = u_x[u] * c_x[item, c]
+                        at += 1
+    for j in range(tail_index.shape[0]):
+        if tail_values[r, j] != 0.0:
+            if write:
+                indices[at], values[at] = tail_index[j], tail_values[r, j]
+            at += 1
+    return at
+
+
+@njit(cache=True, nogil=True)
+def _expand_rows(
+    user: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    item_rows: np.ndarray,
+    item_side: tuple[np.ndarray, np.ndarray, np.ndarray],
+    crosses: np.ndarray,
+    bias_index: int,
+    mask: int,
+    tail: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`expand` in two passes over the rows (count, then fill), no temporaries.
+
+    ``user`` is a CSR of base features (ptr, ns, raw, x); ``item_side`` the catalog's
+    (ns, raw, x) matrices, read for rows with ``item_rows[r] >= 0``; ``crosses`` the
+    (user namespace, item namespace) pairs; ``tail`` = (indices, values (rows, k)): k
+    trailing features of each row, its nonzero values only (k may be 0)."""
+    n = item_rows.shape[0]
+    index = (bias_index, np.uint64(mask))
+    indptr = np.zeros(n + 1, np.int64)
+    counting = (np.zeros(0, np.int64), np.zeros(0))
+    for r in range(n):
+        indptr[r + 1] = _row_entries(
+            r, user, item_rows[r], item_side, crosses, index, tail, counting, indptr[r]
+        )
+    out = (np.empty(indptr[n], np.int64), np.empty(indptr[n], np.float64))
+    for r in range(n):
+        _row_entries(r, user, item_rows[r], item_side, crosses, index, tail, out, indptr[r])
+    return indptr, out[0], out[1]
+
+
+NO_TAIL = (np.zeros(0, np.int64), np.zeros((0, 0)))
 
 
 def expand(
-    space: FeatureSpace, user: BaseFeatures, item_rows: np.ndarray, catalog: Catalog
+    space: FeatureSpace,
+    user: BaseFeatures,
+    item_rows: np.ndarray,
+    catalog: Catalog,
+    tail: tuple[np.ndarray, np.ndarray] = NO_TAIL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model rows (CSR indptr, global indices, values) for user row r paired with item_rows[r].
 
     ``item_rows[r] == -1`` means no item (a pure CTR event).  Within a row the order
-    is bias, user side, item side, crosses: a deterministic order, so the FTRL
-    updates of a batch are applied in the same order however the state is sharded.
+    is bias, user side, item side, crosses, then the nonzero ``tail`` features
+    ((indices, values (rows, k)), e.g. the sequence signals): a deterministic order,
+    so the FTRL updates of a batch are applied in the same order however the state is
+    sharded.
     """
-    n = user.rows
-    user_rows = np.repeat(np.arange(n), np.diff(user.ptr))
-    has_item = item_rows >= 0
-    if len(catalog) and has_item.any():
-        safe = np.where(has_item, item_rows, 0)
-        ins, iraw, ix = catalog.ns[safe], catalog.raw[safe], catalog.x[safe]
-        ix = np.where(has_item[:, None], ix, 0.0)
-    else:
-        width = 1
-        ins = np.zeros((n, width), np.uint32)
-        iraw = np.zeros((n, width), np.uint32)
-        ix = np.zeros((n, width), np.float64)
-    item_mask = ix != 0
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
-        (np.arange(n), np.full(n, space.bias_index, np.uint32), np.ones(n)),
-        (user_rows, user.raw, user.x),
+    rows = np.ascontiguousarray(item_rows, np.int64)
+    if not len(catalog):
+        rows = np.full(rows.shape, -1, np.int64)
+    crosses = np.array(space.crosses, np.uint32).reshape(-1, 2)
+    tail_index, tail_values = tail
+    if tail_index.size == 0:
+        tail_values = np.zeros((rows.size, 0))
+    return _expand_rows(
         (
-            np.broadcast_to(np.arange(n)[:, None], ix.shape)[item_mask],
-            iraw[item_mask],
-            ix[item_mask],
+            np.ascontiguousarray(user.ptr, np.int64),
+            np.ascontiguousarray(user.ns, np.uint32),
+            np.ascontiguousarray(user.raw, np.uint32),
+            np.ascontiguousarray(user.x, np.float64),
         ),
-    ]
-    if space.crosses:
-        parts += _cross_entries(
-            space, user, user_rows, ins[user_rows], iraw[user_rows], ix[user_rows]
-        )
-    rows = np.concatenate([p[0] for p in parts])
-    raws = np.concatenate([p[1] for p in parts]).astype(np.uint32)
-    xs = np.concatenate([p[2] for p in parts]).astype(np.float64)
-    order = np.argsort(rows, kind="stable")
-    indptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    return indptr, space.index(raws[order]), xs[order]
+        rows, (catalog.ns, catalog.raw, catalog.x), crosses, int(space.bias_index), space.mask,
+        (np.ascontiguousarray(tail_index, np.int64), np.ascontiguousarray(tail_values, np.float64)),
+    )  # fmt: skip
 
 
 def expand_dense(
@@ -578,28 +635,58 @@ def expand_dense(
     return indptr, indices.reshape(-1), np.ones(n * (cols + 1))
 
 
+@njit(cache=True, nogil=True)
+def _factor_rows(
+    user: tuple[np.ndarray, np.ndarray, np.ndarray],
+    item_rows: np.ndarray,
+    item_side: tuple[np.ndarray, np.ndarray],
+    mask: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`expand_factors` in one compiled pass: per row, every user entry (ptr,
+    raw, x), then the nonzero entries of catalog row ``item_rows[r]`` (raw, x matrices;
+    none when it is negative)."""
+    u_ptr, u_raw, u_x = user
+    c_raw, c_x = item_side
+    n = item_rows.shape[0]
+    m = np.uint64(mask)
+    fptr = np.zeros(n + 1, np.int64)
+    for r in range(n):
+        count = u_ptr[r + 1] - u_ptr[r]
+        if item_rows[r] >= 0:
+            for c in range(c_x.shape[1]):
+                count += c_x[item_rows[r], c] != 0.0
+        fptr[r + 1] = fptr[r] + count
+    indices, values = np.empty(fptr[n], np.int64), np.empty(fptr[n], np.float64)
+    for r in range(n):
+        at = fptr[r]
+        for u in range(u_ptr[r], u_ptr[r + 1]):
+            indices[at], values[at] = np.int64(np.uint64(u_raw[u]) & m), u_x[u]
+            at += 1
+        item = item_rows[r]
+        for c in range(c_x.shape[1] if item >= 0 else 0):
+            if c_x[item, c] != 0.0:
+                indices[at] = np.int64(np.uint64(c_raw[item, c]) & m)
+                values[at] = c_x[item, c]
+                at += 1
+    return fptr, indices, values
+
+
 def expand_factors(
     user: BaseFeatures, item_rows: np.ndarray, catalog: Catalog, mask: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Factor rows (CSR indptr, factor indices, values): the base features of :func:`expand`'s
     rows, user side then item side, without the bias and the explicit crosses."""
-    n = user.rows
-    user_rows = np.repeat(np.arange(n), np.diff(user.ptr))
-    parts = [(user_rows, user.raw, user.x)]
-    has_item = item_rows >= 0
-    if len(catalog) and has_item.any():
-        safe = np.where(has_item, item_rows, 0)
-        ix = np.where(has_item[:, None], catalog.x[safe], 0.0)
-        present = ix != 0
-        rows = np.broadcast_to(np.arange(n)[:, None], ix.shape)
-        parts.append((rows[present], catalog.raw[safe][present], ix[present]))
-    rows_all = np.concatenate([p[0] for p in parts])
-    order = np.argsort(rows_all, kind="stable")
-    raws = np.concatenate([p[1] for p in parts]).astype(np.uint32)[order]
-    xs = np.concatenate([p[2] for p in parts]).astype(np.float64)[order]
-    fptr = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(rows_all, minlength=n), out=fptr[1:])
-    return fptr, (raws & np.uint32(mask)).astype(np.int64), xs
+    rows = np.ascontiguousarray(item_rows, np.int64)
+    if not len(catalog):
+        rows = np.full(rows.shape, -1, np.int64)
+    return _factor_rows(
+        (
+            np.ascontiguousarray(user.ptr, np.int64),
+            np.ascontiguousarray(user.raw, np.uint32),
+            np.ascontiguousarray(user.x, np.float64),
+        ),
+        rows, (catalog.raw, catalog.x), mask,
+    )  # fmt: skip
 
 
 def expand_dense_factors(

@@ -165,11 +165,16 @@ class Featurizer:
         ptr = batch.feat_ptr
         lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
         created: set[str] = set()  # items new in this batch: later events find them
+        # item-side entries per event, counted at once: most events have none
+        below = np.concatenate(([0], np.cumsum(item_side, dtype=np.int64)))
+        item_entries = (below[ptr[1:]] - below[ptr[:-1]]).tolist()
+        upserts = (batch.kind == ITEM_UPSERT).tolist()
+        no_entries = np.zeros(0, np.int64)
         for r, item in enumerate(batch.items):
             lo, hi = int(ptr[r]), int(ptr[r + 1])
-            sel = np.flatnonzero(item_side[lo:hi]) + lo
+            sel = np.flatnonzero(item_side[lo:hi]) + lo if item_entries[r] else no_entries
             row = self.catalog.rows.get(item)
-            upsert, code = batch.kind[r] == ITEM_UPSERT, lifecycle[r]
+            upsert, code = upserts[r], lifecycle[r]
             keep = code & (LIFECYCLE_DELETE | LIFECYCLE_KEEP_FEATURES)
             if (row is not None or item in created) and sel.size == 0 and (not upsert or keep):
                 prepared.writes.append(KEEP)  # the features stay as they are
@@ -266,23 +271,42 @@ class Featurizer:
         cumulative = np.concatenate(([0], np.cumsum(is_profile)))
         carries = (batch.kind == INTERACTION) & (cumulative[ptr[1:]] > cumulative[ptr[:-1]])
         latest = {batch.users[r]: r for r in np.flatnonzero(carries).tolist()}  # the last wins
+        # every chosen row's profile entries gathered at once, in row order
+        entry_row = np.repeat(np.arange(len(batch)), np.diff(ptr))
+        chosen = np.zeros(len(batch), bool)
+        chosen[list(latest.values())] = True
+        picked = np.flatnonzero(is_profile & chosen[entry_row])
+        first = np.searchsorted(entry_row[picked], np.arange(len(batch) + 1))
+        ns_all, raw_all, x_all = entry_ns[picked], raw[picked], batch.feat_x[picked]
         for user, r in latest.items():
-            if not user:
+            lo, hi = int(first[r]), int(first[r + 1])
+            if not user or self._same_profile(user, ns_all[lo:hi], raw_all[lo:hi], x_all[lo:hi]):
                 continue
-            lo, hi = int(ptr[r]), int(ptr[r + 1])
-            sel = np.flatnonzero(is_profile[lo:hi]) + lo
-            names = [
+            self.users.profiles[user] = BaseFeatures(
+                np.array([0, hi - lo], np.int64),
+                ns_all[lo:hi].copy(),
+                raw_all[lo:hi].copy(),
+                x_all[lo:hi].copy(),
+            )
+            self.users.profile_names[user] = [
                 _feature_name(
                     batch.namespaces[batch.feat_ns[e]],
                     slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0],
                     float(batch.feat_x[e]),
                 )
-                for e in sel
+                for e in picked[lo:hi].tolist()
             ]
-            self.users.profiles[user] = BaseFeatures(
-                np.array([0, sel.size], np.int64), entry_ns[sel], raw[sel], batch.feat_x[sel]
-            )
-            self.users.profile_names[user] = names
+
+    def _same_profile(self, user: str, ns: np.ndarray, raw: np.ndarray, x: np.ndarray) -> bool:
+        """Whether ``user``'s stored profile has exactly these hashed entries: most events
+        repeat their user's features, and then the stored profile and its names stay."""
+        held = self.users.profiles.get(user)
+        return (
+            held is not None
+            and held.ns.tobytes() == ns.tobytes()
+            and held.raw.tobytes() == raw.tobytes()
+            and held.x.tobytes() == x.tobytes()
+        )
 
 
 def _empty_entries() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -253,29 +253,32 @@ def _accumulate(
     Returns how many rows each signal touched; their indices are ``touched[s, :count]``,
     so a caller can read the maxima and clear a reused buffer without a full pass.
     """
-    counts = np.zeros(2, np.int64)
     last = recent.shape[0]
+    knn_out, knn_touched, knn_count = out[0], touched[0], 0
     for p in range(max(0, last - window), last):
         row = recent[p]
         w = 2.0 ** (-(last - 1 - p) / half_life) * inv_sqrt_count[row]
+        nbr, sure = knn_nbr[row], knn_sure[row]
         for s in range(knn_fill[row]):
-            j = knn_nbr[row, s]
-            if out[0, j] == 0.0:
-                touched[0, counts[0]] = j
-                counts[0] += 1
-            out[0, j] += w * knn_sure[row, s] * inv_sqrt_count[j]
+            j = nbr[s]
+            knn_touched[knn_count] = j  # kept only if j is new: no branch to mispredict
+            knn_count += knn_out[j] == 0.0
+            knn_out[j] += w * sure[s] * inv_sqrt_count[j]
+    mk_out, mk_touched, mk_count = out[1], touched[1], 0
     w = 1.0
     for p in range(last - 1, max(0, last - order) - 1, -1):
         row = recent[p]
         if mk_total[row] > 0.0:
             scale = w / mk_total[row]
+            nbr, sure = mk_nbr[row], mk_sure[row]
             for s in range(mk_fill[row]):
-                j = mk_nbr[row, s]
-                if out[1, j] == 0.0:
-                    touched[1, counts[1]] = j
-                    counts[1] += 1
-                out[1, j] += scale * mk_sure[row, s]
+                j = nbr[s]
+                mk_touched[mk_count] = j
+                mk_count += mk_out[j] == 0.0
+                mk_out[j] += scale * sure[s]
         w *= decay
+    counts = np.empty(2, np.int64)
+    counts[0], counts[1] = knn_count, mk_count
     return counts
 
 
@@ -379,13 +382,19 @@ def _raw_scores_and_totals(
         knn_nbr, knn_sure, knn_fill, mk_nbr, mk_sure, mk_fill,
         inv_sqrt_count, mk_total, out, touched,
     )  # fmt: skip
-    totals = np.zeros(out.shape[0])
+    totals, best = np.zeros(out.shape[0]), np.zeros(out.shape[0])
     for s in range(out.shape[0]):
         for t in range(counts[s]):
-            totals[s] += out[s, touched[s, t]]
-    best = _maxima(out, touched, counts)
+            value = out[s, touched[s, t]]
+            totals[s] += value
+            best[s] = max(best[s], value)
     result = np.zeros((out.shape[0], items.shape[0]))
-    _read_and_clear(out, touched, counts, items, True, result)
+    for s in range(out.shape[0]):
+        for i in range(items.shape[0] if best[s] > 0.0 else 0):
+            if 0 <= items[i] < out.shape[1]:
+                result[s, i] = out[s, items[i]]
+        for t in range(counts[s]):
+            out[s, touched[s, t]] = 0.0
     return result, best, totals
 
 

@@ -1018,25 +1018,39 @@ class ThresholdedCounts:
         return m
 
 
+@njit(cache=True, nogil=True)
+def _top_allowed(scores: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
+    """The k best ``allowed`` rows of ``scores``, best first, ties to the lower row, NaN
+    as -inf: one pass keeping a sorted list of at most k rows."""
+    rows = np.empty(max(k, 0), np.int64)
+    kept = np.empty(max(k, 0))
+    count = 0
+    for i in range(scores.shape[0] if k > 0 else 0):
+        if not allowed[i]:
+            continue
+        value = -np.inf if math.isnan(scores[i]) else scores[i]
+        if count == k and not value > kept[k - 1]:
+            continue  # an equal score keeps the lower row that came first
+        at = count if count < k else k - 1
+        while at > 0 and value > kept[at - 1]:
+            kept[at], rows[at] = kept[at - 1], rows[at - 1]
+            at -= 1
+        kept[at], rows[at] = value, i
+        count = min(count + 1, k)
+    return rows[:count]
+
+
 def top_rows(
     scores: npt.ArrayLike, k: int, exclude: npt.ArrayLike, keep: int = -1
 ) -> npt.NDArray[np.int64]:
     """The k best rows of ``scores`` not in ``exclude`` (``keep`` is never excluded), best
     first, ties to the lower row and NaN last: the rows :func:`rank_of` ranks 0..k-1."""
-    s = np.asarray(scores, np.float64).reshape(-1)
-    s = np.where(np.isnan(s), -np.inf, s)
-    allowed = np.ones(s.shape[0], bool)
+    s = np.ascontiguousarray(np.asarray(scores, np.float64).reshape(-1))
+    allowed = np.ones(s.shape[0], np.bool_)
     allowed[np.asarray(exclude, np.int64).reshape(-1)] = False
     if 0 <= keep < s.shape[0]:
         allowed[keep] = True
-    idx = np.flatnonzero(allowed)
-    cs = s[idx]
-    if idx.shape[0] > k:
-        kth = np.partition(cs, idx.shape[0] - k)[idx.shape[0] - k]
-        above = idx[cs > kth]
-        idx = np.concatenate((above, idx[cs == kth][: k - above.shape[0]]))
-    out: npt.NDArray[np.int64] = idx[np.lexsort((idx, -s[idx]))].astype(np.int64)
-    return out
+    return _top_allowed(s, int(k), allowed)
 
 
 class NextItemMetrics:

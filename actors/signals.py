@@ -284,32 +284,3 @@ class SequenceSignals:
         """The signals' weights and ``values`` (signals, rows), as ``score_items`` adds
         them to the logit: Σ_s w[signal s] · value_s."""
         return w[self.index], np.ascontiguousarray(values, np.float64)
-
-    def entries(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """CSR entries (indptr, indices, values) of the signal features of training rows
-        whose values are ``values`` (rows, signals); nonzero values only."""
-        nonzero = values != 0.0
-        indptr = np.zeros(values.shape[0] + 1, np.int64)
-        np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
-        indices = np.broadcast_to(self.index, values.shape)[nonzero]
-        return indptr, indices.astype(np.int64), values[nonzero]
-
-
-def append_entries(
-    a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row r of the result is row r of CSR ``a`` followed by row r of CSR ``b``."""
-    a_ptr, a_idx, a_val = a
-    b_ptr, b_idx, b_val = b
-    if b_idx.size == 0:
-        return a
-    ptr = a_ptr + b_ptr
-    rows = np.repeat(np.arange(a_ptr.size - 1), np.diff(a_ptr))
-    b_rows = np.repeat(np.arange(b_ptr.size - 1), np.diff(b_ptr))
-    a_pos = np.arange(a_idx.size) + b_ptr[rows]  # entries of b in earlier rows come first
-    b_pos = np.arange(b_idx.size) + a_ptr[b_rows + 1]
-    indices = np.empty(a_idx.size + b_idx.size, np.int64)
-    values = np.empty(indices.size, np.float64)
-    indices[a_pos], values[a_pos] = a_idx, a_val
-    indices[b_pos], values[b_pos] = b_idx, b_val
-    return ptr, indices, values

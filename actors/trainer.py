@@ -20,6 +20,7 @@ import numpy as np
 
 from actors.factors import FactorAggregator, FactorScorer, fm_sequential_increments
 from actors.features import (
+    NO_TAIL,
     BaseFeatures,
     expand,
     expand_dense,
@@ -33,7 +34,7 @@ from actors.ftrl import FTRLParams, GradientAggregator
 from actors.learner import split_columns_by_shard
 from actors.metrics import LatencyWindow, ProgressiveMetrics, rank_of, ranks_of, top_rows
 from actors.model import Model
-from actors.signals import SignalEvents, append_entries
+from actors.signals import SignalEvents
 from runtime.actor import Actor
 from runtime.messages import (
     IMPLICIT,
@@ -426,9 +427,10 @@ class TrainerActor(Actor):
             user = yield from self._walk_events(batch, user, rows)
         self.model.observe(batch.users, batch.item_rows)
         rows_user = take_rows(user, origin)
-        linear = expand(self.space, rows_user, item_rows, self.catalog)
-        if sequence is not None and signals is not None:
-            linear = append_entries(linear, sequence.entries(signals))
+        tail = (
+            (sequence.index, signals) if sequence is not None and signals is not None else NO_TAIL
+        )
+        linear = expand(self.space, rows_user, item_rows, self.catalog, tail)
         factor = None
         if self.factors is not None:
             factor = expand_factors(rows_user, item_rows, self.catalog, self.factors.params.mask)

@@ -212,6 +212,38 @@ def test_expand_rows_without_item_are_bias_and_user_side(world: Any) -> None:
         assert score[0] == pytest.approx(logits[r], rel=TOL, abs=TOL)
 
 
+def test_profiles_hold_each_users_latest_features(world: Any) -> None:
+    _, _, users, featurizer, _ = world
+    first = [user_event(u, u) for u in range(3)]
+    featurize(featurizer, first, seq=1)
+    kept = users.profiles["u1"]
+    assert users.profile_names["u1"] == ["u.age=18-24", "u.score=1.25"]
+    featurize(featurizer, [user_event(1, 5), user_event(2, 6)], seq=2)  # the same features
+    assert users.profiles["u1"] is kept
+    changed = {**user_event(1, 7), "user_features": {"age": "35-44"}}
+    featurize(featurizer, [changed, user_event(2, 3), {**changed, "item": "m8"}], seq=3)
+    assert users.profile_names["u1"] == ["u.age=35-44"]
+    assert users.profiles["u1"].raw.tolist() == [featurizer.space.value_hash("u.age", "35-44")]
+    assert users.profile_names["u2"] == ["u.age=25-34", "u.score=2.25"]
+
+
+def test_expand_appends_the_nonzero_tail_after_each_rows_own_entries(world: Any) -> None:
+    space, catalog, _, featurizer, _ = world
+    fb = featurize(featurizer, [user_event(u, u) for u in range(3)], seq=1)
+    user = user_features(fb)
+    item_rows = np.array([1, -1, 4])
+    own = expand(space, user, item_rows, catalog)
+    tail_index = np.array([7, 8, 9])
+    tail_values = np.array([[0.7, 0.0, 0.9], [0.0, 0.0, 0.0], [0.1, 0.2, 0.3]])
+    indptr, indices, values = expand(space, user, item_rows, catalog, (tail_index, tail_values))
+    tails = [([7, 9], [0.7, 0.9]), ([], []), ([7, 8, 9], [0.1, 0.2, 0.3])]
+    for r, (tail_at, tail_x) in enumerate(tails):
+        lo, hi = own[0][r], own[0][r + 1]
+        got = slice(indptr[r], indptr[r + 1])
+        assert indices[got].tolist() == [*own[1][lo:hi], *tail_at]
+        assert values[got].tolist() == [*own[2][lo:hi], *tail_x]
+
+
 def dense_batch(columns: list[list[str]], names: list[str], users: list[str]) -> EventBatch:
     n = len(columns[0])
     col_data, col_off = [], []

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.features import Catalog, FeatureSpace
+from actors.features import BaseFeatures, Catalog, FeatureSpace, expand
 from actors.itemstats import ItemStatsParams
-from actors.signals import SequenceSignals, SignalMixture, append_entries
+from actors.signals import SequenceSignals, SignalMixture
 from actors.trending import TrendingCounts
 from runtime.codec import decode, encode
 from runtime.config import Config
@@ -57,15 +57,6 @@ def test_the_mixture_learns_to_trust_the_signal_that_predicts() -> None:
     assert favoured > np.log(40) and other < 0
 
 
-def test_append_entries_puts_each_rows_entries_after_its_own() -> None:
-    a = (np.array([0, 2, 2, 3]), np.array([1, 2, 3]), np.array([1.0, 2.0, 3.0]))
-    b = (np.array([0, 1, 3, 3]), np.array([7, 8, 9]), np.array([0.7, 0.8, 0.9]))
-    ptr, idx, val = append_entries(a, b)
-    assert ptr.tolist() == [0, 3, 5, 6]
-    assert idx.tolist() == [1, 2, 7, 8, 9, 3]
-    assert val.tolist() == [1.0, 2.0, 0.7, 0.8, 0.9, 3.0]
-
-
 def signals_after(events: list[tuple[list[int], int]]) -> SequenceSignals:
     signals = SequenceSignals(FeatureSpace(16), Catalog(), ItemStatsParams(window=5), [DAY])
     for recent, item in events:
@@ -83,10 +74,14 @@ def test_training_rows_carry_exactly_the_values_ranking_reads() -> None:
     values = np.stack(
         [signals.values(recents[o], items[r : r + 1])[:, 0] for r, o in enumerate(origin)]
     )
-    ptr, idx, val = signals.entries(values)
+    empty = np.zeros(0, np.uint32)
+    no_user = BaseFeatures(np.zeros(6, np.int64), empty, empty, np.zeros(0))
+    space = FeatureSpace(16)
+    ptr, idx, val = expand(space, no_user, np.full(5, -1), Catalog(), (signals.index, values))
     dense = np.zeros((5, len(signals.names)))
     for r in range(5):
-        for k in range(ptr[r], ptr[r + 1]):
+        assert idx[ptr[r]] == space.bias_index  # then the signals' nonzero values
+        for k in range(ptr[r] + 1, ptr[r + 1]):
             dense[r, list(signals.index).index(idx[k])] = val[k]
     for r in range(5):
         served = signals.catalog_values(recents[origin[r]], 20)[:, items[r]]
