@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import actors  # noqa: F401  (names numba's cache directory before anything imports numba)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
