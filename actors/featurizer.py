@@ -165,6 +165,7 @@ class Featurizer:
         ptr = batch.feat_ptr
         lifecycle = batch.lifecycle.tolist() if batch.lifecycle.size else [0] * len(batch)
         created: set[str] = set()  # items new in this batch: later events find them
+        written: set[str] = set()  # items this batch writes: later writes are not compared
         # item-side entries per event, counted at once: most events have none
         below = np.concatenate(([0], np.cumsum(item_side, dtype=np.int64)))
         item_entries = (below[ptr[1:]] - below[ptr[:-1]]).tolist()
@@ -182,16 +183,22 @@ class Featurizer:
             if upsert and code & LIFECYCLE_DELETE:
                 prepared.writes.append(SKIP)  # an item never seen is not created to be deleted
                 continue
-            write = ItemWrite(
-                np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32),
-                np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32),
-                np.concatenate(([1.0], batch.feat_x[sel])),
-                [f"{ITEM_NS}={item}", *self._names(batch, sel)],
-            )
-            prepared.writes.append(write)
+            ns = np.concatenate(([item_ns], entry_ns[sel])).astype(np.uint32)
+            hashed = np.concatenate(([item_raw[r]], raw[sel])).astype(np.uint32)
+            x = np.concatenate(([1.0], batch.feat_x[sel]))
+            if (
+                row is not None
+                and item not in written
+                and not self.catalog.differs(row, ns, hashed, x)
+            ):
+                prepared.writes.append(KEEP)  # the same features again (most events repeat them)
+                continue
+            names = [f"{ITEM_NS}={item}", *self._names(batch, sel)]
+            prepared.writes.append(ItemWrite(ns, hashed, x, names))
+            written.add(item)
             if row is None:
                 created.add(item)
-            elif self.catalog.differs(row, write.ns, write.raw, write.x):
+            else:  # a known row changes (or changed earlier in this batch)
                 prepared.changes_known_rows = True
 
     @staticmethod
