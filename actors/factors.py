@@ -301,6 +301,22 @@ def _apply_factor_gradients(
 
 
 @njit(cache=True, nogil=True)
+def _add_factor_increments(
+    v: np.ndarray, n: np.ndarray, active: np.ndarray, rows: np.ndarray, dv: np.ndarray,
+    dn: np.ndarray,
+) -> int:  # fmt: skip
+    newly_active = 0
+    for t in range(rows.shape[0]):
+        j = rows[t]
+        newly_active += int(not active[j])
+        active[j] = True
+        for f in range(v.shape[1]):
+            v[j, f] += dv[t, f]
+            n[j, f] += dn[t, f]
+    return newly_active
+
+
+@njit(cache=True, nogil=True)
 def _gather_rows(
     v: np.ndarray, n: np.ndarray, active: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -427,6 +443,21 @@ def apply_factor_gradients(
         params.beta,
         params.l2,
     )
+
+
+def add_factor_increments(
+    v: np.ndarray,
+    n: np.ndarray,
+    active: np.ndarray,
+    rows: np.ndarray,
+    dv: np.ndarray,
+    dn: np.ndarray,
+) -> int:
+    """Add a trainer's increments of the vectors ``rows`` (local to ``v``, each once;
+    :func:`fm_sequential_increments`) and of their AdaGrad sums, in place, and mark the
+    rows learned; returns how many of them were not learned before."""
+    rows = np.ascontiguousarray(rows, np.int64)
+    return int(_add_factor_increments(v, n, active, rows, dv, dn))
 
 
 class FactorAggregator:

@@ -174,12 +174,16 @@ def _add_increments(
     beta: float,
     l1: float,
     l2: float,
-) -> None:
+) -> int:
+    became_nonzero = 0
     for k in range(idx.shape[0]):
         i = idx[k]
+        was_nonzero = w[i] != 0.0
         z[i] += dz[k]
         n[i] += dn[k]
         w[i] = _weight(z[i], n[i], alpha, beta, l1, l2)
+        became_nonzero += int(w[i] != 0.0) - int(was_nonzero)
+    return became_nonzero
 
 
 @njit(cache=True, nogil=True)
@@ -452,11 +456,12 @@ def add_increments(
     dz: np.ndarray,
     dn: np.ndarray,
     p: FTRLParams,
-) -> None:
+) -> int:
     """Add a trainer's increments (:meth:`GradientAggregator.sequential_increments`) to
-    the state of the coordinates ``idx`` and keep their weights ``w`` in closed form.
+    the state of the coordinates ``idx`` (each once) and keep their weights ``w`` in
+    closed form; returns how many more of those weights are nonzero than before.
     Increments add up, so batches of several trainers in flight commute."""
-    _add_increments(z, n, w, idx, dz, dn, p.alpha, p.beta, p.l1, p.l2)
+    return int(_add_increments(z, n, w, idx, dz, dn, p.alpha, p.beta, p.l1, p.l2))
 
 
 def dot_rows(

@@ -16,7 +16,12 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit
 
-from actors.factors import FactorParams, FactorStore, apply_factor_gradients
+from actors.factors import (
+    FactorParams,
+    FactorStore,
+    add_factor_increments,
+    apply_factor_gradients,
+)
 from actors.ftrl import FTRLParams, add_increments, apply_gradients, dot_rows, weights_at
 from actors.sgd import SGDParams, apply_sgd
 from runtime.actor import Actor
@@ -180,6 +185,12 @@ def split_columns_by_shard(
     ]
 
 
+EMPTY_INDEX = np.zeros(0, np.int64)
+EMPTY_INDEX.flags.writeable = False
+EMPTY_VALUES = np.zeros(0)
+EMPTY_VALUES.flags.writeable = False
+
+
 class LearnerActor(Actor):
     """Applies :class:`GradBatch` messages for one shard, then acknowledges them."""
 
@@ -194,8 +205,13 @@ class LearnerActor(Actor):
         inbox: Channel,
         weights: Channel,
         factors: FactorShard | None = None,
+        *,
+        publish: bool = True,
     ) -> None:
         super().__init__(f"learner-{shard}", inbox)
+        # whether the deltas carry the new values: in one process every replica is a view
+        # of the same arrays, and the trainer only needs the acknowledgement
+        self.publish = publish
         self.factors = factors
         self.shard = shard
         self.shards = shards
@@ -232,66 +248,69 @@ class LearnerActor(Actor):
     async def handle(self, message: GradBatch) -> None:
         if self._already_applied(message):
             self.duplicates += 1
-            await self.weights.send(
-                WeightDelta(
-                    seq=message.seq,
-                    shard=self.shard,
-                    trainer=message.trainer,
-                    index=np.zeros(0, np.int64),
-                    w=np.zeros(0),
-                    created_at=message.created_at,
-                ),
-                key=self.shard,
-            )
+            await self.weights.send(self._delta(message, EMPTY_INDEX, EMPTY_INDEX), key=self.shard)
             return
-        # each coordinate appears once in a batch (the trainer sums gradients per coordinate)
-        before = int(np.count_nonzero(self.w[message.index]))
-        if message.n_step.size and isinstance(self.params, FTRLParams):
-            add_increments(
-                self.z, self.n, self.w, message.index, message.grad, message.n_step, self.params
-            )
-        else:
-            learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
-        learned = self.w[message.index]
-        self.nonzero += int(np.count_nonzero(learned)) - before
-        factor_index, factor_v, factor_n = self._apply_factors(message)
+        self._apply_linear(message)
+        factor_rows = self._apply_factors(message)
         self.updates += int(message.index.size)
         self.batches += 1
         if message.source_offset >= 0:
             self.applied_upto[message.source_partition] = message.source_offset
+        delta = self._delta(message, message.index, factor_rows)
+        await self.weights.send(delta, key=self.shard)
+
+    def _apply_linear(self, message: GradBatch) -> None:
+        # each coordinate appears once in a batch (the trainer sums gradients per coordinate)
+        if message.n_step.size and isinstance(self.params, FTRLParams):
+            self.nonzero += add_increments(
+                self.z, self.n, self.w, message.index, message.grad, message.n_step, self.params
+            )
+            return
+        before = int(np.count_nonzero(self.w[message.index]))
+        learn_step(self.params, self.z, self.n, self.w, message.index, message.grad)
+        self.nonzero += int(np.count_nonzero(self.w[message.index])) - before
+
+    def _delta(self, message: GradBatch, index: np.ndarray, factor_rows: np.ndarray) -> WeightDelta:
+        """The acknowledgement of ``message``; with ``publish``, also the new values of the
+        coordinates ``index`` and vector rows ``factor_rows`` (shard-local) for replicas."""
         delta = WeightDelta(
             seq=message.seq,
             shard=self.shard,
             trainer=message.trainer,
-            index=message.index * self.shards + self.shard,
-            w=learned,
+            index=EMPTY_INDEX,
+            w=EMPTY_VALUES,
             created_at=message.created_at,
-            factor_index=factor_index,
-            factor_v=factor_v,
-            z=self.z[message.index] if self.z.size else np.zeros(0),
-            n=self.n[message.index] if self.z.size else np.zeros(0),
-            factor_n=factor_n,
         )
-        await self.weights.send(delta, key=self.shard)
+        if not self.publish:
+            return delta
+        delta.index = index * self.shards + self.shard
+        delta.w = self.w[index]
+        if self.z.size:
+            delta.z, delta.n = self.z[index], self.n[index]
+        if factor_rows.size and self.factors is not None:
+            v, n = self.factors.rows("v"), self.factors.rows("n")
+            delta.factor_index = factor_rows * self.shards + self.shard
+            delta.factor_v, delta.factor_n = v[factor_rows], n[factor_rows]
+        return delta
 
-    def _apply_factors(self, message: GradBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _apply_factors(self, message: GradBatch) -> np.ndarray:
         """Apply the batch's factor gradients, or add its increments; returns the rows
-        (global), their new vectors and AdaGrad sums."""
+        (shard-local) it changed."""
         f = self.factors
         if f is None or message.factor_index.size == 0:
-            return np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0))
+            return EMPTY_INDEX
         rows, (v, n, active) = message.factor_index, (f.rows(a) for a in ("v", "n", "active"))
-        before = int(np.count_nonzero(active[rows]))
         if message.factor_n_step.size:
-            v[rows] += message.factor_grad
-            n[rows] += message.factor_n_step
-            active[rows] = True
+            self.factor_rows += add_factor_increments(
+                v, n, active, rows, message.factor_grad, message.factor_n_step
+            )
         else:
+            before = int(np.count_nonzero(active[rows]))
             init = f.rows("init")
             apply_factor_gradients(v, n, active, init, rows, message.factor_grad, f.params)
-        self.factor_rows += int(np.count_nonzero(active[rows])) - before
+            self.factor_rows += int(np.count_nonzero(active[rows])) - before
         f.store.version += 1
-        return rows * self.shards + self.shard, v[rows], n[rows]
+        return rows
 
     def _already_applied(self, message: GradBatch) -> bool:
         """A re-sent batch (its trainer died before committing) is applied at most once."""

@@ -67,7 +67,9 @@ class Pipeline:
         shards = model.config.training.shards
         z, n, w = model.store.shard_view(shard, shards)
         factors = FactorShard(model.factors, shard, shards) if model.factors else None
-        return LearnerActor(shard, shards, z, n, w, model.params, grads, weights, factors)
+        return LearnerActor(
+            shard, shards, z, n, w, model.params, grads, weights, factors, publish=False
+        )
 
     async def submit(self, batch: EventBatch) -> int:
         """Queue a batch; returns its sequence number."""
