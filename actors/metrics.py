@@ -136,6 +136,13 @@ class Logloss:
             self.weight += float(wa.sum())
         self.count += int(pa.shape[0])
 
+    def add(self, loss_sum: float, weight: float, count: int) -> None:
+        """Add sums already taken over ``count`` checked events
+        (:meth:`ProgressiveMetrics.update_labelled`)."""
+        self._loss_sum += loss_sum
+        self.weight += weight
+        self.count += count
+
     def result(self) -> float:
         """Weighted mean logloss so far; nan when nothing (or zero weight) was seen."""
         return self._loss_sum / self.weight if self.weight > 0 else math.nan
@@ -425,7 +432,10 @@ class ROCAUC:
     def update(self, scores: npt.ArrayLike, y: npt.ArrayLike) -> None:
         """Append a batch of scores (any monotone scale: probabilities or logits) and 0/1 labels."""
         s = _as_1d_float(scores, "scores")
-        ya = _labels(y, s.shape[0], binary=True)
+        self.append(s, _labels(y, s.shape[0], binary=True))
+
+    def append(self, s: np.ndarray, ya: np.ndarray) -> None:
+        """:meth:`update` with scores and 0/1 labels already checked (float64, 1-d)."""
         n = s.shape[0]
         if n == 0:
             return
@@ -556,6 +566,13 @@ class RunningMeanCTR:
         p = np.full(ya.shape[0], self.PRIOR)
         np.divide(prev_wy, prev_w, out=p, where=has)
         return p, float(cw[-1]), float(cwy[-1])
+
+    def add(self, loss_sum: float, weight: float, count: int, sums: tuple[float, float]) -> None:
+        """Add a pass already taken over ``count`` checked events
+        (:meth:`ProgressiveMetrics.update_labelled`): its logloss sums and the running
+        totals ``(sum_w, sum_wy)`` after it."""
+        self.logloss.add(loss_sum, weight, count)
+        self.sum_w, self.sum_wy = sums
 
     def update(self, y: npt.ArrayLike, w: npt.ArrayLike | None = None) -> None:
         """Score each event of the batch with the mean of its predecessors, then learn it."""
@@ -996,6 +1013,14 @@ class ThresholdedCounts:
         self.fn += int(np.count_nonzero(~predicted & positive))
         self.tn += int(np.count_nonzero(~predicted & ~positive))
 
+    def add(self, tp: int, fp: int, fn: int, tn: int) -> None:
+        """Add counts already taken at this threshold
+        (:meth:`ProgressiveMetrics.update_labelled`)."""
+        self.tp += tp
+        self.fp += fp
+        self.fn += fn
+        self.tn += tn
+
     def precision(self) -> float:
         return self.tp / (self.tp + self.fp) if self.tp + self.fp else math.nan
 
@@ -1203,6 +1228,48 @@ class LatencyWindow:
         return {"count": self.count, "p50_ms": round(float(p50), 3), "p99_ms": round(float(p99), 3)}
 
 
+MEAN_CTR_PRIOR = RunningMeanCTR.PRIOR
+
+
+@njit(cache=True, nogil=True)
+def _labelled_sums(
+    p: np.ndarray, y: np.ndarray, w: np.ndarray, totals: np.ndarray, threshold: float
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """One pass over a batch of labelled events: (error code, [model's logloss sum, weight,
+    the mean-CTR baseline's logloss sum], [TP, FP, FN, TN]); ``totals`` (the baseline's
+    running sum_w, sum_wy) are advanced in place, event by event as its update does."""
+    sums = np.zeros(3)
+    counts = np.zeros(4, np.int64)
+    for i in range(p.shape[0]):
+        if math.isnan(p[i]):
+            return 1, sums, counts
+        if y[i] != 0.0 and y[i] != 1.0:
+            return 2, sums, counts
+        if not math.isfinite(w[i]) or w[i] < 0.0:
+            return 3, sums, counts
+    sum_w, sum_wy = totals[0], totals[1]
+    for i in range(p.shape[0]):
+        pc = min(max(p[i], EPS), 1.0 - EPS)
+        sums[0] -= w[i] * (y[i] * math.log(pc) + (1.0 - y[i]) * math.log1p(-pc))
+        sums[1] += w[i]
+        base = sum_wy / sum_w if sum_w > 0 else MEAN_CTR_PRIOR
+        base = min(max(base, EPS), 1.0 - EPS)
+        sums[2] -= w[i] * (y[i] * math.log(base) + (1.0 - y[i]) * math.log1p(-base))
+        sum_w += w[i]
+        sum_wy += w[i] * y[i]
+        positive = y[i] == 1.0
+        if p[i] >= threshold:  # TP, FP
+            counts[0 if positive else 1] += 1
+        else:  # FN, TN
+            counts[2 if positive else 3] += 1
+    totals[0], totals[1] = sum_w, sum_wy
+    return 0, sums, counts
+
+
+LABELLED_ERRORS = ("", "p contains NaN", "labels must be 0 or 1",
+                   "weights must be finite and non-negative")  # fmt: skip
+
+
 class ProgressiveMetrics:
     """Every event is scored before it is learned (Blum, Kalai & Langford 1999)."""
 
@@ -1224,6 +1291,27 @@ class ProgressiveMetrics:
         self.popularity_ranking = RankingMetrics(k)
         self.signals: dict[str, RankingMetrics] = {}  # each sequence signal ranking alone
         self.k = k
+
+    def update_labelled(self, p: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        """The progressive predictions ``p`` of labelled events (0/1 labels ``y``, weights
+        ``w``): logloss, AUC, the thresholded counts and the mean-CTR baseline, as each
+        one's ``update`` would add them, in one compiled pass with the inputs checked once
+        (the four updates, each checking its inputs, cost more per batch than the learning
+        step whose predictions they measure)."""
+        pa, ya, wa = (np.ascontiguousarray(a, np.float64).reshape(-1) for a in (p, y, w))
+        if not pa.shape[0] == ya.shape[0] == wa.shape[0]:
+            raise ValueError(
+                f"{pa.shape[0]} predictions, {ya.shape[0]} labels, {wa.shape[0]} weights"
+            )
+        totals = np.array([self.mean_ctr.sum_w, self.mean_ctr.sum_wy])
+        error, sums, counts = _labelled_sums(pa, ya, wa, totals, self.thresholded.threshold)
+        if error:
+            raise ValueError(LABELLED_ERRORS[error])
+        n = pa.shape[0]
+        self.logloss.add(float(sums[0]), float(sums[1]), n)
+        self.mean_ctr.add(float(sums[2]), float(sums[1]), n, (float(totals[0]), float(totals[1])))
+        self.thresholded.add(*(int(c) for c in counts))
+        self.auc.append(pa, ya)
 
     def signal(self, name: str) -> RankingMetrics:
         """The ranking metrics of one signal alone (what it adds, next to the model's)."""

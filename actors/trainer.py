@@ -372,10 +372,7 @@ class TrainerActor(Actor):
         scores, evaluated = evaluation_rows(batch.prescore, origin, probs, explicit)
         self.scored = (origin[evaluated], scores[evaluated])
         if evaluated.any():
-            self.metrics.logloss.update(scores[evaluated], labels[evaluated], weights[evaluated])
-            self.metrics.auc.update(scores[evaluated], labels[evaluated])
-            self.metrics.thresholded.update(scores[evaluated], labels[evaluated])
-            self.metrics.mean_ctr.update(labels[evaluated], weights[evaluated])
+            self.metrics.update_labelled(scores[evaluated], labels[evaluated], weights[evaluated])
         self.model.stream.rows += int(labels.size)
         return step
 

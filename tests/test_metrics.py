@@ -18,6 +18,7 @@ from actors.metrics import (
     ROCAUC,
     Logloss,
     PopularityBaseline,
+    ProgressiveMetrics,
     RankingMetrics,
     RunningMeanCTR,
     TimeDecayedPopularity,
@@ -145,6 +146,65 @@ def test_logloss_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         m.update(np.array([0.5]), np.array([1.0]), np.array([-1.0]))
     assert m.count == 0
+
+
+def _each_updated(batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> ProgressiveMetrics:
+    m = ProgressiveMetrics(threshold=0.4)
+    for p, y, w in batches:
+        m.logloss.update(p, y, w)
+        m.auc.update(p, y)
+        m.thresholded.update(p, y)
+        m.mean_ctr.update(y, w)
+    return m
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_labelled_pass_adds_what_the_four_updates_add(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for size in rng.integers(0, 300, 6):
+        p = np.round(rng.random(size), 1)  # ties, and scores on the threshold
+        p[: size // 10] = rng.choice([0.0, 1.0], size // 10)  # clipped to EPS
+        batches.append((p, (rng.random(size) < 0.3).astype(float), rng.random(size) * 2))
+    one = ProgressiveMetrics(threshold=0.4)
+    for p, y, w in batches:
+        one.update_labelled(p, y, w)
+    each = _each_updated(batches)
+    assert one.summary().keys() == each.summary().keys()
+    for key, value in each.summary().items():
+        if isinstance(value, float) and not math.isnan(value):
+            assert one.summary()[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+        else:
+            assert one.summary()[key] == value or math.isnan(value), key
+    assert (one.thresholded.tp, one.thresholded.fp, one.thresholded.fn, one.thresholded.tn) == (
+        each.thresholded.tp, each.thresholded.fp, each.thresholded.fn, each.thresholded.tn
+    )  # fmt: skip
+    assert one.logloss.count == each.logloss.count == one.mean_ctr.count
+    assert (one.mean_ctr.sum_w, one.mean_ctr.sum_wy) == pytest.approx(
+        (each.mean_ctr.sum_w, each.mean_ctr.sum_wy), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("p", "y", "w", "reason"),
+    [
+        ([0.5, np.nan], [1.0, 0.0], [1.0, 1.0], "p contains NaN"),
+        ([0.5, 0.5], [1.0, 0.5], [1.0, 1.0], "labels must be 0 or 1"),
+        ([0.5, 0.5], [1.0, 0.0], [1.0, -1.0], "weights must be finite and non-negative"),
+        ([0.5, 0.5], [1.0, 0.0], [1.0, np.inf], "weights must be finite and non-negative"),
+        ([0.5, 0.5], [1.0], [1.0, 1.0], "2 predictions, 1 labels, 2 weights"),
+    ],
+)
+def test_a_labelled_pass_with_bad_input_adds_nothing(
+    p: list[float], y: list[float], w: list[float], reason: str
+) -> None:
+    m = ProgressiveMetrics()
+    m.update_labelled(np.array([0.2]), np.array([1.0]), np.array([1.0]))
+    before = m.summary()
+    with pytest.raises(ValueError, match=reason):
+        m.update_labelled(np.array(p), np.array(y), np.array(w))
+    assert m.summary() == before
+    assert m.auc.count == 1
 
 
 # ----------------------------------------------------------------------------- ROCAUC
