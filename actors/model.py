@@ -148,26 +148,32 @@ class StreamPosition:
     interactions: int = 0
     events: int = 0
     rows: int = 0
+    last_ranked: int = 0  # the interaction last flagged for evaluation
 
     STATE_VERSION: ClassVar[int] = 1
 
     def to_state(self) -> dict[str, Any]:
         return {"seq": self.seq, "interactions": self.interactions, "events": self.events,
-                "rows": self.rows}  # fmt: skip
+                "rows": self.rows, "last_ranked": self.last_ranked}  # fmt: skip
 
-    def rank_flags(self, events: Sequence[Any], every: int) -> np.ndarray:
+    def rank_flags(self, events: Sequence[Any], every: int, min_gap: int = 0) -> np.ndarray:
         """Which of ``events`` the progressive ranking evaluates: every ``every``-th
-        interaction of the stream (0: none)."""
+        interaction of the stream (0: none) that comes at least ``min_gap`` interactions
+        after the last one flagged."""
         flags = np.zeros(len(events), bool)
         for i, event in enumerate(events if every else ()):
             if event.user is not None:
                 self.interactions += 1
-                flags[i] = self.interactions % every == 0
+                due = self.interactions % every == 0
+                if due and self.interactions - self.last_ranked >= min_gap:
+                    flags[i] = True
+                    self.last_ranked = self.interactions
         return flags
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.seq = int(state["seq"])
         self.interactions = int(state["interactions"])
+        self.last_ranked = int(state.get("last_ranked", 0))  # absent before Dec 2026
         self.events = int(state["events"])
         self.rows = int(state["rows"])
 

@@ -177,6 +177,9 @@ class TrainingConfig:
     sync: bool = True
     max_staleness: int = 1  # asynchronous mode: batches in flight before scoring waits
     rank_eval_every: int = 20
+    # ingest ranks at most about this many catalog rows per learned interaction (0: no
+    # bound): every rank_eval_every-th interaction, but no closer than catalog rows / this
+    rank_eval_rows: float = 2.0
     rank_k: int = 10
     exclude_seen: bool = True
     popularity_baseline: bool = True
@@ -204,6 +207,12 @@ class TrainingConfig:
             "training.rank_eval_every",
             "must be >= 0",
             self.rank_eval_every,
+        )
+        _require(
+            self.rank_eval_rows >= 0,
+            "training.rank_eval_rows",
+            "must be >= 0 (0: no bound)",
+            self.rank_eval_rows,
         )
         _require(self.rank_k >= 1, "training.rank_k", "must be >= 1", self.rank_k)
         _require(
@@ -662,7 +671,7 @@ class FeedbackConfig:
 
 
 VARIANT_SECTIONS = ("model", "ftrl", "optimizer", "training", "sequence", "candidates")
-SHARED_BY_VARIANTS = {"training": ("batch_size", "rank_eval_every", "rank_k")}
+SHARED_BY_VARIANTS = {"training": ("batch_size", "rank_eval_every", "rank_eval_rows", "rank_k")}
 """The sections a variant may change: what its model is and how it learns.  The rest
 (ingest, HTTP, state, labels, feedback, ...) belongs to the process all variants share."""
 

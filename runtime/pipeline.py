@@ -13,6 +13,7 @@ the trainer's and the ranker's replica: zero copies, zero staleness.  Batches en
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -92,10 +93,17 @@ class Pipeline:
         for lo in range(0, len(events), training.batch_size):
             chunk = events[lo : lo + training.batch_size]
             scores = prescores[lo : lo + training.batch_size] if prescores is not None else None
-            flags = self.model.stream.rank_flags(chunk, training.rank_eval_every)
+            flags = self.model.stream.rank_flags(chunk, training.rank_eval_every, self._rank_gap())
             last = await self.submit(batch_from_events(chunk, flags, prescore=scores))
             await asyncio.sleep(0)  # a large request's batches are built between other work
         return last
+
+    def _rank_gap(self) -> int:
+        """Interactions between two evaluated ones, at least, so that the rankings score
+        about ``training.rank_eval_rows`` catalog rows per learned interaction: their
+        cost grows with the catalog, the learning's does not."""
+        rows = self.model.config.training.rank_eval_rows
+        return math.ceil(len(self.model.catalog) / rows) if rows > 0 else 0
 
     def recount(self) -> None:
         """The learners' counts over restored weights (statistics() reads them)."""

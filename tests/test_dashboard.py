@@ -95,7 +95,7 @@ def system_config(tmp_path: Path) -> Config:
     return Config.from_dict(
         {
             "model": {"bits": 16},
-            "training": {"shards": 2, "rank_eval_every": 5, "batch_size": 64},
+            "training": {"shards": 2, "rank_eval_every": 5, "rank_eval_rows": 0, "batch_size": 64},
             "state": {"restore": False},
             "ingest": {"dead_letter_path": str(tmp_path / "dlq.jsonl")},
             # the sampling task sleeps through every test: tests sample explicitly
@@ -584,7 +584,7 @@ async def test_dashboard_page_in_headless_chromium(tmp_path: Path) -> None:
 
 EXPERIMENT = {
     "model": {"bits": 16},
-    "training": {"rank_eval_every": 2},
+    "training": {"rank_eval_every": 2, "rank_eval_rows": 0},
     "state": {"restore": False},
     "ingest": {"dead_letter_path": ""},
     "labels": {"window_s": 60.0},

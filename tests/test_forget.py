@@ -35,7 +35,7 @@ def config(tmp_path: Path, **state: Any) -> Config:
             "state": {"restore": bool(state), "snapshot_path": "", **state},
             "ingest": {"dead_letter_path": ""},
             "http": {"enabled": False},
-            "training": {"rank_eval_every": 3, "relevant_next": 3},
+            "training": {"rank_eval_every": 3, "rank_eval_rows": 0, "relevant_next": 3},
         }
     )
 

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from actors.batching import batch_from_events
-from actors.events import validate_event
+from actors.events import Event, validate_event
 from actors.features import score_items
+from actors.model import StreamPosition
 from actors.readers import read_ctr_tsv, read_movielens
 from runtime.codec import CodecError, decode_message, encode_message, message_types
 from runtime.config import Config
@@ -441,3 +442,37 @@ def test_corrupt_or_truncated_event_batch_raises_codec_error() -> None:
         except CodecError:
             errors += 1
     assert errors > trials // 3
+
+
+def test_rank_flags_keep_every_nth_interaction_no_closer_than_the_gap() -> None:
+    stream = StreamPosition()
+    events = [Event("u", "i")] * 50 + [Event(None, "i")] * 5 + [Event("u", "i")] * 50
+    flags = stream.rank_flags(events, every=3, min_gap=7)
+    ordinals = np.cumsum([e.user is not None for e in events])[flags]
+    assert ordinals.tolist() == [9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99]
+    assert stream.last_ranked == 99
+    # a gap no wider than every changes nothing: every 3rd interaction
+    again = StreamPosition()
+    assert np.array_equal(again.rank_flags(events, every=3, min_gap=3), again_flags(events, 3))
+    restored = StreamPosition()
+    restored.load_state({**stream.to_state()})
+    assert restored.rank_flags(events[:20], every=3, min_gap=7).nonzero()[0].tolist() == [7, 16]
+
+
+def again_flags(events: list[Event], every: int) -> np.ndarray:
+    ordinals = np.cumsum([e.user is not None for e in events])
+    return np.array([e.user is not None for e in events]) & (ordinals % every == 0)
+
+
+async def test_ingest_ranks_about_rank_eval_rows_catalog_rows_per_interaction() -> None:
+    items = [{"item": f"i{i}", "item_features": {"genre": f"g{i % 7}"}} for i in range(300)]
+    events = [{"user": f"u{e % 40}", "item": f"i{(e * 7) % 300}"} for e in range(3000)]
+    counts = {}
+    for rows in (2.0, 0.0):
+        settings = {"training": {"rank_eval_every": 20, "rank_eval_rows": rows}}
+        async with System(Config.from_dict(settings)) as system:
+            await system.ingest(items)
+            await system.ingest(events)
+            counts[rows] = system.statistics()["trainer"]["metrics"]["rank_evaluated"]
+    # 300 rows / 2 per interaction: a gap of 150, so every 160th interaction (a multiple of 20)
+    assert counts == {2.0: 3000 // 160, 0.0: 3000 // 20}

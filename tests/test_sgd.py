@@ -192,7 +192,7 @@ def sgd_config(tmp_path: Path, **training: Any) -> Config:
         {
             "model": {"bits": 14, "factor_bits": 10},
             "optimizer": {"kind": "sgd", "rate": "adagrad", "eta": 0.1, "l2": 0.01},
-            "training": {"batch_size": 16, "rank_eval_every": 5, **training},
+            "training": {"batch_size": 16, "rank_eval_every": 5, "rank_eval_rows": 0, **training},
             "state": {"snapshot_path": str(tmp_path / "s.msgpack"), "restore": True},
             "ingest": {"dead_letter_path": ""},
             "http": {"enabled": False},
