@@ -271,7 +271,9 @@ async def test_impressions_and_clicks_make_each_variants_click_through() -> None
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[System, str]]:
-    async with served_system({**TWO_ARMS, "training": {"rank_eval_every": 2, "rank_eval_rows": 0}}) as served:
+    async with served_system(
+        {**TWO_ARMS, "training": {"rank_eval_every": 2, "rank_eval_rows": 0}}
+    ) as served:
         yield served
 
 

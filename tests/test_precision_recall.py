@@ -167,7 +167,13 @@ def config(tmp_path: Path, **training: Any) -> Config:
     return Config.from_dict(
         {
             "model": {"bits": 14, "factor_bits": 10},
-            "training": {"batch_size": 32, "rank_eval_every": 3, "rank_eval_rows": 0, "rank_k": 5, **training},
+            "training": {
+                "batch_size": 32,
+                "rank_eval_every": 3,
+                "rank_eval_rows": 0,
+                "rank_k": 5,
+                **training,
+            },
             "state": {"snapshot_path": str(tmp_path / "s.msgpack")},
             "ingest": {"dead_letter_path": ""},
             "http": {"enabled": False},
