@@ -13,7 +13,7 @@ a device context).  Each round times the same requests under three settings of
   ``rank_eval_rows`` interactions to the last one ranked.
 
 It prints learned events/s (median of ``--rounds``) and each setting's evaluation
-cost as a share of the learning time, ``t / t_off - 1``.
+cost as a share of the learning time, ``t / t_off - 1``; writes ``bench/out/eval_cost.json``.
 
     PYTHONPATH=. python bench/eval_cost.py --items 2000 10000 --rounds 3
 """
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,8 +83,12 @@ async def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--requests", type=int, default=100, help="of 1,000 events each")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "out" / "eval_cost.json"
+    )
     args = parser.parse_args()
-    print(machine())
+    result: dict[str, Any] = {"machine": machine(), "catalogs": {}}
+    print(result["machine"])
     for items in args.items:
         catalog, bodies = traffic(items, args.requests)
         await learned_per_second({}, catalog, bodies[:10])  # kernels loaded, first touches
@@ -91,6 +97,10 @@ async def main() -> None:
             for name, setting in SETTINGS.items():
                 rates[name].append(await learned_per_second(setting, catalog, bodies))
         off = median(rates["off"])
+        result["catalogs"][items] = {
+            name: {"events_per_s": values, "share": off / median(values) - 1}
+            for name, values in rates.items()
+        }
         for name, values in rates.items():
             rate = median(values)
             print(
@@ -98,6 +108,8 @@ async def main() -> None:
                 f"  evaluation {off / rate - 1:+.1%} of the learning time"
                 f"  (rounds: {', '.join(f'{v:,.0f}' for v in values)})"
             )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
