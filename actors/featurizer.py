@@ -295,14 +295,7 @@ class Featurizer:
                 raw_all[lo:hi].copy(),
                 x_all[lo:hi].copy(),
             )
-            self.users.profile_names[user] = [
-                _feature_name(
-                    batch.namespaces[batch.feat_ns[e]],
-                    slice_strings(batch.feat_data, batch.feat_off, int(e), int(e) + 1)[0],
-                    float(batch.feat_x[e]),
-                )
-                for e in picked[lo:hi].tolist()
-            ]
+            self.users.profile_names[user] = self._names(batch, picked[lo:hi])
 
     def _same_profile(self, user: str, ns: np.ndarray, raw: np.ndarray, x: np.ndarray) -> bool:
         """Whether ``user``'s stored profile has exactly these hashed entries: most events

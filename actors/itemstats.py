@@ -297,12 +297,13 @@ def _read_and_clear(
     out: np.ndarray,
     touched: np.ndarray,
     counts: np.ndarray,
+    best: np.ndarray,
     items: np.ndarray,
     raw: bool,
     result: np.ndarray,
 ) -> None:
-    """Scores of ``items`` into ``result`` (normalised unless ``raw``), ``out`` back to zero."""
-    best = _maxima(out, touched, counts)
+    """Scores of ``items`` into ``result`` (divided by the signal's maximum ``best`` unless
+    ``raw``; none from a signal whose maximum is 0), ``out`` back to zero."""
     for s in range(out.shape[0]):
         if best[s] > 0.0:
             scale = 1.0 if raw else best[s]
@@ -352,7 +353,8 @@ def _scores_events(
             inv_sqrt_count, mk_total, out, touched,
         )  # fmt: skip
         lo, hi = items_ptr[e], items_ptr[e + 1]
-        _read_and_clear(out, touched, counts, items[lo:hi], raw, result[:, lo:hi])
+        best = _maxima(out, touched, counts)
+        _read_and_clear(out, touched, counts, best, items[lo:hi], raw, result[:, lo:hi])
     return result
 
 
@@ -389,12 +391,7 @@ def _raw_scores_and_totals(
             totals[s] += value
             best[s] = max(best[s], value)
     result = np.zeros((out.shape[0], items.shape[0]))
-    for s in range(out.shape[0]):
-        for i in range(items.shape[0] if best[s] > 0.0 else 0):
-            if 0 <= items[i] < out.shape[1]:
-                result[s, i] = out[s, items[i]]
-        for t in range(counts[s]):
-            out[s, touched[s, t]] = 0.0
+    _read_and_clear(out, touched, counts, best, items, True, result)
     return result, best, totals
 
 

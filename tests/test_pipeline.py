@@ -453,13 +453,15 @@ def test_rank_flags_keep_every_nth_interaction_no_closer_than_the_gap() -> None:
     assert stream.last_ranked == 99
     # a gap no wider than every changes nothing: every 3rd interaction
     again = StreamPosition()
-    assert np.array_equal(again.rank_flags(events, every=3, min_gap=3), again_flags(events, 3))
+    assert np.array_equal(
+        again.rank_flags(events, every=3, min_gap=3), every_nth_interaction(events, 3)
+    )
     restored = StreamPosition()
     restored.load_state({**stream.to_state()})
     assert restored.rank_flags(events[:20], every=3, min_gap=7).nonzero()[0].tolist() == [7, 16]
 
 
-def again_flags(events: list[Event], every: int) -> np.ndarray:
+def every_nth_interaction(events: list[Event], every: int) -> np.ndarray:
     ordinals = np.cumsum([e.user is not None for e in events])
     return np.array([e.user is not None for e in events]) & (ordinals % every == 0)
 
