@@ -2,8 +2,9 @@
 
 Ingest goes through ``System.ingest`` in this process, as the daemon's HTTP handler
 calls it: ``--items`` item upserts, then requests of 1,000 labelled interaction
-events with ``wait=True`` (the load test's traffic: Zipf-popular items, 10,000 users,
-a device context).  Each round times the same requests under three settings of
+events with ``wait=True``, the load test's traffic (``loadtest.make_traffic``: items
+with genres and a price, clicks on Zipf-popular items by 10,000 users with an age and
+a device).  Each round times the same requests under three settings of
 ``[training]``, in turn:
 
 * ``off``: ``rank_eval_every = 0``, no ranking evaluation (the learning alone);
@@ -27,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from benchutil import machine, median
+from loadtest import make_traffic
 
 from runtime import Config, System
 
@@ -39,28 +40,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def traffic(items: int, requests: int, seed: int = 7) -> tuple[list[Any], list[list[Any]]]:
-    rng = np.random.default_rng(seed)
-    genres = [f"g{g}" for g in range(12)]
-    catalog = [
-        {"item": f"i{i}", "item_features": {"genre": list(rng.choice(genres, 2, False))}}
-        for i in range(items)
-    ]
-    popular = np.minimum(rng.zipf(1.3, requests * 1000), items) - 1
-    users = rng.integers(0, 10_000, requests * 1000)
-    bodies = [
-        [
-            {
-                "user": f"u{users[r * 1000 + e]}",
-                "item": f"i{popular[r * 1000 + e]}",
-                "label": int(rng.random() < 0.3),
-                "context": {"device": f"d{int(rng.integers(3))}"},
-            }
-            for e in range(1000)
-        ]
-        for r in range(requests)
-    ]
-    return catalog, bodies
+def traffic(items: int, requests: int) -> tuple[list[Any], list[list[Any]]]:
+    """The load test's item upserts and event bodies (``loadtest.make_traffic``), decoded."""
+    args = argparse.Namespace(
+        items=items, users=10_000, bodies=requests, batch_size=1000, seed=7, body="json"
+    )
+    made = make_traffic(args)
+    catalog = [item for body in made.item_bodies for item in json.loads(body)]
+    return catalog, [json.loads(body) for body in made.event_bodies]
 
 
 async def learned_per_second(
