@@ -322,7 +322,8 @@ def _string_column(array: Any) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    array = pc.fill_null(array, "")
+    if array.null_count:
+        array = pc.fill_null(array, "")
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if array.type == pa.large_string():
@@ -335,6 +336,15 @@ def _string_column(array: Any) -> tuple[np.ndarray, np.ndarray]:
         np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     )
     return data, offsets
+
+
+def _string_rows(
+    column: tuple[np.ndarray, np.ndarray], lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``lo..hi`` of a (buffer, offsets) column: a view of the buffer, offsets from 0."""
+    data, offsets = column
+    start, end = int(offsets[lo]), int(offsets[hi])
+    return data[start:end], offsets[lo : hi + 1].astype(np.int64) - start
 
 
 def _log_bins(column: Any) -> Any:
@@ -405,45 +415,61 @@ def read_ctr_tsv(
                 row = {n: table.column(n)[int(i)].as_py() for n in names}
                 rejected.append((f"label must be 0 or 1, got {row['label']!r}", json.dumps(row)))
             table = table.filter(good)
+        block = _CTRBlock.of(table, names, ints)
         for lo in range(0, table.num_rows, batch_size):
-            yield _ctr_chunk(table.slice(lo, batch_size), names, ints, rejected if lo == 0 else [])
+            hi = min(lo + batch_size, table.num_rows)
+            yield block.chunk(lo, hi, rejected if lo == 0 else [])
         if table.num_rows == 0 and rejected:
             yield Chunk(None, rejected)
 
 
-def _ctr_chunk(
-    table: Any, names: list[str], ints: set[str], rejected: list[tuple[str, str]]
-) -> Chunk:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+@dataclass
+class _CTRBlock:
+    """A block of a CTR log converted to columns once; :meth:`chunk` slices it with numpy.
 
-    n = table.num_rows
-    users = table.column("user").to_pylist() if "user" in names else []
-    items = table.column("item").to_pylist() if "item" in names else []
-    col_names, col_data, col_off = [], [], []
-    for name in names:
-        if name in ("label", "user", "item"):
-            continue
-        column = table.column(name)
-        if name in ints:
-            column = _log_bins(column)
-        data, offsets = _string_column(column)
-        col_names.append(name)
-        col_data.append(data)
-        col_off.append(offsets)
-    label = np.asarray(pc.cast(table.column("label"), pa.int8()))
-    batch = EventBatch(
-        seq=-1,
-        users=users,
-        items=items,
-        kind=np.full(n, INTERACTION, np.uint8),
-        ts=np.full(n, math.nan),
-        label=label.astype(np.int8),
-        weight=np.ones(n),
-        rank_eval=np.zeros(n, bool),
-        feat_ptr=np.zeros(n + 1, np.int64),
-        col_names=col_names,
-        col_data=col_data,
-        col_off=col_off,
-    )
-    return Chunk(batch, rejected, n)
+    Converting per batch took some 200 short pyarrow calls per Criteo batch, each
+    releasing and taking back the GIL: while the pipeline learned on the main thread,
+    every one of them waited for it, and at ``--batch-size 1`` the reader thread fell
+    to ~3 ms per batch (bench/README.md)."""
+
+    users: list[Any]
+    items: list[Any]
+    labels: np.ndarray
+    col_names: list[str]
+    columns: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, table: Any, names: list[str], ints: set[str]) -> _CTRBlock:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        features = [name for name in names if name not in ("label", "user", "item")]
+        return cls(
+            users=table.column("user").to_pylist() if "user" in names else [],
+            items=table.column("item").to_pylist() if "item" in names else [],
+            labels=np.asarray(pc.cast(table.column("label"), pa.int8())).astype(np.int8),
+            col_names=features,
+            columns=[
+                _string_column(_log_bins(table.column(n)) if n in ints else table.column(n))
+                for n in features
+            ],
+        )
+
+    def chunk(self, lo: int, hi: int, rejected: list[tuple[str, str]]) -> Chunk:
+        n = hi - lo
+        columns = [_string_rows(column, lo, hi) for column in self.columns]
+        batch = EventBatch(
+            seq=-1,
+            users=self.users[lo:hi],
+            items=self.items[lo:hi],
+            kind=np.full(n, INTERACTION, np.uint8),
+            ts=np.full(n, math.nan),
+            label=self.labels[lo:hi].copy(),
+            weight=np.ones(n),
+            rank_eval=np.zeros(n, bool),
+            feat_ptr=np.zeros(n + 1, np.int64),
+            col_names=list(self.col_names),
+            col_data=[data for data, _ in columns],
+            col_off=[offsets for _, offsets in columns],
+        )
+        return Chunk(batch, rejected, n)

@@ -12,6 +12,7 @@ from actors.batching import slice_strings
 from actors.readers import (
     Chunk,
     protocol_flags,
+    read_ctr_tsv,
     read_movielens,
     read_movietweetings,
     read_rechorus,
@@ -168,3 +169,42 @@ def test_a_movielens_line_that_cannot_be_read_is_rejected_with_its_line(tmp_path
         "7",
         "8",
     ]
+
+
+def _ctr_rows(chunks: list[Chunk]) -> list[tuple[int, str, str, tuple[str, ...]]]:
+    """(label, user, item, feature values) of every row the chunks carry."""
+    rows = []
+    for chunk in chunks:
+        batch = chunk.batch
+        assert batch is not None
+        columns = [
+            slice_strings(data, off, 0, len(off) - 1)
+            for data, off in zip(batch.col_data, batch.col_off, strict=True)
+        ]
+        for r in range(len(batch)):
+            values = tuple(column[r] for column in columns)
+            rows.append((int(batch.label[r]), batch.users[r], batch.items[r], values))
+    return rows
+
+
+def test_ctr_tsv_chunks_carry_every_row_across_blocks_and_batch_sizes(tmp_path: Path) -> None:
+    """Blocks are converted once and sliced per batch: every row arrives whole, in order,
+    whatever the block and batch sizes, and a bad label is rejected in its own block."""
+    lines = ["label\tuser\titem\tcolour\tsize"]
+    expected = []
+    for r in range(300):
+        colour, size = f"c{r % 7}" * (r % 4), "é" * (r % 3) + str(r)
+        label = r % 2
+        lines.append(f"{label}\tu{r % 11}\ti{r % 13}\t{colour}\t{size}")
+        expected.append((label, f"u{r % 11}", f"i{r % 13}", (colour, size)))
+    lines.insert(150, "7\tu0\ti0\tx\ty")
+    log = tmp_path / "clicks.tsv"
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for batch_size in (1, 7, 256):
+        for block_size in (512, 1 << 22):
+            chunks = list(read_ctr_tsv(log, False, batch_size, block_size))
+            rejected = [reason for chunk in chunks for reason, _ in chunk.rejected]
+            assert rejected == ["label must be 0 or 1, got '7'"]
+            kept = [chunk for chunk in chunks if chunk.batch is not None]
+            assert all(len(chunk.batch) <= batch_size for chunk in kept if chunk.batch)
+            assert _ctr_rows(kept) == expected, (batch_size, block_size)
