@@ -25,7 +25,7 @@ from actors.features import (
     UserState,
     with_history,
 )
-from actors.murmur import encode_strings, hash_slices_one_seed
+from actors.murmur import encode_strings, hash_columns, hash_slices_one_seed
 from runtime.actor import Actor
 from runtime.messages import (
     INTERACTION,
@@ -151,11 +151,8 @@ class Featurizer:
     def _hash_dense(self, batch: EventBatch) -> np.ndarray:
         if not batch.col_names:
             return np.zeros((0, 0), np.uint32)
-        columns = [
-            hash_slices_one_seed(data, off, self.space.ns_hash(name))
-            for name, data, off in zip(batch.col_names, batch.col_data, batch.col_off, strict=True)
-        ]
-        return np.stack(columns, axis=1)
+        seeds = [self.space.ns_hash(name) for name in batch.col_names]
+        return hash_columns(list(zip(batch.col_data, batch.col_off, strict=True)), seeds)
 
     def _plan_catalog(self, batch: EventBatch, prepared: PreparedBatch) -> None:
         """Each item event's write, in stream order (see :class:`PreparedBatch`)."""

@@ -15,6 +15,7 @@ from actors.murmur import (
     encode_strings,
     fmix32,
     hash_arrow_strings,
+    hash_columns,
     hash_slices,
     hash_slices_one_seed,
     murmur3_32,
@@ -146,6 +147,48 @@ def test_hash_slices_empty_batch() -> None:
     data = np.zeros(0, dtype=np.uint8)
     assert hash_slices(data, np.zeros(1, np.int64), np.zeros(0, np.uint32)).shape == (0,)
     assert hash_slices_one_seed(data, np.zeros(1, np.int64), 7).shape == (0,)
+
+
+@SETTINGS
+@given(
+    st.integers(0, 6).flatmap(
+        lambda rows: st.lists(
+            st.tuples(st.lists(blobs_st, min_size=rows, max_size=rows), st.binary(max_size=5)),
+            min_size=1,
+            max_size=6,
+        )
+    ),
+    st.data(),
+)
+def test_hash_columns_matches_mmh3_per_column(
+    columns: list[tuple[list[bytes], bytes]], draw: st.DataObject
+) -> None:
+    """Each column its own seed, its own offset width, and bytes before its first row (as
+    an Arrow slice's buffer has)."""
+    seeds = draw.draw(st.lists(seeds_st, min_size=len(columns), max_size=len(columns)))
+    packed = []
+    for k, (blobs, prefix) in enumerate(columns):
+        data, offsets = _pack([prefix, *blobs])
+        packed.append((data, offsets[1:].astype(np.int32 if k % 2 else np.int64)))
+    got = hash_columns(packed, seeds)
+    assert got.dtype == np.uint32
+    assert got.shape == (len(columns[0][0]), len(columns))
+    for k, (blobs, _) in enumerate(columns):
+        assert got[:, k].tolist() == [murmur3_32(b, seeds[k]) for b in blobs]
+
+
+def test_hash_columns_rejects_bad_input() -> None:
+    data, offsets = _pack([b"ab", b"c"])
+    with pytest.raises(ValueError, match="2 column"):
+        hash_columns([(data, offsets), (data, offsets)], [1])
+    with pytest.raises(ValueError, match="different lengths"):
+        hash_columns([(data, offsets), (data, offsets[:2])], [1, 2])
+    with pytest.raises(ValueError, match="seed"):
+        hash_columns([(data, offsets)], [2**32])
+    with pytest.raises(ValueError, match="within data"):
+        hash_columns([(data, offsets), (data[:2], offsets)], [1, 2])
+    assert hash_columns([], []).shape == (0, 0)
+    assert hash_columns([(data[:0], np.zeros(1, np.int64))], [3]).shape == (0, 1)
 
 
 # --- encode_strings ----------------------------------------------------------------------------
