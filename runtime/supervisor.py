@@ -18,7 +18,6 @@ hang, and the owner re-raises it when its scope ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
@@ -58,6 +57,8 @@ class Supervisor:
         self._children: list[Service] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_failure: list[Callable[[BaseException], None]] = []
+        self._guarded: dict[asyncio.Task[Any], int] = {}  # tasks in guard(), how deep
+        self._failed_waiters: set[asyncio.Task[Any]] = set()
 
     @property
     def running(self) -> bool:
@@ -109,19 +110,41 @@ class Supervisor:
             raise SystemFailed(f"{self.name}: not running (use 'async with' or start())")
 
     async def guard(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable``, but raise SystemFailed at once if the system fails meanwhile."""
-        task = asyncio.ensure_future(awaitable)
-        failed = asyncio.ensure_future(self.failed.wait())
+        """Await ``awaitable``, but raise SystemFailed at once if the system fails meanwhile.
+
+        The caller's own task awaits it (no task per call: this is on every batch's path);
+        a crash cancels the guarded tasks, and the cancellation turns into the error."""
         try:
-            await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+            self.check()
+        except SystemFailed:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()
+            raise
+        waiter = asyncio.current_task()
+        if waiter is None:
+            raise RuntimeError("guard() must be awaited from a task")
+        self._guarded[waiter] = self._guarded.get(waiter, 0) + 1
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if self._forget_cancel(waiter):
+                self.check()  # raises: the system failed
+            raise
         finally:
-            failed.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            depth = self._guarded.pop(waiter) - 1
+            if depth:
+                self._guarded[waiter] = depth
+        self._forget_cancel(waiter)  # the crash's cancel, if the awaitable finished anyway
         self.check()
-        return task.result()
+        return result
+
+    def _forget_cancel(self, waiter: asyncio.Task[Any]) -> bool:
+        """Take back the cancel a crash sent ``waiter``; whether there was one."""
+        if waiter not in self._failed_waiters:
+            return False
+        self._failed_waiters.discard(waiter)
+        waiter.uncancel()
+        return True
 
     async def wait_failed(self) -> BaseException:
         """The first crash (for a daemon's main loop)."""
@@ -146,6 +169,9 @@ class Supervisor:
         self.failure = error
         log.error("%s: crashed: %r", self.name, error, exc_info=error)
         self.failed.set()
+        for waiter in self._guarded:
+            self._failed_waiters.add(waiter)
+            waiter.cancel()
         for callback in self._on_failure:
             callback(error)
 

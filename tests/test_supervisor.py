@@ -66,6 +66,37 @@ async def test_the_first_crash_cancels_the_rest_and_fails_waiters() -> None:
     await supervisor.stop()
 
 
+async def test_a_crash_fails_a_pending_guarded_wait_and_leaves_its_task_usable() -> None:
+    supervisor = Supervisor("test")
+    crash = asyncio.Event()
+
+    class Crasher(Recorder):
+        async def _run(self) -> None:
+            await crash.wait()
+            raise RuntimeError("late crash")
+
+    await supervisor.start([Crasher("c", [])])
+    assert await supervisor.guard(asyncio.sleep(0, "done")) == "done"
+    outcome: list[str] = []
+
+    async def waiter() -> None:
+        try:  # guarded twice, as a guarded call that itself guards
+            await supervisor.guard(supervisor.guard(asyncio.Event().wait()))
+        except SystemFailed as error:
+            outcome.append(str(error))
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the crash's cancel taken back
+        await asyncio.sleep(0)  # and not delivered later
+        outcome.append("still running")
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    crash.set()
+    await asyncio.wait_for(task, 10)
+    assert len(outcome) == 2 and "late crash" in outcome[0] and outcome[1] == "still running"
+    await supervisor.stop()
+
+
 async def test_an_ingest_waiting_on_learning_gets_a_503_with_the_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
