@@ -29,12 +29,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import FreshrankError
 from runtime.recommendations import Recommendations
+
+if TYPE_CHECKING:  # imported on first use: the sync client and the CLI do without it
+    import aiohttp
 
 RETRIED = frozenset({429, 503})
 ANSWERED = frozenset({200, 422})  # 422: an ingest whose every event was refused, with reasons
@@ -182,6 +183,8 @@ class AsyncClient(_Settings):
     _session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncClient:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self._session = aiohttp.ClientSession(headers=self.headers, timeout=timeout)
         return self
@@ -265,6 +268,8 @@ class AsyncClient(_Settings):
         return body
 
     async def _send(self, call: Call) -> Any:
+        import aiohttp
+
         if self._session is None:
             raise RuntimeError("use the client as 'async with AsyncClient(...) as client'")
         for attempt in range(self.retry.attempts):
