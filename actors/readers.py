@@ -18,6 +18,7 @@ import numpy as np
 
 from actors.batching import batch_from_events
 from actors.events import Event, EventLimits, Feature, InvalidEvent, validate_event
+from runtime.bodies import loads as strict_loads
 from runtime.messages import INTERACTION, EventBatch
 
 CRITEO_INTS = [f"I{i}" for i in range(1, 14)]
@@ -299,7 +300,7 @@ def read_jsonl(
             if not line.strip():
                 continue
             try:
-                event = validate_event(json.loads(line), limits)
+                event = validate_event(strict_loads(line), limits)
             except (ValueError, InvalidEvent) as error:
                 rejected.append((f"line {number}: {error}", line[:8192].decode("utf-8", "replace")))
                 continue

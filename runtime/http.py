@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import re
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from actors.exploration import ExplorationError
 from actors.filters import ItemFilter
 from runtime.admission import Admission, Overload, Ticket
-from runtime.bodies import parse_json_array, parse_ndjson
+from runtime.bodies import DuplicateKey, loads, parse_json_array, parse_ndjson
 from runtime.codec import CodecError, Limits, decode
 from runtime.dashboard import add_dashboard
 from runtime.errors import BadRequest
@@ -251,8 +250,10 @@ async def get_recommend(request: web.Request) -> web.Response:
     context = None
     if "context" in request.query:
         try:
-            context = json.loads(request.query["context"])
-        except (ValueError, RecursionError):  # also ints over 4300 digits, deep nesting
+            context = loads(request.query["context"])
+        except DuplicateKey as error:
+            return _error(400, f"'context': {error}")
+        except ValueError:  # also ints over 4300 digits, deep nesting
             return _error(400, "'context' must be a JSON object")
         if isinstance(context, dict) and len(context) > limits.max_context_keys:
             return _error(
@@ -280,8 +281,10 @@ def _filter_param(request: web.Request) -> ItemFilter | None:
     if "filter" not in request.query:
         return None
     try:
-        value = json.loads(request.query["filter"])
-    except (ValueError, RecursionError):
+        value = loads(request.query["filter"])
+    except DuplicateKey as error:
+        raise BadRequest(f"'filter': {error}") from None
+    except ValueError:  # also ints over 4300 digits, deep nesting
         raise BadRequest("'filter' must be a JSON object") from None
     return item_filter(value)
 

@@ -12,7 +12,6 @@ takes them), each with where it is in the file, or the reason it cannot be sent.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, TextIO
 
 from actors.events import FEATURE_GROUPS, event_object
 from actors.readers import movielens_log
+from runtime.bodies import DuplicateKey, loads
 from runtime.errors import BadInput
 
 IMPORT_FORMATS = ("jsonl", "csv", "movielens")
@@ -49,7 +49,9 @@ def jsonl_records(path: Path) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                yield f"line {number}", json.loads(line)
+                yield f"line {number}", loads(line)
+            except DuplicateKey as error:
+                yield f"line {number}", Refused(str(error))
             except ValueError as error:
                 yield f"line {number}", Refused(f"not JSON: {error}")
 

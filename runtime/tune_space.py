@@ -7,13 +7,13 @@ keys against the Config, and applying or reading one setting of a config dict.
 from __future__ import annotations
 
 import copy
-import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from runtime.bodies import loads
 from runtime.config import Config, ConfigError, ModelConfig
 
 Space = dict[str, list[Any]]
@@ -64,7 +64,7 @@ def load_space(path: str | Path) -> Space:
     except OSError as error:
         raise ConfigError(f"search space {path}: {error.strerror or error}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        data = loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
         kind = "JSON" if path.suffix == ".json" else "TOML"
         raise ConfigError(f"search space {path}: not valid {kind}: {error}") from None

@@ -148,6 +148,10 @@ async def test_filters_over_http_and_the_client(system: System) -> None:
         assert resp.status == 200 and [it["item"] for it in (await resp.json())["items"]] == direct
         bad = await http.get("/v1/recommend", params={"user": "ann", "filter": "{nope"})
         assert bad.status == 400 and "'filter' must be a JSON object" in (await bad.json())["error"]
+        twice = '{"exclude": {"brand": ["b0"]}, "exclude": {"brand": ["b1"]}}'
+        bad = await http.get("/v1/recommend", params={"user": "ann", "filter": twice})
+        reason = (await bad.json())["error"]
+        assert bad.status == 400 and reason == "'filter': duplicate key 'exclude'"
         bad = await http.post("/v1/recommend", json={"user": "ann", "filter": {"max_per": 3}})
         body = await bad.json()
         assert bad.status == 400 and "filter 'max_per' must be an object" in body["error"]

@@ -459,6 +459,7 @@ async def test_recommend_limits(start: Start) -> None:
     # both were a 500: json.loads raises ValueError / RecursionError, not JSONDecodeError
     assert (await status(context='{"a": 1' + "0" * 5000 + "}"))[0] == 400
     assert (await status(context="[" * 1300 + "]" * 1300))[0] == 400  # URL under 8190 bytes
+    assert await status(context='{"a": 1, "a": 2}') == (400, "'context': duplicate key 'a'")
 
 
 async def test_body_over_the_limit_is_a_json_413(start: Start) -> None:

@@ -29,6 +29,7 @@ LINES = [
     json.dumps({"user": "bob", "item": "i2", "label": 7}),  # refused by the daemon
     json.dumps({"user": "bob", "item": "i3"}),
 ]
+TWICE = '{"user": "bob", "item": "i4", "item": "i5"}'  # one of the items would be lost
 
 
 def daemon() -> AbstractAsyncContextManager[tuple[System, str]]:
@@ -53,12 +54,13 @@ async def test_every_line_is_sent_learned_or_refused_with_its_line(
 ) -> None:
     system, url = served
     log = tmp_path / "events.jsonl"
-    log.write_text("\n".join(LINES) + "\n")
+    log.write_text("\n".join([*LINES, TWICE]) + "\n")
     summary = await asyncio.to_thread(import_jsonl, log, patient(url), 3)
-    assert (summary.lines, summary.sent, summary.accepted, summary.rejected) == (9, 8, 7, 2)
+    assert (summary.lines, summary.sent, summary.accepted, summary.rejected) == (10, 8, 7, 3)
     assert summary.requests == 3
     assert summary.refusals[0].startswith("line 8: not JSON")
-    assert summary.refusals[1].startswith("line 9: ") and "label" in summary.refusals[1]
+    assert summary.refusals[1] == "line 11: duplicate key 'item'"  # refused before sending
+    assert summary.refusals[2].startswith("line 9: ") and "label" in summary.refusals[2]
     assert system.statistics()["trainer"]["events"] == 2
     assert len(system.catalog) == 5
 

@@ -65,14 +65,16 @@ def test_jsonl_replay_dead_letters_bad_lines(tmp_path: Path) -> None:
     ]
     lines.insert(50, "{not json")
     lines.insert(80, json.dumps({"user": "u1", "item": "i1", "label": 7}))
+    lines.insert(120, '{"user": "u1", "item": "i1", "label": 0, "label": 1}')
     log.write_text("\n".join(lines) + "\n")
     result = replay(tmp_path, str(log), "--format", "jsonl", "--no-progress")
-    assert result["events"] == 200 and result["rejected"] == 2
+    assert result["events"] == 200 and result["rejected"] == 3
     assert result["labelled"] == 200
     records = [json.loads(line) for line in (tmp_path / "dlq.jsonl").read_text().splitlines()]
     reasons = sorted(r["reason"] for r in records)
-    assert len(records) == 2
-    assert reasons[0].startswith("line 51:") and "label" in reasons[1]
+    assert len(records) == 3
+    assert reasons[0] == "line 121: duplicate key 'label'"
+    assert reasons[1].startswith("line 51:") and "label" in reasons[2]
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

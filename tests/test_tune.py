@@ -147,6 +147,9 @@ def test_space_file_and_set_flags(tmp_path: Path) -> None:
         build_space(Config(), None, ["ftrl.alfa=0.1"])
     with pytest.raises(ConfigError, match="key=v1,v2"):
         parse_set("ftrl.alpha")
+    (tmp_path / "twice.json").write_text('{"ftrl.beta": [1], "ftrl.beta": [2]}')
+    with pytest.raises(ConfigError, match=r"not valid JSON: duplicate key 'ftrl\.beta'"):
+        load_space(tmp_path / "twice.json")
 
 
 def test_default_space_has_factors_only_when_the_model_has_them() -> None:
