@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from actors.events import Unparsable
+from runtime.codec import unique_map
 from runtime.errors import BadInput
 
 PAYLOAD_BYTES = 8192
@@ -28,15 +29,12 @@ class DuplicateKey(BadInput, ValueError):
     """A JSON object names one key twice."""
 
 
+def _repeated_key(key: str) -> DuplicateKey:
+    return DuplicateKey(f"duplicate key {key!r}")
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKey(f"duplicate key {key[:64]!r}")
-            seen.add(key)
-    return obj
+    return unique_map(pairs, _repeated_key)
 
 
 def loads(text: str | bytes) -> Any:

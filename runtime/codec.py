@@ -328,11 +328,34 @@ def _make_ext_hook(limits: Limits) -> Callable[[int, bytes], object]:
     return ext_hook
 
 
+def unique_map(
+    pairs: list[tuple[Any, Any]], repeated: Callable[[str], Exception]
+) -> dict[Any, Any]:
+    """A map from its key-value pairs; a key given twice raises ``repeated(key)`` (decoders
+    would keep its last value and drop the first without a word)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[Any] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise repeated(str(key)[:64])
+            seen.add(key)
+    return obj
+
+
+def _repeated_map_key(key: str) -> CodecError:
+    return CodecError(f"duplicate map key {key!r}")
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return unique_map(pairs, _repeated_map_key)
+
+
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> object:
     """Deserialise one msgpack object from ``data`` (possibly untrusted).
 
     Any failure — wrong input type, oversize input, corrupt or truncated bytes,
-    trailing data, a length above ``limits``, non-str/bytes map keys, an unknown
+    trailing data, a length above ``limits``, non-str/bytes or repeated map keys, an unknown
     ext code, a bad ndarray payload — raises :class:`CodecError`.  Decoded
     numpy arrays are read-only.
     """
@@ -357,6 +380,7 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
             raw=False,
             strict_map_key=True,
             use_list=True,
+            object_pairs_hook=_unique_keys,
             ext_hook=_make_ext_hook(limits),
             max_str_len=limits.max_str_len,
             max_bin_len=limits.max_bin_len,

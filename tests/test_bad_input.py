@@ -471,6 +471,16 @@ UNUSABLE = [
         Unusable(encode(42), MSGPACK, 400, ("msgpack array", "int"), 1),
         id="msgpack-not-an-array",
     ),
+    pytest.param(  # [{"user": "u", "item": "i", "item": "j"}]: one item would be lost
+        Unusable(
+            b"\x91\x83" + b"".join(encode(s) for s in ("user", "u", "item", "i", "item", "j")),
+            MSGPACK,
+            400,
+            ("msgpack", "duplicate map key 'item'"),
+            1,
+        ),
+        id="msgpack-duplicate-key",
+    ),
     pytest.param(
         Unusable(
             json.dumps(

@@ -740,3 +740,14 @@ def test_a_large_array_is_encoded_as_a_view_of_its_memory() -> None:
     big = np.ones(size)
     view = encode_pieces({"a": big})[-1]
     assert isinstance(view, memoryview) and np.shares_memory(np.asarray(view), big)
+
+
+def test_a_map_key_given_twice_is_rejected_at_any_depth() -> None:
+    packer = msgpack.Packer(use_bin_type=True)
+    twice = packer.pack_map_header(2) + b"".join(packer.pack(x) for x in ("a", 1, "a", 2))
+    nested = packer.pack_array_header(2) + packer.pack({"ok": 1}) + packer.pack_map_header(1)
+    nested += packer.pack("inner") + twice
+    for data in (twice, nested):
+        with pytest.raises(CodecError, match="duplicate map key 'a'"):
+            decode(data)
+    assert decode(packer.pack({"a": 1, "b": {"a": 2}})) == {"a": 1, "b": {"a": 2}}
