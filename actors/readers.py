@@ -396,6 +396,9 @@ def read_ctr_tsv(
         header = Path(path).open(encoding="utf-8").readline().rstrip("\n").split("\t")
         if "label" not in header:
             raise ValueError(f"{path}: the header must name a 'label' column, got {header[:10]}")
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} twice")
         names = header
     convert = csv.ConvertOptions(
         column_types={n: pa.string() for n in names},

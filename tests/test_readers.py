@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from actors.batching import slice_strings
 from actors.readers import (
@@ -208,3 +209,10 @@ def test_ctr_tsv_chunks_carry_every_row_across_blocks_and_batch_sizes(tmp_path: 
             kept = [chunk for chunk in chunks if chunk.batch is not None]
             assert all(len(chunk.batch) <= batch_size for chunk in kept if chunk.batch)
             assert _ctr_rows(kept) == expected, (batch_size, block_size)
+
+
+def test_ctr_tsv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "clicks.tsv"
+    log.write_text("label\tcolour\tsize\tcolour\n1\tred\tS\tblue\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="the header names 'colour' twice"):
+        list(read_ctr_tsv(log, False))
