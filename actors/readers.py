@@ -364,6 +364,18 @@ def _log_bins(column: Any) -> Any:
     return pc.if_else(is_int, pc.cast(numeric, pa.string()), column)
 
 
+def _tsv_header(path: str | Path) -> list[str]:
+    """The column names of a TSV log's first line: a ``label`` column, no name twice."""
+    with Path(path).open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+    if "label" not in header:
+        raise ValueError(f"{path}: the header must name a 'label' column, got {header[:10]}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} twice")
+    return header
+
+
 def read_ctr_tsv(
     path: str | Path, criteo: bool, batch_size: int = 8192, block_size: int = 1 << 22
 ) -> Iterator[Chunk]:
@@ -393,13 +405,7 @@ def read_ctr_tsv(
     read_opts = csv.ReadOptions(block_size=block_size, column_names=names, use_threads=True)
     parse_opts = csv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=invalid)
     if names is None:
-        header = Path(path).open(encoding="utf-8").readline().rstrip("\n").split("\t")
-        if "label" not in header:
-            raise ValueError(f"{path}: the header must name a 'label' column, got {header[:10]}")
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        if repeated:
-            raise ValueError(f"{path}: the header names {', '.join(map(repr, repeated))} twice")
-        names = header
+        names = _tsv_header(path)
     convert = csv.ConvertOptions(
         column_types={n: pa.string() for n in names},
         strings_can_be_null=False,
