@@ -149,8 +149,6 @@ class Featurizer:
         )
 
     def _hash_dense(self, batch: EventBatch) -> np.ndarray:
-        if not batch.col_names:
-            return np.zeros((0, 0), np.uint32)
         seeds = [self.space.ns_hash(name) for name in batch.col_names]
         return hash_columns(list(zip(batch.col_data, batch.col_off, strict=True)), seeds)
 
