@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -136,3 +137,19 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
         lifecycle=take_optional(batch.lifecycle, rows),
         expires_at=take_optional(batch.expires_at, rows),
     )
+
+
+def split_at_rankings(batch: EventBatch) -> list[EventBatch]:
+    """The batch cut before each event it ranks, the first event aside.
+
+    A batch's rankings score the catalog with the weights as of the batch's start (the
+    learning inside a batch is per event, the catalog's scores are not), so an event
+    ranked in the middle of a batch would not see the events before it.  Starting a
+    batch at every ranked event makes each ranking see every earlier event, whatever
+    the batch size; batches without rankings stay whole.
+    """
+    cuts = np.flatnonzero(batch.rank_eval[1:]) + 1
+    if cuts.size == 0:
+        return [batch]
+    bounds = [0, *cuts.tolist(), len(batch)]
+    return [take_events(batch, np.arange(lo, hi, dtype=np.int64)) for lo, hi in pairwise(bounds)]

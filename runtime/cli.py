@@ -144,6 +144,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         config.training.shards = args.shards
     if args.batch_size is not None:
         config.training.batch_size = args.batch_size
+    if args.exact_rankings:
+        config.training.exact_rankings = True
     config.training.check()
     if not Path(args.path).exists():
         print(f"freshrank replay: {args.path} does not exist", file=sys.stderr)
@@ -269,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", help="also write the result object to this file")
     rp.add_argument("--shards", type=int, help="learner shards (overrides the config)")
     rp.add_argument("--batch-size", type=int, help="events per batch (overrides the config)")
+    rp.add_argument(
+        "--exact-rankings",
+        action="store_true",
+        help="a ranked event starts a new batch: HR@k and NDCG@k do not depend on the batch"
+        " size (training.exact_rankings; slower)",
+    )
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.add_argument(
         "--cluster", action="store_true", help="publish to the config's Kafka topics instead"

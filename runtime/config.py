@@ -191,6 +191,9 @@ class TrainingConfig:
     # the factor terms walked event by event like the linear part (with FTRL); off: a
     # batch's factor gradients are summed and applied once, with the weights from before it
     exact_factors: bool = True
+    # a ranked event starts a new batch, so its ranking sees every earlier event and the
+    # progressive HR@k / NDCG@k do not depend on the batch size (one batch per ranking)
+    exact_rankings: bool = False
 
     def check(self) -> None:
         _require(1 <= self.relevant_next <= 1000, "training.relevant_next", "must be in 1..1000",
@@ -671,7 +674,9 @@ class FeedbackConfig:
 
 
 VARIANT_SECTIONS = ("model", "ftrl", "optimizer", "training", "sequence", "candidates")
-SHARED_BY_VARIANTS = {"training": ("batch_size", "rank_eval_every", "rank_eval_rows", "rank_k")}
+SHARED_BY_VARIANTS = {
+    "training": ("batch_size", "rank_eval_every", "rank_eval_rows", "rank_k", "exact_rankings")
+}
 """The sections a variant may change: what its model is and how it learns.  The rest
 (ingest, HTTP, state, labels, feedback, ...) belongs to the process all variants share."""
 

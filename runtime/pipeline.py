@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.batching import batch_from_events
+from actors.batching import batch_from_events, split_at_rankings
 from actors.deadletters import DeadLetterSink
 from actors.events import Event
 from actors.featurizer import HasherActor
@@ -73,18 +73,20 @@ class Pipeline:
         )
 
     async def submit(self, batch: EventBatch) -> int:
-        """Queue a batch; returns its sequence number."""
+        """Queue a batch (with ``training.exact_rankings``, cut before each event it
+        ranks: :func:`split_at_rankings`); returns the sequence number of its last part."""
         self.supervisor.check()
         async with self._submit_lock:  # sequence numbers reach the queue in order
-            stream = self.model.stream
-            stream.seq += 1
-            batch.seq = stream.seq
             batch.created_at = batch.created_at or self.clock()
             untimed = np.isnan(batch.ts)
             if untimed.any():  # an event without a time happened when it arrived
                 batch.ts = np.where(untimed, batch.created_at, batch.ts)
-            await self.supervisor.guard(self.events.send(batch))
-        return batch.seq
+            exact = self.model.config.training.exact_rankings
+            for part in split_at_rankings(batch) if exact else [batch]:
+                self.model.stream.seq += 1
+                part.seq = self.model.stream.seq
+                await self.supervisor.guard(self.events.send(part))
+        return self.model.stream.seq
 
     async def learn(self, events: Sequence[Event], prescores: Sequence[float] | None) -> int | None:
         """Queue events in batches; the last batch's sequence number (None: no events)."""

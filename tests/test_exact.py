@@ -261,18 +261,24 @@ async def test_how_far_the_featurizer_runs_ahead_never_changes_what_is_learned()
             np.testing.assert_array_equal(ahead[part][key], state[key], err_msg=f"{part} {key}")
 
 
-async def test_sampled_negatives_do_not_depend_on_the_batch_size() -> None:
-    """Implicit feedback (sampled negatives, sequence signals, factor terms): what is
-    learned is the same at any batch size, since an event's negatives are drawn from
-    its place in the stream, not from its batch (every item known from the start)."""
-    sim = Simulator(SimulatorConfig(seed=5, n_users=30, n_items=40))
+def simulated_clicks(seed: int, events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The simulator's items, and its clicks on them one second apart."""
+    sim = Simulator(SimulatorConfig(seed=seed, n_users=30, n_items=40))
     items = sim.items()
     known = {e["item"] for e in items}
     clicks = [
         {"ts": 1_700_000_000.0 + k, "user": e["user"], "item": e["item"]}
-        for k, e in enumerate(sim.next_batch(700))
+        for k, e in enumerate(sim.next_batch(events))
         if "user" in e and e["item"] in known
     ]
+    return items, clicks
+
+
+async def test_sampled_negatives_do_not_depend_on_the_batch_size() -> None:
+    """Implicit feedback (sampled negatives, sequence signals, factor terms): what is
+    learned is the same at any batch size, since an event's negatives are drawn from
+    its place in the stream, not from its batch (every item known from the start)."""
+    items, clicks = simulated_clicks(seed=5, events=700)
     states = []
     for batch_size in (1, 37, 256):
         config = Config.from_dict({"model": {"bits": 16}, "state": {"restore": False},
@@ -287,3 +293,33 @@ async def test_sampled_negatives_do_not_depend_on_the_batch_size() -> None:
         for got, want in zip((weights, factors), states[0], strict=True):
             for key in want:
                 np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-9, err_msg=key)
+
+
+async def test_every_ranking_sees_every_earlier_event_at_any_batch_size() -> None:
+    """With ``training.exact_rankings`` the progressive ranking of an event scores the
+    catalog with weights that include every event before it, so each evaluated event gets
+    the same rank at any batch size (without it, a batch's rankings see only the batches
+    before it)."""
+    items, clicks = simulated_clicks(seed=7, events=600)
+    ranks: dict[int, list[int | None]] = {}
+    for batch_size in (1, 37, 256):
+        config = Config.from_dict({"model": {"bits": 16}, "state": {"restore": False},
+                                   "training": {"batch_size": batch_size, "rank_eval_every": 3,
+                                                "rank_eval_rows": 0, "exact_rankings": True},
+                                   "ingest": {"dead_letter_path": ""}})  # fmt: skip
+        async with System(config) as system:
+            ranking = system.pipeline.trainer.metrics.ranking
+            seen: list[int | None] = []
+            update = ranking.update
+
+            def record(rank: int | None, update: Any = update, seen: list[Any] = seen) -> None:
+                seen.append(rank)
+                update(rank)
+
+            ranking.update = record  # type: ignore[method-assign]
+            await system.ingest(items)
+            await system.ingest(clicks)
+            ranks[batch_size] = seen
+    assert len(ranks[1]) == len(clicks) // 3
+    assert ranks[37] == ranks[1]
+    assert ranks[256] == ranks[1]
