@@ -93,9 +93,10 @@ def csr_gather(ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return new_ptr, np.repeat(starts - new_ptr[:-1], counts) + np.arange(int(new_ptr[-1]))
 
 
-def _take_strings(
+def take_strings(
     data: np.ndarray, offsets: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Entries ``rows`` of a (UTF-8 buffer, offsets) string column, as a new column."""
     new_offsets, gather = csr_gather(offsets, rows)
     if gather.size == 0:
         return np.zeros(0, np.uint8), new_offsets
@@ -106,10 +107,8 @@ def take_events(batch: EventBatch, rows: np.ndarray) -> EventBatch:
     """The events ``rows`` of a batch (in that order) as a new batch with the same metadata."""
     rows = np.asarray(rows, np.int64)
     ptr, entries = csr_gather(batch.feat_ptr, rows)
-    feat_data, feat_off = _take_strings(batch.feat_data, batch.feat_off, entries)
-    columns = [
-        _take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)
-    ]
+    feat_data, feat_off = take_strings(batch.feat_data, batch.feat_off, entries)
+    columns = [take_strings(d, o, rows) for d, o in zip(batch.col_data, batch.col_off, strict=True)]
     return EventBatch(
         seq=batch.seq,
         users=[batch.users[i] for i in rows] if batch.users else [],

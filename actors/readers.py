@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
-from actors.batching import batch_from_events
+from actors.batching import batch_from_events, take_strings
 from actors.events import Event, EventLimits, Feature, InvalidEvent, validate_event
 from runtime.bodies import loads as strict_loads
 from runtime.messages import INTERACTION, EventBatch
@@ -348,20 +349,75 @@ def _string_rows(
     return data[start:end], offsets[lo : hi + 1].astype(np.int64) - start
 
 
-def _log_bins(column: Any) -> Any:
-    """Criteo counts as categories: v > 2 becomes floor(ln(v)^2) (Kaggle winners' binning).
+def _log_bins(column: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Criteo counts as categories: v > 2 becomes 1000 + floor(ln(v)^2) (Kaggle winners'
+    binning), other integers their decimal form, on a (UTF-8 buffer, offsets) column.
 
-    A value that is not an integer stays as its own category instead of failing the batch.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    A value that is not an integer (``-?[0-9]{1,18}``) stays as its own category instead
+    of failing the batch.  Compiled rather than pyarrow's compute functions, whose scalar
+    arguments import pandas where it is installed (~0.3 s of a replay's start)."""
+    data, offsets = column
+    return _log_bin_strings(data, offsets.astype(np.int64))
 
-    is_int = pc.match_substring_regex(column, r"^-?[0-9]{1,18}$")
-    values = pc.cast(pc.if_else(is_int, column, pa.scalar("0")), pa.int64())
-    logs = pc.ln(pc.cast(pc.max_element_wise(values, 1), pa.float64()))
-    binned = pc.cast(pc.floor(pc.power(logs, 2)), pa.int64())
-    numeric = pc.if_else(pc.greater(values, 2), pc.add(binned, 1000), values)
-    return pc.if_else(is_int, pc.cast(numeric, pa.string()), column)
+
+@njit(cache=True, nogil=True)
+def _parse_int18(data: np.ndarray, lo: int, hi: int) -> tuple[int, bool]:
+    """The integer data[lo:hi] spells, if it is ``-?[0-9]{1,18}``."""
+    negative = hi > lo and data[lo] == 45  # '-'
+    start = lo + 1 if negative else lo
+    if not 1 <= hi - start <= 18:
+        return 0, False
+    value = 0
+    for i in range(start, hi):
+        digit = int(data[i]) - 48
+        if not 0 <= digit <= 9:
+            return 0, False
+        value = value * 10 + digit
+    return (-value if negative else value), True
+
+
+@njit(cache=True, nogil=True)
+def _log_bin_strings(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = offsets.shape[0] - 1
+    out = np.empty(data.shape[0] + 4 * n, np.uint8)  # a bin has at most 4 more bytes
+    out_offsets = np.zeros(n + 1, np.int64)
+    digits = np.empty(20, np.uint8)
+    pos = 0
+    for r in range(n):
+        lo, hi = offsets[r], offsets[r + 1]
+        value, is_int = _parse_int18(data, lo, hi)
+        if not is_int:
+            out[pos : pos + hi - lo] = data[lo:hi]
+            pos += hi - lo
+        else:
+            if value > 2:
+                x = math.log(float(value))
+                value = 1000 + math.floor(x * x)
+            if value < 0:
+                out[pos] = 45
+                pos += 1
+            magnitude, count = abs(value), 0
+            while True:
+                digits[count] = 48 + magnitude % 10
+                magnitude //= 10
+                count += 1
+                if magnitude == 0:
+                    break
+            for i in range(count):
+                out[pos + i] = digits[count - 1 - i]
+            pos += count
+        out_offsets[r + 1] = pos
+    return out[:pos], out_offsets
+
+
+def _ctr_labels(column: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Which values of a label column are "0" or "1", and those values as int8 (0 elsewhere)."""
+    data, offsets = column
+    if data.size == 0:
+        return np.zeros(offsets.size - 1, bool), np.zeros(offsets.size - 1, np.int8)
+    first = data[np.minimum(offsets[:-1], data.size - 1)]
+    good = (np.diff(offsets) == 1) & ((first == 48) | (first == 49))
+    return good, np.where(good, first.astype(np.int8) - 48, 0).astype(np.int8)
 
 
 def _tsv_header(path: str | Path) -> list[str]:
@@ -387,7 +443,6 @@ def read_ctr_tsv(
     Rows with the wrong number of fields or a label other than 0/1 are rejected.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     from pyarrow import csv
 
     bad_rows: list[tuple[str, str]] = []
@@ -417,19 +472,18 @@ def read_ctr_tsv(
     ints = set(CRITEO_INTS) if criteo else set()
     for record_batch in reader:
         table = pa.Table.from_batches([record_batch])
-        labels = table.column("label")
-        good = pc.or_(pc.equal(labels, "0"), pc.equal(labels, "1"))
+        good, labels = _ctr_labels(_string_column(table.column("label")))
         rejected, bad_rows[:] = list(bad_rows), []
-        if not pc.all(good).as_py():
-            for i in np.flatnonzero(~np.asarray(good)):
-                row = {n: table.column(n)[int(i)].as_py() for n in names}
-                rejected.append((f"label must be 0 or 1, got {row['label']!r}", json.dumps(row)))
-            table = table.filter(good)
-        block = _CTRBlock.of(table, names, ints)
-        for lo in range(0, table.num_rows, batch_size):
-            hi = min(lo + batch_size, table.num_rows)
+        for i in np.flatnonzero(~good):
+            row = {n: table.column(n)[int(i)].as_py() for n in names}
+            rejected.append((f"label must be 0 or 1, got {row['label']!r}", json.dumps(row)))
+        block = _CTRBlock.of(table, names, ints, labels)
+        if not good.all():
+            block = block.take(np.flatnonzero(good))
+        for lo in range(0, block.labels.size, batch_size):
+            hi = min(lo + batch_size, block.labels.size)
             yield block.chunk(lo, hi, rejected if lo == 0 else [])
-        if table.num_rows == 0 and rejected:
+        if block.labels.size == 0 and rejected:
             yield Chunk(None, rejected)
 
 
@@ -449,20 +503,27 @@ class _CTRBlock:
     columns: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def of(cls, table: Any, names: list[str], ints: set[str]) -> _CTRBlock:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
+    def of(cls, table: Any, names: list[str], ints: set[str], labels: np.ndarray) -> _CTRBlock:
         features = [name for name in names if name not in ("label", "user", "item")]
+        columns = [_string_column(table.column(n)) for n in features]
         return cls(
             users=table.column("user").to_pylist() if "user" in names else [],
             items=table.column("item").to_pylist() if "item" in names else [],
-            labels=np.asarray(pc.cast(table.column("label"), pa.int8())).astype(np.int8),
+            labels=labels,
             col_names=features,
             columns=[
-                _string_column(_log_bins(table.column(n)) if n in ints else table.column(n))
-                for n in features
+                _log_bins(c) if n in ints else c for n, c in zip(features, columns, strict=True)
             ],
+        )
+
+    def take(self, rows: np.ndarray) -> _CTRBlock:
+        """The block's rows ``rows`` (the ones whose label is valid)."""
+        return _CTRBlock(
+            users=[self.users[i] for i in rows] if self.users else [],
+            items=[self.items[i] for i in rows] if self.items else [],
+            labels=self.labels[rows],
+            col_names=self.col_names,
+            columns=[take_strings(data, offsets, rows) for data, offsets in self.columns],
         )
 
     def chunk(self, lo: int, hi: int, rejected: list[tuple[str, str]]) -> Chunk:

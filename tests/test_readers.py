@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from actors.batching import slice_strings
 from actors.readers import (
     Chunk,
+    _log_bins,
     protocol_flags,
     read_ctr_tsv,
     read_movielens,
@@ -199,13 +202,15 @@ def test_ctr_tsv_chunks_carry_every_row_across_blocks_and_batch_sizes(tmp_path: 
         lines.append(f"{label}\tu{r % 11}\ti{r % 13}\t{colour}\t{size}")
         expected.append((label, f"u{r % 11}", f"i{r % 13}", (colour, size)))
     lines.insert(150, "7\tu0\ti0\tx\ty")
+    lines.insert(40, "10\tu0\ti0\tx\ty")
+    lines.insert(41, "\tu0\ti0\tx\ty")
     log = tmp_path / "clicks.tsv"
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     for batch_size in (1, 7, 256):
         for block_size in (512, 1 << 22):
             chunks = list(read_ctr_tsv(log, False, batch_size, block_size))
             rejected = [reason for chunk in chunks for reason, _ in chunk.rejected]
-            assert rejected == ["label must be 0 or 1, got '7'"]
+            assert rejected == [f"label must be 0 or 1, got {bad!r}" for bad in ("10", "", "7")]
             kept = [chunk for chunk in chunks if chunk.batch is not None]
             assert all(len(chunk.batch) <= batch_size for chunk in kept if chunk.batch)
             assert _ctr_rows(kept) == expected, (batch_size, block_size)
@@ -216,3 +221,50 @@ def test_ctr_tsv_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None
     log.write_text("label\tcolour\tsize\tcolour\n1\tred\tS\tblue\n", encoding="utf-8")
     with pytest.raises(ValueError, match="the header names 'colour' twice"):
         list(read_ctr_tsv(log, False))
+
+
+def _arrow_log_bins(values: list[str]) -> list[str]:
+    """The binning as pyarrow's compute functions wrote it before the compiled kernel."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = pa.array(values, pa.string())
+    is_int = pc.match_substring_regex(column, r"^-?[0-9]{1,18}$")
+    ints = pc.cast(pc.if_else(is_int, column, pa.scalar("0")), pa.int64())
+    logs = pc.ln(pc.cast(pc.max_element_wise(ints, 1), pa.float64()))
+    binned = pc.cast(pc.floor(pc.power(logs, 2)), pa.int64())
+    numeric = pc.if_else(pc.greater(ints, 2), pc.add(binned, 1000), ints)
+    return list(pc.if_else(is_int, pc.cast(numeric, pa.string()), column).to_pylist())
+
+
+def _python_log_bin(value: str) -> str:
+    if re.fullmatch(r"-?[0-9]{1,18}", value) is None:
+        return value
+    number = int(value)
+    return str(1000 + math.floor(math.log(number) ** 2) if number > 2 else number)
+
+
+def test_criteo_counts_are_binned_as_pyarrow_bins_them() -> None:
+    """Every integer up to 300,000, powers of ten and their neighbours up to 18 digits,
+    random ones, negatives, leading zeros and strings that are not integers: as pyarrow's
+    compute functions binned them, and (pyarrow refused integers above 2^53 and failed the
+    block) as the definition says above that."""
+    rng = np.random.default_rng(3)
+    values = [str(v) for v in range(-50, 300_000)]
+    values += [str(10**e + d) for e in range(6, 16) for d in (-1, 0, 1)]
+    values += [str(v) for v in rng.integers(0, 2**53, 20_000)]
+    values += ["", "-", "+5", "007", "-007", "-0", "1e5", "3.0", " 4", "12a", "é", "0" * 30]
+    large = [str(v) for v in rng.integers(2**53, 10**18, 2_000)]
+    large += ["9" * 18, "-" + "9" * 18, "9" * 19, "-" + "9" * 19, str(10**17)]
+    binned = _binned(values + large)
+    assert binned[: len(values)] == _arrow_log_bins(values)
+    assert binned == [_python_log_bin(v) for v in values + large]
+
+
+def _binned(values: list[str]) -> list[str]:
+    encoded = [v.encode() for v in values]
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    data = np.frombuffer(b"".join(encoded), np.uint8)
+    out, out_offsets = _log_bins((data, offsets))
+    return slice_strings(out, out_offsets, 0, len(values))
