@@ -39,6 +39,7 @@ catalog is one matrix-vector product plus the linear part.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -92,8 +93,11 @@ class FactorStore:
     (``active``); rows are hashed feature slots (a shard's own rows when sharded).
 
     ``version`` counts applied updates, so caches of item-side sums know when they
-    are stale.
+    are stale; every update goes through :meth:`changed`, which also keeps the rows of
+    the last ``CHANGE_LOG`` updates, so a cache can refresh just those rows.
     """
+
+    CHANGE_LOG: ClassVar[int] = 64
 
     def __init__(self, params: FactorParams, shard: int = 0, shards: int = 1) -> None:
         self.params = params
@@ -104,6 +108,21 @@ class FactorStore:
         self.active = np.zeros(rows, np.bool_)
         self._init: np.ndarray | None = None
         self.version = 0
+        self._changes: deque[tuple[int, np.ndarray | None]] = deque(maxlen=self.CHANGE_LOG)
+
+    def changed(self, rows: np.ndarray | None) -> None:
+        """Count an update of ``rows`` of ``v`` (None: possibly any row)."""
+        self.version += 1
+        self._changes.append((self.version, None if rows is None else np.asarray(rows, np.int64)))
+
+    def changed_since(self, version: int) -> np.ndarray | None:
+        """The rows of ``v`` the updates after ``version`` changed, or None when that is
+        not known (older than the log, or an update of any row)."""
+        after = [rows for at, rows in self._changes if at > version]
+        known = [rows for rows in after if rows is not None]
+        if len(known) != self.version - version:
+            return None
+        return np.concatenate(known) if known else np.zeros(0, np.int64)
 
     @property
     def init(self) -> np.ndarray:
@@ -130,7 +149,7 @@ class FactorStore:
         self.v[rows] = state["v"]
         self.n[rows] = state["n"]
         self.active[rows] = True
-        self.version += 1
+        self.changed(None)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -367,6 +386,27 @@ def _fm_sequential(
     return probs
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_vector(
+    out_a: np.ndarray, r: int, v: np.ndarray, j: int | np.integer, x: float, q: float
+) -> float:
+    """out_a[r] += v[j] x; returns q + |v[j] x|^2 (summed term by term, in order)."""
+    for f in range(v.shape[1]):
+        t = v[j, f] * x
+        out_a[r, f] += t
+        q += t * t
+    return q
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _own_term(out_a: np.ndarray, r: int, q: float) -> float:
+    """Row r's own pairwise term 1/2(|a|^2 - q)."""
+    s = 0.0
+    for f in range(out_a.shape[1]):
+        s += out_a[r, f] * out_a[r, f]
+    return 0.5 * (s - q)
+
+
 @njit(cache=True, nogil=True)
 def _item_sums(
     v: np.ndarray, mask: int, iraw: np.ndarray, ix: np.ndarray, out_a: np.ndarray, out_t: np.ndarray
@@ -379,17 +419,31 @@ def _item_sums(
             out_a[r, f] = 0.0
         for c in range(ix.shape[1]):
             x = ix[r, c]
-            if x == 0.0:
-                continue
-            j = np.int64(np.uint64(iraw[r, c]) & m)
-            for f in range(k):
-                t = v[j, f] * x
-                out_a[r, f] += t
-                q += t * t
-        s = 0.0
+            if x != 0.0:
+                q = _add_vector(out_a, r, v, np.int64(np.uint64(iraw[r, c]) & m), x, q)
+        out_t[r] = _own_term(out_a, r, q)
+
+
+@njit(cache=True, nogil=True)
+def _item_sums_compact(
+    rows: np.ndarray,
+    ptr: np.ndarray,
+    slots: np.ndarray,
+    xs: np.ndarray,
+    out_a: np.ndarray,
+    out_t: np.ndarray,
+) -> None:
+    """:func:`_item_sums` from ``rows``, the catalog's vectors in one small array: item r's
+    nonzero features are ``slots[ptr[r]:ptr[r + 1]]`` there (in column order), with values
+    ``xs``; the same sums in the same order."""
+    k = rows.shape[1]
+    for r in range(out_a.shape[0]):
+        q = 0.0
         for f in range(k):
-            s += out_a[r, f] * out_a[r, f]
-        out_t[r] = 0.5 * (s - q)
+            out_a[r, f] = 0.0
+        for e in range(ptr[r], ptr[r + 1]):
+            q = _add_vector(out_a, r, rows, slots[e], xs[e], q)
+        out_t[r] = _own_term(out_a, r, q)
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -533,26 +587,74 @@ def fm_sequential_increments(
 
 
 class ItemFactorCache:
-    """Per catalog item: ``a_I`` (k) and its own pairwise term, rebuilt when the vectors or
-    the catalog changed since the last use."""
+    """Per catalog item: ``a_I`` (k) and its own pairwise term, refreshed when the vectors or
+    the catalog changed since the last use.
+
+    The vectors of the catalog's features are scattered over the whole hashed table, so
+    summing them straight from it costs a cache miss per feature (~2 ms at 10,000 items).
+    Once the catalog has stayed the same for two refreshes, the cache keeps a copy of
+    just those vectors and, on a refresh, copies in only the rows the store's updates
+    changed (:meth:`FactorStore.changed_since`) before summing from the copy: the same
+    sums, in the same order, from memory that stays in cache.
+    """
 
     def __init__(self) -> None:
         self._key: tuple[int, int, int, int] | None = None
         self.a = np.zeros((0, 0))
         self.t = np.zeros(0)
+        self._layout: tuple[int, int, int] | None = None  # (store, catalog version, rows)
+        self._seen_layout: tuple[int, int, int] | None = None
+        self._rows = np.zeros(0, np.int64)  # the store rows the catalog's features use
+        self._entries = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0))
+        self._copy = np.zeros((0, 0))  # v[self._rows] as of self._version
+        self._version = -1
 
     def get(
         self, store: FactorStore, iraw: np.ndarray, ix: np.ndarray, catalog_version: int
     ) -> tuple[np.ndarray, np.ndarray]:
         key = (id(store), store.version, catalog_version, iraw.shape[0])
-        if key != self._key:
-            rows = iraw.shape[0]
-            if self.a.shape != (rows, store.params.k):
-                self.a = np.empty((rows, store.params.k))
-                self.t = np.empty(rows)
+        if key == self._key:
+            return self.a, self.t
+        rows = iraw.shape[0]
+        if self.a.shape != (rows, store.params.k):
+            self.a = np.empty((rows, store.params.k))
+            self.t = np.empty(rows)
+        layout = (id(store), catalog_version, rows)
+        if layout == self._layout:
+            self._refresh_copy(store)
+            _item_sums_compact(self._copy, *self._entries, self.a, self.t)
+        elif layout == self._seen_layout:  # the catalog stayed: worth a copy of its rows
+            self._lay_out(store, iraw, ix, layout)
+            _item_sums_compact(self._copy, *self._entries, self.a, self.t)
+        else:
+            self._seen_layout = layout
             _item_sums(store.v, store.params.mask, iraw, ix, self.a, self.t)
-            self._key = key
+        self._key = key
         return self.a, self.t
+
+    def _lay_out(
+        self, store: FactorStore, iraw: np.ndarray, ix: np.ndarray, layout: tuple[int, int, int]
+    ) -> None:
+        hashed = iraw.astype(np.int64) & store.params.mask
+        used = ix != 0.0
+        self._rows = np.unique(hashed[used])
+        ptr = np.zeros(iraw.shape[0] + 1, np.int64)
+        np.cumsum(used.sum(axis=1), out=ptr[1:])
+        slots = np.searchsorted(self._rows, hashed[used]).astype(np.int32)  # row-major
+        self._entries = (ptr, slots, np.ascontiguousarray(ix[used]))
+        self._copy = store.v[self._rows]
+        self._version = store.version
+        self._layout = layout
+
+    def _refresh_copy(self, store: FactorStore) -> None:
+        changed = store.changed_since(self._version)
+        if changed is None:
+            self._copy = store.v[self._rows]
+        elif changed.size and self._rows.size:
+            at = np.minimum(np.searchsorted(self._rows, changed), self._rows.size - 1)
+            mine = self._rows[at] == changed
+            self._copy[at[mine]] = store.v[changed[mine]]
+        self._version = store.version
 
 
 class FactorScorer:

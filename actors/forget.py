@@ -83,7 +83,7 @@ def reset_user_parameters(model: Model, user: str) -> int:
         factors.v[factor_row] = 0.0
         factors.n[factor_row] = 0.0
         factors.active[factor_row] = False
-        factors.version += 1
+        factors.changed(np.atleast_1d(np.asarray(factor_row, np.int64)))
     return learned
 
 

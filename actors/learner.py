@@ -309,7 +309,7 @@ class LearnerActor(Actor):
             init = f.rows("init")
             apply_factor_gradients(v, n, active, init, rows, message.factor_grad, f.params)
             self.factor_rows += int(np.count_nonzero(active[rows])) - before
-        f.store.version += 1
+        f.store.changed(rows if f.own else rows * f.shards + f.shard)
         return rows
 
     def _already_applied(self, message: GradBatch) -> bool:

@@ -259,7 +259,7 @@ class Model:
             if delta.factor_n.size:
                 self.factors.n[delta.factor_index] = delta.factor_n
                 self.factors.active[delta.factor_index] = True
-            self.factors.version += 1
+            self.factors.changed(delta.factor_index)
 
 
 def build_model(config: Config, clock: Callable[[], float] = time.time) -> Model:

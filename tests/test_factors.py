@@ -17,6 +17,8 @@ from actors.factors import (
     FactorParams,
     FactorScorer,
     FactorStore,
+    ItemFactorCache,
+    _item_sums,
     apply_factor_gradients,
     pairwise_logits,
     partial_sums,
@@ -218,7 +220,7 @@ def test_item_cache_follows_vector_and_catalog_changes(scored_world: Any) -> Non
     row = user_features(fb)
     before = score_items(space, row, catalog, store.w, None, scorer)
     factors.v[:] *= 2.0
-    factors.version += 1  # what a learner does after applying gradients
+    factors.changed(None)  # what a learner does after applying gradients (its rows, there)
     after = score_items(space, row, catalog, store.w, None, scorer)
     assert not np.allclose(after, before)
     np.testing.assert_allclose(
@@ -230,6 +232,52 @@ def test_item_cache_follows_vector_and_catalog_changes(scored_world: Any) -> Non
     np.testing.assert_allclose(
         changed, score_items(space, row, catalog, store.w, None, FactorScorer(factors)), atol=1e-12
     )
+
+
+def test_item_cache_equals_the_sums_from_the_whole_table_after_every_update() -> None:
+    """The cache's copy of the catalog's vectors, refreshed from the updates' rows, gives
+    exactly the sums taken from the whole table: after logged updates, an update of
+    any row, more updates than the log keeps, an unlogged version bump and a new catalog."""
+    rng = np.random.default_rng(11)
+    store = FactorStore(FactorParams(k=4, bits=10))
+    store.v[:] = rng.normal(size=store.v.shape)
+    iraw = rng.integers(0, 2**32, size=(300, 5), dtype=np.uint64).astype(np.uint32)
+    ix = np.where(rng.random((300, 5)) < 0.7, rng.normal(size=(300, 5)), 0.0)
+    cache, catalog_version = ItemFactorCache(), 0
+
+    def check() -> None:
+        a, t = cache.get(store, iraw, ix, catalog_version)
+        want_a, want_t = np.empty_like(a), np.empty_like(t)
+        _item_sums(store.v, store.params.mask, iraw, ix, want_a, want_t)
+        np.testing.assert_array_equal(a, want_a)
+        np.testing.assert_array_equal(t, want_t)
+
+    def update(rows: np.ndarray, log: bool = True) -> None:
+        store.v[rows] += rng.normal(size=(rows.size, store.params.k))
+        if log:
+            store.changed(rows)
+        else:
+            store.version += 1
+
+    for step in range(3 * FactorStore.CHANGE_LOG):
+        kind = step % 7
+        if kind == 3:  # an update of any row
+            store.v[:] *= 1.01
+            store.changed(None)
+        elif kind == 5:  # a few updates between two reads
+            for _ in range(3):
+                update(rng.integers(0, store.v.shape[0], 20))
+        elif kind == 6 and step % 2:
+            update(rng.integers(0, store.v.shape[0], 5), log=False)
+        else:
+            update(rng.integers(0, store.v.shape[0], int(rng.integers(1, 50))))
+        if step == 100:  # more updates than the log keeps
+            for _ in range(FactorStore.CHANGE_LOG + 1):
+                update(rng.integers(0, store.v.shape[0], 3))
+        if step == 150:  # a new catalog
+            iraw[:10] = rng.integers(0, 2**32, size=(10, 5), dtype=np.uint64).astype(np.uint32)
+            catalog_version += 1
+        check()
 
 
 def test_explanations_cover_the_whole_logit(scored_world: Any) -> None:
