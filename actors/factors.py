@@ -591,7 +591,7 @@ class ItemFactorCache:
     the catalog changed since the last use.
 
     The vectors of the catalog's features are scattered over the whole hashed table, so
-    summing them straight from it costs a cache miss per feature (~2 ms at 10,000 items).
+    summing them straight from it costs a cache miss per feature.
     Once the catalog has stayed the same for two refreshes, the cache keeps a copy of
     just those vectors and, on a refresh, copies in only the rows the store's updates
     changed (:meth:`FactorStore.changed_since`) before summing from the copy: the same

@@ -355,7 +355,7 @@ def _log_bins(column: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.nda
 
     A value that is not an integer (``-?[0-9]{1,18}``) stays as its own category instead
     of failing the batch.  Compiled rather than pyarrow's compute functions, whose scalar
-    arguments import pandas where it is installed (~0.3 s of a replay's start)."""
+    arguments import pandas where it is installed, at every replay's start."""
     data, offsets = column
     return _log_bin_strings(data, offsets.astype(np.int64))
 
