@@ -637,11 +637,10 @@ class ItemFactorCache:
     ) -> None:
         hashed = iraw.astype(np.int64) & store.params.mask
         used = ix != 0.0
-        self._rows = np.unique(hashed[used])
+        self._rows, slots = np.unique(hashed[used], return_inverse=True)  # row-major
         ptr = np.zeros(iraw.shape[0] + 1, np.int64)
         np.cumsum(used.sum(axis=1), out=ptr[1:])
-        slots = np.searchsorted(self._rows, hashed[used]).astype(np.int32)  # row-major
-        self._entries = (ptr, slots, np.ascontiguousarray(ix[used]))
+        self._entries = (ptr, slots.astype(np.int32), np.ascontiguousarray(ix[used]))
         self._copy = store.v[self._rows]
         self._version = store.version
         self._layout = layout

@@ -417,7 +417,7 @@ def _ctr_labels(column: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.n
         return np.zeros(offsets.size - 1, bool), np.zeros(offsets.size - 1, np.int8)
     first = data[np.minimum(offsets[:-1], data.size - 1)]
     good = (np.diff(offsets) == 1) & ((first == 48) | (first == 49))
-    return good, np.where(good, first.astype(np.int8) - 48, 0).astype(np.int8)
+    return good, (good & (first == 49)).astype(np.int8)
 
 
 def _tsv_header(path: str | Path) -> list[str]:
