@@ -16,7 +16,11 @@ Topics are created with the right partition counts when missing and checked when
 present: a mismatch is a :class:`TopicLayoutError`, never a silent misroute.  An
 unreachable broker is retried with exponential backoff and then reported as
 :class:`BrokerUnavailable`.  A record that does not decode is counted and skipped
-(handed to ``on_corrupt``), so bad bytes never crash an actor.
+(handed to ``on_corrupt``), so bad bytes never crash an actor.  A partition of a
+topic that is never compacted is read without gaps: a jump past an offset is read
+again from the gap (:meth:`KafkaChannel._reread_gap`).  A group member that lost its
+partitions to a rebalance goes on: its refused commit is logged and counted, and the
+record is delivered again to the partition's new owner.
 
 The design does not rely on idempotent producers or transactions (the test
 broker lacks them): duplicates are made harmless by the receivers instead.
@@ -32,9 +36,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaConnectionError, KafkaError
 
 from runtime.codec import CodecError, decode_message, encode_message
 from runtime.config import Config
@@ -44,6 +48,7 @@ from runtime.transport import Channel, Envelope, Transport
 log = logging.getLogger("freshrank.kafka")
 T = TypeVar("T")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GAP_REREADS = 20
 
 
 class BrokerUnavailable(SetupError, RuntimeError):
@@ -231,9 +236,20 @@ class KafkaChannel(Channel):
     """One topic (or one partition of it) as a channel; see the module docstring."""
 
     def __init__(
-        self, transport: KafkaTransport, topic: str, partitions: int, partition: int | None
+        self,
+        transport: KafkaTransport,
+        topic: str,
+        partitions: int,
+        partition: int | None,
+        contiguous: bool = False,
     ) -> None:
         self.transport = transport
+        # offsets of a topic that is never compacted follow each other without a gap
+        self.contiguous = contiguous
+        self._next: dict[int, int] = {}  # partition -> offset the next record must have
+        self._gap_rereads: dict[int, int] = {}  # partition -> re-reads of its current gap
+        self.gaps_reread = 0
+        self.gap_records_lost = 0
         self.name = topic if partition is None else f"{topic}.{partition}"
         self.topic = topic
         self.partitions = partitions
@@ -247,6 +263,7 @@ class KafkaChannel(Channel):
         self.sent = 0
         self.received = 0
         self.corrupt = 0
+        self.lost_commits = 0
         self.bytes = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._starting = asyncio.Lock()
@@ -261,6 +278,7 @@ class KafkaChannel(Channel):
         :meth:`lost_records` count them read."""
         self.start_offsets.update(offsets)
         for partition, offset in offsets.items():
+            self._next[partition] = offset
             if offset > 0:
                 self.positions[partition] = offset - 1
 
@@ -285,6 +303,12 @@ class KafkaChannel(Channel):
         consumer = await self._consumer_started()
         while True:
             record = await consumer.getone()
+            if await self._reread_gap(consumer, record.partition, record.offset):
+                continue
+            self._next[record.partition] = record.offset + 1
+            if record.partition not in self.positions:
+                log.info("%s: first record of partition %d at offset %d",
+                         self.name, record.partition, record.offset)  # fmt: skip
             self.position = (record.partition, record.offset)
             self.positions[record.partition] = record.offset
             self._received.set()
@@ -297,6 +321,36 @@ class KafkaChannel(Channel):
             self.received += 1
             return Envelope(message, (record.partition, record.offset))
 
+    async def _reread_gap(self, consumer: AIOKafkaConsumer, partition: int, offset: int) -> bool:
+        """True when ``offset`` comes after a gap this channel goes back to read.
+
+        A log that is never compacted has no gaps, yet a broker may expose a record
+        before an earlier one of a concurrent producer is readable (Tansu with memory
+        storage does, and a consumer's position then passes the earlier record for
+        good).  The channel seeks back to the first missing offset, a few times with a
+        growing pause; a gap that stays (retention deleted the records) is logged as an
+        error, counted and passed."""
+        expected = self._next.get(partition)
+        if not self.contiguous or expected is None or offset <= expected:
+            self._gap_rereads.pop(partition, None)
+            return False
+        rereads = self._gap_rereads.get(partition, 0)
+        if rereads >= GAP_REREADS:
+            self._gap_rereads.pop(partition, None)
+            self.gap_records_lost += offset - expected
+            log.error("%s: offsets %d to %d of partition %d are not in the log after %d "
+                      "re-reads (deleted by retention?); reading on from %d",
+                      self.name, expected, offset - 1, partition, rereads, offset)  # fmt: skip
+            return False
+        if rereads == 0:
+            self.gaps_reread += 1
+            log.warning("%s: partition %d jumped from offset %d to %d; reading the gap again",
+                        self.name, partition, expected, offset)  # fmt: skip
+        self._gap_rereads[partition] = rereads + 1
+        await asyncio.sleep(0.002 * rereads)  # the broker's pause, not a synchronisation
+        consumer.seek(TopicPartition(self.topic, partition), expected)
+        return True
+
     async def caught_up(self) -> None:
         """Wait until this channel has received every record present when called
         (a replica reading its topic's history before it starts serving)."""
@@ -305,12 +359,28 @@ class KafkaChannel(Channel):
             self._received.clear()
             await self._received.wait()
 
-    async def commit(self, position: tuple[int, int]) -> None:
-        """Commit the group offset past the record at ``position`` (group channels only)."""
+    async def commit(self, position: tuple[int, int]) -> bool:
+        """Commit the group offset past the record at ``position`` (group channels only).
+
+        False when the group rebalanced while the record was handled: the partition
+        may be another member's now, which receives the record again from the last
+        commit (receivers make the redelivery harmless).  A member whose event loop
+        stalled past the session timeout (a long compile, a swap storm) meets this;
+        it is logged and counted, never fatal, as Kafka's at-least-once intends."""
         if self._consumer is None or self.transport.group_id is None:
-            return
+            return True
         partition, offset = position
-        await self._consumer.commit({TopicPartition(self.topic, partition): offset + 1})
+        try:
+            await self._consumer.commit({TopicPartition(self.topic, partition): offset + 1})
+        except (CommitFailedError, IllegalStateError) as error:
+            self.lost_commits += 1
+            log.warning(
+                "%s: offset %d of partition %d not committed, the group rebalanced "
+                "(it is delivered again from the last commit): %s",
+                self.name, offset, partition, type(error).__name__,
+            )  # fmt: skip
+            return False
+        return True
 
     async def lost_records(self) -> str | None:
         """Why the topic no longer holds a record this channel read, or None."""
@@ -357,7 +427,7 @@ class KafkaChannel(Channel):
         )
         await with_backoff(consumer.start, f"consumer of {self.name}", t.config)
         if group is not None:
-            consumer.subscribe([self.topic])
+            consumer.subscribe([self.topic], listener=_ForgetRevoked(self._next))
         else:
             wanted = range(self.partitions) if self.partition is None else [self.partition]
             tps = [TopicPartition(self.topic, p) for p in wanted]
@@ -366,6 +436,7 @@ class KafkaChannel(Channel):
                 offset = self.start_offsets.get(tp.partition, self.start_offset)
                 if offset is not None:
                     consumer.seek(tp, offset)
+                    self._next[tp.partition] = offset
                 else:
                     await consumer.seek_to_beginning(tp)
         return consumer
@@ -374,6 +445,21 @@ class KafkaChannel(Channel):
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):
+    """A partition the group took away may come back at any later offset: the offset
+    expected next of it is forgotten."""
+
+    def __init__(self, expected: dict[int, int]) -> None:
+        self.expected = expected
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.expected.pop(tp.partition, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
 
 
 CorruptHandler = Callable[[KafkaChannel, int, int, CodecError], Awaitable[None]]
@@ -434,7 +520,9 @@ class KafkaTransport(Transport):
         if partition is not None and not 0 <= partition < partitions:
             raise ValueError(f"channel {name!r}: topic {short} has {partitions} partitions")
         topic = self.topics.get(short, f"{self.config.kafka.topic_prefix}.{short}")
-        channel = self._channels[name] = KafkaChannel(self, topic, partitions, partition)
+        contiguous = not self._layout[short].compacted
+        channel = KafkaChannel(self, topic, partitions, partition, contiguous)
+        self._channels[name] = channel
         return channel
 
     async def corrupt(
@@ -463,6 +551,9 @@ class KafkaTransport(Transport):
                 "sent": ch.sent,
                 "received": ch.received,
                 "corrupt": ch.corrupt,
+                "lost_commits": ch.lost_commits,
+                "gaps_reread": ch.gaps_reread,
+                "gap_records_lost": ch.gap_records_lost,
                 "bytes": ch.bytes,
             }
             for name, ch in self._channels.items()

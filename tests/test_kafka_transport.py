@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 
 from runtime.codec import CodecError
 from runtime.kafka import BrokerUnavailable, KafkaChannel, KafkaTransport, TopicLayoutError
@@ -119,5 +122,63 @@ async def test_corrupt_records_are_skipped_and_reported(broker: Broker, topic_pr
         got = await transport.channel("grads.0").recv()
         assert got.seq == 7
         assert transport.channel("grads.0").corrupt == 1 and seen[0][0] == 0
+    finally:
+        await transport.stop()
+
+
+async def test_a_commit_lost_to_a_rebalance_is_counted_and_the_record_redelivered(
+    broker: Broker, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member that lost its partitions (its event loop stalled past the session
+    timeout, say) goes on: the commit is refused, logged and counted, and the member
+    that owns the partition now receives the record again from the last commit."""
+    config = broker.config(topic_prefix, training={"shards": 1})
+    group = f"{topic_prefix}-trainers"
+    first = KafkaTransport(config, group_id=group, group_topics=("grads",))
+    await first.start()
+    second = KafkaTransport(config, group_id=group, group_topics=("grads",))
+    try:
+        await first.channel("grads").send(grad(3, 0))
+        envelope = await first.channel("grads").receive()
+        consumer = first.channel("grads")._consumer
+        assert consumer is not None
+        consumer.unsubscribe()  # as the group does to a member it evicted
+        assert await first.channel("grads").commit(envelope.position or (0, 0)) is False
+        assert first.statistics()["grads"]["lost_commits"] == 1
+        assert "not committed, the group rebalanced" in caplog.text
+        await second.start()
+        again = await second.channel("grads").receive()
+        assert again.position == envelope.position and again.message.seq == 3
+        assert await second.channel("grads").commit(again.position or (0, 0)) is True
+        assert second.statistics()["grads"]["lost_commits"] == 0
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_partition_that_jumps_past_a_record_is_read_again_from_the_gap(
+    broker: Broker, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that exposed a later record of a concurrent producer before an earlier
+    one moved the consumer past the earlier record for good (a shard then waited for a
+    gradient it had skipped); the channel goes back and reads the records in order."""
+    config = broker.config(topic_prefix, training={"shards": 1})
+    transport = KafkaTransport(config)
+    await transport.start()
+    try:
+        channel = transport.channel("grads.0")
+        for seq in range(5):
+            await channel.send(grad(seq, 0))
+        channel.seek(0)
+        assert (await channel.recv()).seq == 0
+        consumer = channel._consumer
+        assert consumer is not None
+        consumer.seek(TopicPartition(transport.topics["grads"], 0), 3)  # as that broker did
+        got = [await asyncio.wait_for(channel.receive(), 30) for _ in range(4)]
+        assert [e.message.seq for e in got] == [1, 2, 3, 4]
+        assert [e.position for e in got] == [(0, 1), (0, 2), (0, 3), (0, 4)]
+        stats = transport.statistics()["grads.0"]
+        assert stats["gaps_reread"] == 1 and stats["gap_records_lost"] == 0
+        assert "jumped from offset 1 to 3" in caplog.text
     finally:
         await transport.stop()
