@@ -80,6 +80,7 @@ from runtime.replay import clean
 from runtime.supervisor import Service, Supervisor, SystemFailed
 from runtime.trainer_checkpoint import TrainerCheckpoint
 from runtime.transport import Envelope
+from runtime.warmup import warm_up
 
 log = logging.getLogger("freshrank.cluster")
 CHECKPOINT = "shard checkpoint"
@@ -171,6 +172,7 @@ class ShardLearner(LearnerActor):
 
 async def run_shard(config: Config, shard: int) -> int:
     """One learner shard until SIGTERM; checkpoints on the way out."""
+    await warm_up(config)
     model = build_shard(config, shard)
     transport = KafkaTransport(config)
     await transport.start()
@@ -383,7 +385,7 @@ class EventsWorker(Actor):
             await self.scores.publish(features, envelope.position)
         if self.sink is not None:
             await self.sink.publish(features, envelope.position)
-        await self.channel.commit(envelope.position)
+        await self.channel.commit(envelope.position)  # lost to a rebalance: redelivered
         self.records += 1
         if self.checkpoint is not None:
             self.checkpoint.committed(envelope.position)
@@ -469,7 +471,10 @@ async def rebuild_history(config: Config, model: Model, checkpoint: TrainerCheck
 
 
 async def run_trainer(config: Config, index: int) -> int:
-    """One trainer in the consumer group until SIGTERM."""
+    """One trainer in the consumer group until SIGTERM.  Its kernels are compiled before
+    it joins the group: a first batch that compiled them stalled the event loop past the
+    group's session timeout, and the group took the partitions away mid-record."""
+    await warm_up(config)
     name = f"trainer-{index}-{os.getpid()}"
     transport = KafkaTransport(config, group_id=f"{config.kafka.topic_prefix}-trainers")
     await transport.start()
@@ -498,6 +503,7 @@ async def run_trainer(config: Config, index: int) -> int:
             "sink": sink.statistics() if sink is not None else None,
             "scores_published": scores.published if scores is not None else None,
             "events_records": events.records,
+            "lost_commits": channel("events").lost_commits,
             "catalog_items": len(model.catalog),
             "components": model.component_statistics(),
             "bootstrap": bootstrap.statistics(),
@@ -754,7 +760,10 @@ class BrokerWatch(Actor):
             await asyncio.sleep(self.every_s)  # a period, not a synchronisation
             for channel in self.channels:
                 try:
-                    lost = await asyncio.wait_for(channel.lost_records(), self.every_s)
+                    # not wait_for: on 3.11 it swallows a cancel that meets the check's
+                    # end, and this loop then outlived its process's stop
+                    async with asyncio.timeout(self.every_s):
+                        lost = await channel.lost_records()
                 except (TimeoutError, KafkaError):
                     self.unanswered += 1
                     continue
@@ -783,7 +792,6 @@ async def run_ranker(config: Config, index: int) -> int:
     from runtime.http import make_app
     from runtime.http_middleware import check_exposure, start_site
     from runtime.logs import configure_logging
-    from runtime.warmup import warm_up
 
     token = check_exposure(config.http, os.environ)
     configure_logging(config.http.log_format, secrets=[token])
