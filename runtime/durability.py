@@ -181,7 +181,8 @@ class SnapshotTimer:
         d = self.durability
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(d.due.wait(), d.every_s)
+                async with asyncio.timeout(d.every_s):  # wait_for may swallow a cancel (3.11)
+                    await d.due.wait()
             d.due.clear()
             if not self._stop.is_set() and d.since_snapshot > 0:
                 await self._take()

@@ -174,7 +174,8 @@ class KafkaRecommender:
         await self.transport.channel("requests").send(request, record_key=correlation_id.encode())
         self.sent += 1
         try:
-            reply = await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):  # never drops a cancel, as wait_for may
+                reply = await future
         except TimeoutError:
             self._waiting.pop(correlation_id, None)
             self.timed_out += 1

@@ -410,7 +410,8 @@ class Supervisor:
         if process.returncode is None:
             _killpg(process.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), timeout=self.stop_timeout)
+                async with asyncio.timeout(self.stop_timeout):  # never drops a cancel
+                    await process.wait()
             except TimeoutError:
                 self.log.warning(
                     "%s (pid %d) did not stop within %.1f s of SIGTERM; sending SIGKILL",
