@@ -348,7 +348,9 @@ class KafkaChannel(Channel):
                         self.name, partition, expected, offset)  # fmt: skip
         self._gap_rereads[partition] = rereads + 1
         await asyncio.sleep(0.002 * rereads)  # the broker's pause, not a synchronisation
-        consumer.seek(TopicPartition(self.topic, partition), expected)
+        tp = TopicPartition(self.topic, partition)
+        if tp in consumer.assignment():  # a rebalance in the pause gave it to another member
+            consumer.seek(tp, expected)
         return True
 
     async def caught_up(self) -> None:
