@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
@@ -97,9 +98,25 @@ def stop_broker(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def compile_kernels() -> None:
+    """Role processes compile their kernels before they say "ready" (runtime/warmup.py).
+    Four of them compiling at once with numba's disk cache empty (a fresh machine, a
+    changed module) outlasted the tests' ready timeout on two loaded cores; compiled
+    here first, once, the processes load them from that cache."""
+    from runtime.config import Config
+    from runtime.warmup import warm_up
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it unsets pytest-asyncio's loop
+    try:
+        loop.run_until_complete(warm_up(Config.from_dict({"state": {"restore": False}})))
+    finally:
+        loop.close()
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Broker]:
     """One broker for the session; tests isolate themselves with their own topic prefix."""
+    compile_kernels()
     port = free_port()
     process = start_broker(port)
     try:
